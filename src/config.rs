@@ -1,0 +1,856 @@
+//! Configuration: the TOML schema with its defaults, the command line, the environment, and
+//! their precedence (flag > `RESPITE_*` environment > file > built-in default).
+//!
+//! Every key is documented in the repository's `config.toml`. Unknown keys are errors.
+//! [`Config::validate`] turns the raw values into checked ones before anything binds, and
+//! [`Config::redacted`] is the only form ever printed.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
+
+/// A configuration error: which key, which value, and why. Exit code 64 (EX_USAGE).
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}` = {value:?}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, value: impl fmt::Display, reason: impl fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// A duration written in human units in TOML (`"250ms"`, `"2s"`, `"1m"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub const fn ms(ms: u64) -> Dur {
+        Dur(Duration::from_millis(ms))
+    }
+    pub const fn secs(s: u64) -> Dur {
+        Dur(Duration::from_secs(s))
+    }
+}
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "0" {
+            return Ok(Dur(Duration::ZERO));
+        }
+        humantime::parse_duration(s)
+            .map(Dur)
+            .map_err(|e| format!("not a duration ({e}); write e.g. \"250ms\", \"2s\", \"1m\""))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_zero() {
+            f.write_str("0s")
+        } else {
+            write!(f, "{}", humantime::format_duration(self.0))
+        }
+    }
+}
+
+/// A size in bytes written in human units (`"512MiB"`, `"64KiB"`, `"1GB"`, or a plain number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("not a size: {s:?}; write e.g. \"64KiB\", \"512MiB\", \"1GB\""))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            other => {
+                return Err(format!(
+                    "unknown size unit {other:?}; use B, KiB, MiB, GiB, KB, MB or GB"
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .map(Size)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Size(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, m) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if self.0 >= m && self.0 % m == 0 {
+                return write!(f, "{}{unit}", self.0 / m);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub client: ClientConfig,
+    pub upstream: UpstreamConfig,
+    pub health: HealthConfig,
+    pub admin: AdminConfig,
+    pub journal: JournalConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+    pub runtime: RuntimeConfig,
+}
+
+/// `[client]`: the client-facing listener and its limits.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Client-facing RESP listener (`--listen`).
+    pub listen: String,
+    /// Connections beyond this get `-ERR max number of clients reached` and are closed.
+    pub max_connections: usize,
+    /// Largest bulk string argument (Redis `proto-max-bulk-len`).
+    pub max_bulk_bytes: Size,
+    /// Largest number of arguments in one command.
+    pub max_array_len: usize,
+    /// Largest unparsed input kept for one client (Redis `client-query-buffer-limit`).
+    pub max_query_buffer: Size,
+    /// Most commands of one client in flight upstream at once; the rest wait in its buffer.
+    pub max_pipeline: usize,
+    /// Close a client idle this long (`"0s"`: never, as Redis's `timeout 0`). Clients
+    /// subscribed or blocked are not idle.
+    pub idle_timeout: Dur,
+    /// Password apps must send with AUTH (empty: none). Secret.
+    pub requirepass: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            listen: "127.0.0.1:6380".into(),
+            max_connections: 10_000,
+            max_bulk_bytes: Size(512 << 20),
+            max_array_len: 1 << 20,
+            max_query_buffer: Size(1 << 30),
+            max_pipeline: 1024,
+            idle_timeout: Dur(Duration::ZERO),
+            requirepass: String::new(),
+        }
+    }
+}
+
+/// `[upstream]`: the real Redis.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (`--upstream`).
+    pub url: String,
+    /// TCP (and TLS) connect timeout.
+    pub connect_timeout: Dur,
+    /// Longest wait for a reply to a non-blocking command.
+    pub command_timeout: Dur,
+    /// Added to a blocking command's own timeout (BLPOP k 5 waits 5s + this).
+    pub blocking_margin: Dur,
+    /// Shared, pipelined connections for stateless commands.
+    pub pool_size: usize,
+    /// Retries of a command that provably did not execute (or is read-only).
+    pub max_retries: u32,
+    /// First retry delay; doubles per attempt, with full jitter, up to `retry_backoff_max`.
+    pub retry_backoff_base: Dur,
+    pub retry_backoff_max: Dur,
+    pub tls: TlsConfig,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            connect_timeout: Dur::ms(500),
+            command_timeout: Dur::secs(1),
+            blocking_margin: Dur::secs(1),
+            pool_size: 2,
+            max_retries: 3,
+            retry_backoff_base: Dur::ms(10),
+            retry_backoff_max: Dur::ms(200),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// `[upstream.tls]`: used with `rediss://` URLs.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: bool,
+}
+
+/// `[health]`: the circuit breaker and its probe.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How often the background probe sends PING.
+    pub probe_interval: Dur,
+    /// A PING slower than this is a failure.
+    pub probe_timeout: Dur,
+    /// Consecutive failures (connect errors, timeouts, broken connections) that mean `down`.
+    pub down_after_failures: u32,
+    /// Upstream round trips slower than this (moving average) mean `degraded`.
+    pub degraded_latency: Dur,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            probe_interval: Dur::ms(500),
+            probe_timeout: Dur::ms(500),
+            down_after_failures: 3,
+            degraded_latency: Dur::ms(50),
+        }
+    }
+}
+
+/// `[admin]`: the HTTP endpoint for metrics, health and status.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `--admin-listen`.
+    pub listen: String,
+    /// Bearer token for mutating endpoints (`POST /admin/drill`); empty disables them. Secret.
+    pub token: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9480".into(),
+            token: String::new(),
+        }
+    }
+}
+
+/// `fsync` policy of the durable journal, as Redis's `appendfsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    Always,
+    #[default]
+    Everysec,
+    No,
+}
+
+/// `[journal]`: where writes accepted during an outage wait for replay.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Directory of the durable journal (`--journal-dir`); absent: in memory only.
+    pub dir: Option<PathBuf>,
+    pub fsync: Fsync,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `respite=debug,warn`, …
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After SIGTERM/SIGINT: how long in-flight commands (and, later, the journal's replay)
+    /// may take before the process exits anyway.
+    pub grace_period: Dur,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_period: Dur::secs(10),
+        }
+    }
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Tokio worker threads (0: one per core).
+    pub worker_threads: usize,
+}
+
+/// The upstream address, parsed from the URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: u32,
+}
+
+impl fmt::Debug for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl UpstreamUrl {
+    /// Parses `redis://[user:password@]host:port[/db]` and `rediss://…`.
+    pub fn parse(s: &str) -> Result<UpstreamUrl, ConfigError> {
+        let shown = redact_url(s);
+        let u = url::Url::parse(s).map_err(|e| invalid("upstream.url", &shown, e))?;
+        let tls = match u.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            other => {
+                return Err(invalid(
+                    "upstream.url",
+                    &shown,
+                    format!("scheme must be redis:// or rediss://, not {other}://"),
+                ))
+            }
+        };
+        let host = u
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid("upstream.url", &shown, "no host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = u.port().unwrap_or(6379);
+        let decode = |p: &str| {
+            url::form_urlencoded::parse(format!("x={p}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let username = Some(u.username()).filter(|s| !s.is_empty()).map(decode);
+        let password = u.password().map(decode);
+        let path = u.path().trim_start_matches('/');
+        let db = if path.is_empty() {
+            0
+        } else {
+            path.parse().map_err(|_| {
+                invalid(
+                    "upstream.url",
+                    &shown,
+                    format!("database must be a number, not {path:?}"),
+                )
+            })?
+        };
+        if u.query().is_some() {
+            return Err(invalid(
+                "upstream.url",
+                &shown,
+                "query parameters are not supported; use the [upstream] keys",
+            ));
+        }
+        Ok(UpstreamUrl {
+            tls,
+            host,
+            port,
+            username,
+            password,
+            db,
+        })
+    }
+
+    /// `host:port`, for connecting.
+    pub fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The URL without its password: the only form that is ever logged or shown.
+    pub fn redacted(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let user = match (&self.username, &self.password) {
+            (Some(u), Some(_)) => format!("{u}:<redacted>@"),
+            (None, Some(_)) => ":<redacted>@".to_string(),
+            (Some(u), None) => format!("{u}@"),
+            (None, None) => String::new(),
+        };
+        format!("{scheme}://{user}{}/{}", self.addr(), self.db)
+    }
+}
+
+/// Replaces the password of a URL-like string, even one that does not parse.
+pub fn redact_url(s: &str) -> String {
+    let Some(scheme_end) = s.find("://") else {
+        return s.to_string();
+    };
+    let rest = &s[scheme_end + 3..];
+    let Some(at) = rest.rfind('@') else {
+        return s.to_string();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!(
+            "{}{}:<redacted>{}",
+            &s[..scheme_end + 3],
+            &userinfo[..colon],
+            &rest[at..]
+        ),
+        None => s.to_string(),
+    }
+}
+
+/// Command-line flags shared by the server and `check-config`. Each also reads `RESPITE_<NAME>`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Flags {
+    /// TOML configuration file (see the repository's config.toml for every key).
+    #[arg(long, env = "RESPITE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Client-facing RESP listener address [default: 127.0.0.1:6380].
+    #[arg(long, env = "RESPITE_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// Upstream Redis URL: redis://[user:password@]host:port[/db] or rediss://… [default: redis://127.0.0.1:6379].
+    #[arg(long, env = "RESPITE_UPSTREAM", global = true)]
+    pub upstream: Option<String>,
+    /// Admin HTTP listener for /metrics, /healthz, /readyz, /status [default: 127.0.0.1:9480].
+    #[arg(long, env = "RESPITE_ADMIN_LISTEN", global = true)]
+    pub admin_listen: Option<String>,
+    /// Directory of the durable journal (off when absent).
+    #[arg(long, env = "RESPITE_JOURNAL_DIR", global = true)]
+    pub journal_dir: Option<PathBuf>,
+    /// Log format [default: text].
+    #[arg(long, env = "RESPITE_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log level or tracing filter [default: info].
+    #[arg(long, env = "RESPITE_LOG_LEVEL", global = true)]
+    pub log_level: Option<String>,
+    /// Validate the configuration, print it with secrets redacted, and exit.
+    #[arg(long, global = true)]
+    pub check_config: bool,
+}
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "respite",
+    version,
+    about = "A resilient caching sidecar for Redis"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub flags: Flags,
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Validate the configuration, print it with secrets redacted, and exit (non-zero on error).
+    CheckConfig,
+}
+
+impl Cli {
+    /// Whether this invocation only checks the configuration.
+    pub fn is_check(&self) -> bool {
+        self.flags.check_config || matches!(self.command, Some(CliCommand::CheckConfig))
+    }
+}
+
+/// A configuration that passed [`Config::validate`].
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub raw: Config,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub upstream: UpstreamUrl,
+}
+
+impl Config {
+    /// Loads the file (if any) and applies flags and environment on top.
+    pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
+        let mut cfg = match &flags.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        cfg.apply_flags(flags);
+        Ok(cfg)
+    }
+
+    /// Parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; the error names the key and the line.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Flags and their environment variables win over the file.
+    pub fn apply_flags(&mut self, f: &Flags) {
+        if let Some(v) = &f.listen {
+            self.client.listen = v.clone();
+        }
+        if let Some(v) = &f.upstream {
+            self.upstream.url = v.clone();
+        }
+        if let Some(v) = &f.admin_listen {
+            self.admin.listen = v.clone();
+        }
+        if let Some(v) = &f.journal_dir {
+            self.journal.dir = Some(v.clone());
+        }
+        if let Some(v) = f.log_format {
+            self.log.format = v;
+        }
+        if let Some(v) = &f.log_level {
+            self.log.level = v.clone();
+        }
+    }
+
+    /// Checks every value; the first error names its key.
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        let addr = |key: &'static str, v: &str| -> Result<SocketAddr, ConfigError> {
+            v.parse().map_err(|e| {
+                invalid(
+                    key,
+                    v,
+                    format!("{e}; write host:port with an IP address, e.g. 127.0.0.1:6380"),
+                )
+            })
+        };
+        let listen = addr("client.listen", &self.client.listen)?;
+        let admin_listen = addr("admin.listen", &self.admin.listen)?;
+        let upstream = UpstreamUrl::parse(&self.upstream.url)?;
+        if upstream.tls {
+            return Err(invalid(
+                "upstream.url",
+                upstream.redacted(),
+                "TLS upstreams (rediss://) are not supported yet in this build; use redis://",
+            ));
+        }
+        let positive = |key: &'static str, v: u64| {
+            if v == 0 {
+                Err(invalid(key, v, "must be greater than 0"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("client.max_connections", self.client.max_connections as u64)?;
+        positive("client.max_bulk_bytes", self.client.max_bulk_bytes.0)?;
+        positive("client.max_array_len", self.client.max_array_len as u64)?;
+        positive("client.max_pipeline", self.client.max_pipeline as u64)?;
+        positive("upstream.pool_size", self.upstream.pool_size as u64)?;
+        positive(
+            "health.down_after_failures",
+            self.health.down_after_failures as u64,
+        )?;
+        if self.client.max_query_buffer.0 < self.client.max_bulk_bytes.0 {
+            return Err(invalid(
+                "client.max_query_buffer",
+                self.client.max_query_buffer,
+                format!(
+                    "must be at least client.max_bulk_bytes ({})",
+                    self.client.max_bulk_bytes
+                ),
+            ));
+        }
+        for (key, d) in [
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.command_timeout", self.upstream.command_timeout),
+            ("health.probe_interval", self.health.probe_interval),
+            ("health.probe_timeout", self.health.probe_timeout),
+            (
+                "upstream.retry_backoff_base",
+                self.upstream.retry_backoff_base,
+            ),
+        ] {
+            if d.0.is_zero() {
+                return Err(invalid(key, d, "must be greater than 0"));
+            }
+        }
+        if self.upstream.retry_backoff_max < self.upstream.retry_backoff_base {
+            return Err(invalid(
+                "upstream.retry_backoff_max",
+                self.upstream.retry_backoff_max,
+                "must be at least upstream.retry_backoff_base",
+            ));
+        }
+        let level = &self.log.level;
+        let simple = !level.contains('=') && !level.contains(',');
+        let bad_level = simple && level.parse::<tracing_subscriber::filter::LevelFilter>().is_err();
+        if bad_level || tracing_subscriber::EnvFilter::try_new(level).is_err() {
+            return Err(invalid(
+                "log.level",
+                &self.log.level,
+                "not a level (error, warn, info, debug, trace) or tracing filter",
+            ));
+        }
+        Ok(Validated {
+            raw: self.clone(),
+            listen,
+            admin_listen,
+            upstream,
+        })
+    }
+
+    /// This configuration with every secret replaced by `<redacted>`.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.upstream.url = redact_url(&c.upstream.url);
+        for secret in [&mut c.client.requirepass, &mut c.admin.token] {
+            if !secret.is_empty() {
+                *secret = "<redacted>".into();
+            }
+        }
+        c
+    }
+
+    /// The redacted configuration as TOML, as `check-config` prints it.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string(&self.redacted())
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let v = Config::default().validate().unwrap();
+        assert_eq!(v.listen.to_string(), "127.0.0.1:6380");
+        assert_eq!(v.admin_listen.to_string(), "127.0.0.1:9480");
+        assert_eq!(v.upstream.addr(), "127.0.0.1:6379");
+        assert_eq!(v.upstream.db, 0);
+    }
+
+    #[test]
+    fn durations_and_sizes_in_human_units() {
+        assert_eq!("250ms".parse::<Dur>().unwrap(), Dur::ms(250));
+        assert_eq!("2s".parse::<Dur>().unwrap(), Dur::secs(2));
+        assert_eq!("0".parse::<Dur>().unwrap(), Dur(Duration::ZERO));
+        assert!("fast".parse::<Dur>().is_err());
+        assert_eq!("1MiB".parse::<Size>().unwrap(), Size(1 << 20));
+        assert_eq!("64KiB".parse::<Size>().unwrap(), Size(65536));
+        assert_eq!("1GB".parse::<Size>().unwrap(), Size(1_000_000_000));
+        assert_eq!("100".parse::<Size>().unwrap(), Size(100));
+        assert!("1 parsec".parse::<Size>().is_err());
+        assert!("MiB".parse::<Size>().is_err());
+        assert!("99999999999999999999GiB".parse::<Size>().is_err());
+        assert_eq!(Size(512 << 20).to_string(), "512MiB");
+        assert_eq!(Size(1000).to_string(), "1000B");
+        assert_eq!(Dur::ms(250).to_string(), "250ms");
+    }
+
+    #[test]
+    fn every_key_of_the_example_file_parses_and_round_trips() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+        let cfg = Config::from_toml(&text).unwrap();
+        cfg.validate().unwrap();
+        // The example documents the defaults: rendering the defaults gives the same values.
+        let defaults = toml::to_string(&Config::default()).unwrap();
+        assert_eq!(toml::to_string(&cfg).unwrap(), defaults);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let e = Config::from_toml("[client]\nmax_conections = 5\n").unwrap_err();
+        assert!(e.contains("max_conections"), "{e}");
+        let e = Config::from_toml("[clinet]\n").unwrap_err();
+        assert!(e.contains("clinet"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_reason() {
+        let e = Config::from_toml("[upstream]\ncommand_timeout = \"soon\"\n").unwrap_err();
+        assert!(
+            e.contains("command_timeout") || e.contains("duration"),
+            "{e}"
+        );
+        let mut c = Config::default();
+        c.client.listen = "localhost".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("client.listen") && e.contains("localhost"),
+            "{e}"
+        );
+        let mut c = Config::default();
+        c.client.max_connections = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("client.max_connections"));
+        let mut c = Config::default();
+        c.upstream.url = "http://x:1".into();
+        assert!(c.validate().unwrap_err().to_string().contains("scheme"));
+        let mut c = Config::default();
+        c.upstream.url = "redis://h:1/abc".into();
+        assert!(c.validate().unwrap_err().to_string().contains("database"));
+        let mut c = Config::default();
+        c.log.level = "loud!!".into();
+        assert!(c.validate().unwrap_err().to_string().contains("log.level"));
+        let mut c = Config::default();
+        c.upstream.url = "rediss://u:pw@h:1".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("not supported yet") && !e.contains("pw"), "{e}");
+    }
+
+    #[test]
+    fn url_parsing_and_redaction() {
+        let u = UpstreamUrl::parse("redis://alice:s%40cret@10.0.0.1:7000/3").unwrap();
+        assert_eq!(
+            (u.username.as_deref(), u.password.as_deref(), u.db, u.port),
+            (Some("alice"), Some("s@cret"), 3, 7000)
+        );
+        assert_eq!(u.redacted(), "redis://alice:<redacted>@10.0.0.1:7000/3");
+        assert!(!format!("{u:?}").contains("cret"));
+        let u = UpstreamUrl::parse("redis://:pw@localhost").unwrap();
+        assert_eq!(
+            (u.username, u.password.as_deref(), u.port),
+            (None, Some("pw"), 6379)
+        );
+        let u = UpstreamUrl::parse("rediss://[::1]:6380").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.addr(), "[::1]:6380");
+        assert_eq!(
+            redact_url("redis://u:secret@h:1/0"),
+            "redis://u:<redacted>@h:1/0"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn precedence_flag_over_file_over_default() {
+        let mut c = Config::from_toml(
+            "[client]\nlisten = \"127.0.0.1:7000\"\n[admin]\nlisten = \"127.0.0.1:7001\"\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            listen: Some("127.0.0.1:7002".into()),
+            ..Flags::default()
+        };
+        c.apply_flags(&flags);
+        assert_eq!(c.client.listen, "127.0.0.1:7002");
+        assert_eq!(c.admin.listen, "127.0.0.1:7001");
+        assert_eq!(c.upstream.url, "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn redaction_hides_every_secret() {
+        let mut c = Config::default();
+        c.upstream.url = "redis://u:hunter2@h:1".into();
+        c.client.requirepass = "hunter3".into();
+        c.admin.token = "hunter4".into();
+        let shown = c.to_redacted_toml();
+        for s in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!shown.contains(s), "{s} in {shown}");
+        }
+        assert!(shown.contains("<redacted>"));
+    }
+}

@@ -1,0 +1,321 @@
+//! Upstream health: a circuit breaker fed by real traffic and by a background PING probe.
+//!
+//! `healthy` → `degraded` on slow round trips (moving average above
+//! `health.degraded_latency`) or on failures below the threshold; → `down` after
+//! `health.down_after_failures` consecutive failures (connect errors, timeouts, broken
+//! connections). While `down` no client traffic is sent upstream (fail fast); only the probe
+//! tries, and its first success brings the state back. An operator drill forces `down`.
+//! Each transition is logged once, with its cause, and counted.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::config::HealthConfig;
+use crate::metrics::Metrics;
+
+/// The upstream's state as respite sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    Healthy = 0,
+    Degraded = 1,
+    Down = 2,
+    Replaying = 3,
+}
+
+impl State {
+    pub const ALL: [State; 4] = [
+        State::Healthy,
+        State::Degraded,
+        State::Down,
+        State::Replaying,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Healthy => "healthy",
+            State::Degraded => "degraded",
+            State::Down => "down",
+            State::Replaying => "replaying",
+        }
+    }
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Healthy,
+            1 => State::Degraded,
+            2 => State::Down,
+            _ => State::Replaying,
+        }
+    }
+}
+
+/// The last upstream error, for `/status`.
+#[derive(Debug, Clone)]
+pub struct LastError {
+    pub message: String,
+    pub at: SystemTime,
+}
+
+/// The circuit breaker.
+pub struct Health {
+    state: AtomicU8,
+    consecutive_failures: AtomicU32,
+    /// Moving average of upstream round trips, in microseconds.
+    latency_ewma_us: AtomicU64,
+    drill: AtomicBool,
+    last_error: Mutex<Option<LastError>>,
+    /// Serialises transitions so each is logged and counted exactly once.
+    transition: Mutex<()>,
+    cfg: HealthConfig,
+    metrics: Arc<Metrics>,
+    since: Mutex<Instant>,
+}
+
+impl Health {
+    pub fn new(cfg: HealthConfig, metrics: Arc<Metrics>) -> Health {
+        for s in State::ALL {
+            metrics
+                .upstream_state
+                .with_label_values(&[s.as_str()])
+                .set((s == State::Healthy) as i64);
+        }
+        Health {
+            state: AtomicU8::new(State::Healthy as u8),
+            consecutive_failures: AtomicU32::new(0),
+            latency_ewma_us: AtomicU64::new(0),
+            drill: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            transition: Mutex::new(()),
+            cfg,
+            metrics,
+            since: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// The current state.
+    #[inline]
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Whether client traffic may be sent upstream now.
+    #[inline]
+    pub fn upstream_usable(&self) -> bool {
+        self.state() != State::Down
+    }
+
+    /// Moving average of upstream round trips.
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.latency_ewma_us.load(Ordering::Relaxed))
+    }
+
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error.lock().clone()
+    }
+
+    pub fn drill_active(&self) -> bool {
+        self.drill.load(Ordering::Acquire)
+    }
+
+    /// Time spent in the current state.
+    pub fn in_state_for(&self) -> Duration {
+        self.since.lock().elapsed()
+    }
+
+    /// A successful upstream round trip (real traffic or probe).
+    pub fn record_success(&self, latency: Duration) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        let sample = latency.as_micros().min(u64::MAX as u128) as u64;
+        let old = self.latency_ewma_us.load(Ordering::Relaxed);
+        // EWMA with alpha = 1/8; races between threads only lose a sample.
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.latency_ewma_us.store(new, Ordering::Relaxed);
+        let slow = Duration::from_micros(new) > self.cfg.degraded_latency.0;
+        match self.state() {
+            State::Healthy if slow => self.transition(
+                State::Degraded,
+                &format!(
+                    "upstream latency {:?} above {}",
+                    Duration::from_micros(new),
+                    self.cfg.degraded_latency
+                ),
+            ),
+            State::Degraded if !slow => {
+                self.transition(State::Healthy, "upstream answering normally again")
+            }
+            _ => {}
+        }
+    }
+
+    /// A probe PING answered: the only way out of `down`.
+    pub fn probe_succeeded(&self, latency: Duration) {
+        if self.state() == State::Down && !self.drill_active() {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.latency_ewma_us
+                .store(latency.as_micros() as u64, Ordering::Relaxed);
+            self.transition(State::Healthy, "probe PING answered");
+        } else {
+            self.record_success(latency);
+        }
+    }
+
+    /// A failed upstream interaction, with its cause (never containing secrets).
+    pub fn record_failure(&self, cause: &str) {
+        *self.last_error.lock() = Some(LastError {
+            message: cause.to_string(),
+            at: SystemTime::now(),
+        });
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        match self.state() {
+            State::Down => {}
+            _ if n >= self.cfg.down_after_failures => self.transition(
+                State::Down,
+                &format!("{n} consecutive upstream failures, last: {cause}"),
+            ),
+            State::Healthy => {
+                self.transition(State::Degraded, &format!("upstream failure: {cause}"))
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts or ends an operator drill: the upstream is treated as unreachable.
+    pub fn set_drill(&self, on: bool) {
+        self.drill.store(on, Ordering::Release);
+        if on {
+            self.transition(State::Down, "operator drill started");
+        } else {
+            tracing::info!("operator drill ended; the probe decides the state again");
+        }
+    }
+
+    fn transition(&self, to: State, cause: &str) {
+        let _guard = self.transition.lock();
+        let from = self.state();
+        if from == to || (self.drill_active() && to != State::Down) {
+            return;
+        }
+        self.state.store(to as u8, Ordering::Release);
+        *self.since.lock() = Instant::now();
+        self.metrics
+            .upstream_state
+            .with_label_values(&[from.as_str()])
+            .set(0);
+        self.metrics
+            .upstream_state
+            .with_label_values(&[to.as_str()])
+            .set(1);
+        self.metrics
+            .state_transitions
+            .with_label_values(&[from.as_str(), to.as_str()])
+            .inc();
+        match to {
+            State::Down => tracing::warn!(
+                state.from = from.as_str(),
+                state.to = to.as_str(),
+                cause,
+                "upstream state changed"
+            ),
+            _ => tracing::info!(
+                state.from = from.as_str(),
+                state.to = to.as_str(),
+                cause,
+                "upstream state changed"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Dur;
+
+    fn health() -> Health {
+        let cfg = HealthConfig {
+            down_after_failures: 3,
+            degraded_latency: Dur::ms(50),
+            ..HealthConfig::default()
+        };
+        Health::new(cfg, Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn failures_degrade_then_take_down_and_only_the_probe_restores() {
+        let h = health();
+        assert_eq!(h.state(), State::Healthy);
+        h.record_failure("connection refused");
+        assert_eq!(h.state(), State::Degraded);
+        h.record_failure("connection refused");
+        assert_eq!(h.state(), State::Degraded);
+        h.record_failure("connection refused");
+        assert_eq!(h.state(), State::Down);
+        assert!(!h.upstream_usable());
+        h.record_success(Duration::from_micros(100));
+        assert_eq!(
+            h.state(),
+            State::Down,
+            "real traffic does not reopen the breaker"
+        );
+        h.probe_succeeded(Duration::from_micros(100));
+        assert_eq!(h.state(), State::Healthy);
+        assert_eq!(h.last_error().unwrap().message, "connection refused");
+        let text = h.metrics.render();
+        assert!(
+            text.contains("respite_upstream_state{state=\"healthy\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "respite_upstream_state_transitions_total{from=\"degraded\",to=\"down\"} 1"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let h = health();
+        h.record_failure("x");
+        h.record_failure("x");
+        h.record_success(Duration::from_micros(100));
+        assert_eq!(h.state(), State::Healthy);
+        h.record_failure("x");
+        h.record_failure("x");
+        assert_eq!(h.state(), State::Degraded);
+    }
+
+    #[test]
+    fn slow_round_trips_degrade() {
+        let h = health();
+        for _ in 0..50 {
+            h.record_success(Duration::from_millis(200));
+        }
+        assert_eq!(h.state(), State::Degraded);
+        for _ in 0..100 {
+            h.record_success(Duration::from_micros(100));
+        }
+        assert_eq!(h.state(), State::Healthy);
+    }
+
+    #[test]
+    fn drill_forces_down_until_ended() {
+        let h = health();
+        h.set_drill(true);
+        assert_eq!(h.state(), State::Down);
+        h.probe_succeeded(Duration::from_micros(10));
+        assert_eq!(h.state(), State::Down);
+        h.set_drill(false);
+        h.probe_succeeded(Duration::from_micros(10));
+        assert_eq!(h.state(), State::Healthy);
+    }
+}

@@ -1,0 +1,30 @@
+//! respite: a resilient caching sidecar for Redis.
+//!
+//! Follow one command through the modules:
+//!
+//! - [`server`]: the client listener; connection limit; one session task per client.
+//! - [`session`]: per-client state; reads a round of requests, routes, writes replies in order.
+//! - [`resp`]: RESP framing — zero-copy request parsing with limits, reply boundary scanning.
+//! - [`command`]: the command table (data): arity, flags, keys, routing class per command.
+//! - [`upstream`]: connecting to Redis, shared pipelined connections ([`upstream::mux`]),
+//!   dedicated ones for stateful clients ([`upstream::dedicated`]), backoff, the probe.
+//! - [`health`]: the circuit breaker (`healthy` / `degraded` / `down` / `replaying`).
+//! - [`error`]: upstream failures and the one place they become RESP errors.
+//! - [`metrics`]: every Prometheus family.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`, `POST /admin/drill`.
+//! - [`config`]: TOML schema, flags, environment, validation, redaction.
+//! - [`app`]: wiring and graceful shutdown.
+
+pub mod admin;
+pub mod app;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod resp;
+pub mod server;
+pub mod session;
+pub mod upstream;
+
+pub use app::run;

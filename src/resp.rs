@@ -1,0 +1,688 @@
+//! RESP framing: where a request or a reply ends, found without allocating and with every
+//! size limit checked from the header, before the body is buffered.
+//!
+//! respite forwards bytes, not re-encoded frames: a request is parsed only far enough to
+//! know its arguments (as offsets into the client's buffer), and an upstream reply only
+//! far enough to know where it ends. Both parsers are resumable, so a 10 MB value or a
+//! million-element reply arriving in many reads is scanned once, not once per read.
+
+use bytes::{BufMut, BytesMut};
+use thiserror::Error;
+
+/// Size limits applied to client requests (Redis: `proto-max-bulk-len` and friends).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest bulk string argument accepted.
+    pub max_bulk: usize,
+    /// Largest number of arguments in one command.
+    pub max_array: usize,
+    /// Largest inline (telnet-style) command line, as Redis's 64 KiB.
+    pub max_inline: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bulk: 512 << 20,
+            max_array: 1 << 20,
+            max_inline: 64 << 10,
+        }
+    }
+}
+
+/// A request the client sent that cannot be parsed. All of these close the connection after
+/// the error reply, because the byte stream cannot be resynchronised (Redis does the same).
+#[derive(Debug, Error, PartialEq, Eq, Clone)]
+pub enum ProtocolError {
+    #[error("Protocol error: invalid multibulk length")]
+    InvalidMultibulkLength,
+    #[error("Protocol error: invalid bulk length")]
+    InvalidBulkLength,
+    #[error("Protocol error: expected '$', got '{0}'")]
+    ExpectedBulk(char),
+    #[error("Protocol error: too big inline request")]
+    InlineTooBig,
+    #[error("Protocol error: unbalanced quotes in request")]
+    UnbalancedQuotes,
+    #[error("Protocol error: bulk string not terminated by CRLF")]
+    MissingCrlf,
+    #[error("Protocol error: invalid reply type byte 0x{0:02x}")]
+    InvalidReplyType(u8),
+    #[error("Protocol error: invalid length in reply")]
+    InvalidReplyLength,
+}
+
+/// One argument of a request: an offset and length into the request's bytes.
+pub type Arg = (u32, u32);
+
+/// Outcome of feeding the buffer to [`RequestParser::parse`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not enough bytes yet.
+    Incomplete,
+    /// A RESP array request of `len` bytes; its arguments were appended to `args`.
+    Request { len: usize },
+    /// An inline command line of `len` bytes, re-encoded as a RESP array into `encoded`
+    /// (its arguments, appended to `args`, point into `encoded`). An empty line has no
+    /// arguments and is skipped, as Redis skips it.
+    Inline { len: usize },
+}
+
+/// Resumable parser of client requests (RESP arrays of bulk strings, or inline lines).
+#[derive(Debug, Default)]
+pub struct RequestParser {
+    /// Progress through a partially received array request.
+    partial: Option<Partial>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Partial {
+    /// Offset of the next unparsed byte.
+    pos: usize,
+    /// Arguments still to come.
+    remaining: usize,
+    /// Length of `args` when this request started, to roll back nothing on resume.
+    args_at_start: usize,
+}
+
+impl RequestParser {
+    /// Parses one request at the start of `buf`. Argument offsets are relative to the
+    /// request's first byte (for `Inline`, to the first byte of `encoded`).
+    ///
+    /// On `Incomplete` the progress is kept, and the next call must pass the same bytes
+    /// again (with more appended).
+    pub fn parse(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+        args: &mut Vec<Arg>,
+        encoded: &mut BytesMut,
+    ) -> Result<Parsed, ProtocolError> {
+        if self.partial.is_none() {
+            match buf.first() {
+                None => return Ok(Parsed::Incomplete),
+                Some(b'*') => {}
+                Some(_) => return parse_inline(buf, limits, args, encoded),
+            }
+            let Some((n, after)) = read_line_int(buf, 1)? else {
+                if buf.len() > limits.max_inline {
+                    return Err(ProtocolError::InvalidMultibulkLength);
+                }
+                return Ok(Parsed::Incomplete);
+            };
+            if n > limits.max_array as i64 {
+                return Err(ProtocolError::InvalidMultibulkLength);
+            }
+            if n <= 0 {
+                // `*0` and `*-1` are empty requests: Redis ignores them silently.
+                return Ok(Parsed::Inline { len: after });
+            }
+            self.partial = Some(Partial {
+                pos: after,
+                remaining: n as usize,
+                args_at_start: args.len(),
+            });
+        }
+        let mut p = self.partial.expect("set above");
+        while p.remaining > 0 {
+            let Some(&first) = buf.get(p.pos) else { break };
+            if first != b'$' {
+                self.reset(args, p);
+                return Err(ProtocolError::ExpectedBulk(printable(first)));
+            }
+            let header = match read_line_int(buf, p.pos + 1) {
+                Ok(h) => h,
+                Err(_) => {
+                    self.reset(args, p);
+                    return Err(ProtocolError::InvalidBulkLength);
+                }
+            };
+            let Some((len, body)) = header else {
+                if buf.len() - p.pos > 32 {
+                    self.reset(args, p);
+                    return Err(ProtocolError::InvalidBulkLength);
+                }
+                break;
+            };
+            if len < 0 || len as u64 > limits.max_bulk as u64 || len > u32::MAX as i64 {
+                self.reset(args, p);
+                return Err(ProtocolError::InvalidBulkLength);
+            }
+            let end = body + len as usize;
+            if buf.len() < end + 2 {
+                break;
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                self.reset(args, p);
+                return Err(ProtocolError::MissingCrlf);
+            }
+            args.push((body as u32, len as u32));
+            p.pos = end + 2;
+            p.remaining -= 1;
+        }
+        if p.remaining == 0 {
+            self.partial = None;
+            Ok(Parsed::Request { len: p.pos })
+        } else {
+            self.partial = Some(p);
+            Ok(Parsed::Incomplete)
+        }
+    }
+
+    /// Bytes a partially parsed request is known to need at least (0 when unknown).
+    pub fn in_progress(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    fn reset(&mut self, args: &mut Vec<Arg>, p: Partial) {
+        args.truncate(p.args_at_start);
+        self.partial = None;
+    }
+}
+
+fn printable(b: u8) -> char {
+    if b.is_ascii_graphic() {
+        b as char
+    } else {
+        '?'
+    }
+}
+
+/// Inline command: one line, arguments separated by spaces, with Redis's double and single
+/// quotes (`sdssplitargs`) so that `SET "a b" c` from telnet means what it means to Redis.
+fn parse_inline(
+    buf: &[u8],
+    limits: &Limits,
+    args: &mut Vec<Arg>,
+    encoded: &mut BytesMut,
+) -> Result<Parsed, ProtocolError> {
+    let Some(nl) = memchr::memchr(b'\n', buf) else {
+        if buf.len() > limits.max_inline {
+            return Err(ProtocolError::InlineTooBig);
+        }
+        return Ok(Parsed::Incomplete);
+    };
+    if nl > limits.max_inline {
+        return Err(ProtocolError::InlineTooBig);
+    }
+    let mut line = &buf[..nl];
+    if line.last() == Some(&b'\r') {
+        line = &line[..line.len() - 1];
+    }
+    let words = split_args(line)?;
+    if words.len() > limits.max_array {
+        return Err(ProtocolError::InvalidMultibulkLength);
+    }
+    encoded.clear();
+    if words.is_empty() {
+        return Ok(Parsed::Inline { len: nl + 1 });
+    }
+    encoded.put_u8(b'*');
+    put_decimal(encoded, words.len() as i64);
+    encoded.put_slice(b"\r\n");
+    for w in &words {
+        encoded.put_u8(b'$');
+        put_decimal(encoded, w.len() as i64);
+        encoded.put_slice(b"\r\n");
+        args.push((encoded.len() as u32, w.len() as u32));
+        encoded.put_slice(w);
+        encoded.put_slice(b"\r\n");
+    }
+    Ok(Parsed::Inline { len: nl + 1 })
+}
+
+/// Splits an inline line the way Redis's `sdssplitargs` does: whitespace separates,
+/// "double quotes" allow `\n \r \t \b \a \\ \" \xHH` escapes, 'single quotes' allow `\'`.
+fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < line.len() {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i == line.len() {
+            break;
+        }
+        let mut cur = Vec::new();
+        let mut in_dq = false;
+        let mut in_sq = false;
+        loop {
+            if in_dq {
+                let Some(&c) = line.get(i) else {
+                    return Err(ProtocolError::UnbalancedQuotes);
+                };
+                if c == b'\\'
+                    && line.get(i + 1) == Some(&b'x')
+                    && i + 3 < line.len()
+                    && line[i + 2].is_ascii_hexdigit()
+                    && line[i + 3].is_ascii_hexdigit()
+                {
+                    let hex = |d: u8| (d as char).to_digit(16).unwrap_or(0) as u8;
+                    cur.push(hex(line[i + 2]) << 4 | hex(line[i + 3]));
+                    i += 4;
+                    continue;
+                }
+                if c == b'\\' && i + 1 < line.len() {
+                    let e = line[i + 1];
+                    cur.push(match e {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 8,
+                        b'a' => 7,
+                        other => other,
+                    });
+                    i += 2;
+                } else if c == b'"' {
+                    // The closing quote must be followed by a space or the end.
+                    if line.get(i + 1).is_some_and(|n| !n.is_ascii_whitespace()) {
+                        return Err(ProtocolError::UnbalancedQuotes);
+                    }
+                    i += 1;
+                    break;
+                } else {
+                    cur.push(c);
+                    i += 1;
+                }
+            } else if in_sq {
+                let Some(&c) = line.get(i) else {
+                    return Err(ProtocolError::UnbalancedQuotes);
+                };
+                if c == b'\\' && line.get(i + 1) == Some(&b'\'') {
+                    cur.push(b'\'');
+                    i += 2;
+                } else if c == b'\'' {
+                    if line.get(i + 1).is_some_and(|n| !n.is_ascii_whitespace()) {
+                        return Err(ProtocolError::UnbalancedQuotes);
+                    }
+                    i += 1;
+                    break;
+                } else {
+                    cur.push(c);
+                    i += 1;
+                }
+            } else {
+                match line.get(i) {
+                    None => break,
+                    Some(c) if c.is_ascii_whitespace() => break,
+                    Some(b'"') if cur.is_empty() => {
+                        in_dq = true;
+                        i += 1;
+                    }
+                    Some(b'\'') if cur.is_empty() => {
+                        in_sq = true;
+                        i += 1;
+                    }
+                    Some(&c) => {
+                        cur.push(c);
+                        i += 1;
+                    }
+                }
+            }
+        }
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+/// Reads `<integer>\r\n` starting at `start`; returns the value and the offset after CRLF.
+fn read_line_int(buf: &[u8], start: usize) -> Result<Option<(i64, usize)>, ProtocolError> {
+    let Some(rest) = buf.get(start..) else {
+        return Ok(None);
+    };
+    let Some(cr) = memchr::memchr(b'\r', rest) else {
+        if rest.len() > 20 {
+            return Err(ProtocolError::InvalidMultibulkLength);
+        }
+        return Ok(None);
+    };
+    if cr + 1 >= rest.len() {
+        return Ok(None);
+    }
+    if rest[cr + 1] != b'\n' {
+        return Err(ProtocolError::InvalidMultibulkLength);
+    }
+    let v = parse_int(&rest[..cr]).ok_or(ProtocolError::InvalidMultibulkLength)?;
+    Ok(Some((v, start + cr + 2)))
+}
+
+/// Parses a decimal integer as Redis does (`string2ll`): optional '-', digits, no overflow.
+pub fn parse_int(s: &[u8]) -> Option<i64> {
+    let (neg, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add((d - b'0') as i64)?;
+    }
+    Some(if neg { -v } else { v })
+}
+
+/// Appends the decimal form of `v`.
+pub fn put_decimal(out: &mut BytesMut, v: i64) {
+    let mut b = itoa::Buffer::new();
+    out.put_slice(b.format(v).as_bytes());
+}
+
+/// Resumable scanner of upstream replies, RESP2 and RESP3 (maps, sets, pushes, attributes,
+/// doubles, big numbers, verbatim strings, blob errors). It only finds where each reply ends.
+#[derive(Debug, Default, Clone)]
+pub struct ReplyScanner {
+    pos: usize,
+    /// Elements still needed to complete the current reply (0: at a reply boundary).
+    pending: u64,
+}
+
+/// What [`ReplyScanner::next`] found.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct ReplyInfo {
+    /// Length in bytes of the complete reply.
+    pub len: usize,
+    /// First byte: `-` / `!` mark an error, `>` a RESP3 push (not an answer to a request).
+    pub kind: u8,
+}
+
+impl ReplyInfo {
+    /// Whether the reply is an error reply.
+    pub fn is_error(&self) -> bool {
+        self.kind == b'-' || self.kind == b'!'
+    }
+    /// Whether the reply is an out-of-band RESP3 push.
+    pub fn is_push(&self) -> bool {
+        self.kind == b'>'
+    }
+}
+
+impl ReplyScanner {
+    /// Scans the reply at the start of `buf`. Returns `None` while incomplete (call again
+    /// with the same bytes plus more), or the reply's length once it is complete; the caller
+    /// then removes those bytes and the scanner starts afresh.
+    pub fn next(&mut self, buf: &[u8]) -> Result<Option<ReplyInfo>, ProtocolError> {
+        let Some(&kind) = buf.first() else {
+            return Ok(None);
+        };
+        if self.pending == 0 {
+            self.pos = 0;
+            self.pending = 1;
+        }
+        while self.pending > 0 {
+            let Some(&t) = buf.get(self.pos) else {
+                return Ok(None);
+            };
+            let Some(cr) = memchr::memchr(b'\r', &buf[self.pos + 1..]) else {
+                if buf.len() - self.pos > 64 << 10 && !matches!(t, b'+' | b'-') {
+                    return Err(ProtocolError::InvalidReplyLength);
+                }
+                return Ok(None);
+            };
+            let line_end = self.pos + 1 + cr;
+            if line_end + 1 >= buf.len() {
+                return Ok(None);
+            }
+            let line = &buf[self.pos + 1..line_end];
+            let after = line_end + 2;
+            let consumed = match t {
+                b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => after,
+                b'$' | b'!' | b'=' => {
+                    let n = parse_int(line).ok_or(ProtocolError::InvalidReplyLength)?;
+                    if n < 0 {
+                        after
+                    } else {
+                        let end = after + n as usize + 2;
+                        if buf.len() < end {
+                            return Ok(None);
+                        }
+                        end
+                    }
+                }
+                b'*' | b'~' | b'>' | b'%' | b'|' => {
+                    let n = parse_int(line).ok_or(ProtocolError::InvalidReplyLength)?;
+                    if n > 0 {
+                        let n = n as u64;
+                        self.pending += match t {
+                            b'%' => 2 * n,
+                            // An attribute map precedes the reply it annotates.
+                            b'|' => 2 * n + 1,
+                            _ => n,
+                        };
+                    } else if t == b'|' {
+                        self.pending += 1;
+                    }
+                    after
+                }
+                other => return Err(ProtocolError::InvalidReplyType(other)),
+            };
+            self.pos = consumed;
+            self.pending -= 1;
+        }
+        let len = self.pos;
+        self.pos = 0;
+        Ok(Some(ReplyInfo { len, kind }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
+        let mut p = RequestParser::default();
+        let mut out = Vec::new();
+        let mut off = 0;
+        let limits = Limits::default();
+        loop {
+            let mut args = Vec::new();
+            let mut enc = BytesMut::new();
+            match p.parse(&input[off..], &limits, &mut args, &mut enc)? {
+                Parsed::Incomplete => return Ok(out),
+                Parsed::Request { len } => {
+                    let base = &input[off..];
+                    out.push(
+                        args.iter()
+                            .map(|&(s, l)| base[s as usize..(s + l) as usize].to_vec())
+                            .collect(),
+                    );
+                    off += len;
+                }
+                Parsed::Inline { len } => {
+                    if !args.is_empty() {
+                        out.push(
+                            args.iter()
+                                .map(|&(s, l)| enc[s as usize..(s + l) as usize].to_vec())
+                                .collect(),
+                        );
+                    }
+                    off += len;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parses_arrays_and_pipelines() {
+        let got = parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*1\r\n$4\r\nPING\r\n").unwrap();
+        assert_eq!(
+            got,
+            vec![vec![b"GET".to_vec(), b"a".to_vec()], vec![b"PING".to_vec()]]
+        );
+    }
+
+    #[test]
+    fn binary_safe_arguments() {
+        let got = parse_all(b"*2\r\n$3\r\nGET\r\n$4\r\n\r\n\0\xff\r\n").unwrap();
+        assert_eq!(got[0][1], b"\r\n\0\xff".to_vec());
+    }
+
+    #[test]
+    fn resumes_byte_by_byte() {
+        let input = b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\n";
+        let mut p = RequestParser::default();
+        let limits = Limits::default();
+        let mut args = Vec::new();
+        let mut enc = BytesMut::new();
+        for end in 0..input.len() {
+            assert_eq!(
+                p.parse(&input[..end], &limits, &mut args, &mut enc)
+                    .unwrap(),
+                Parsed::Incomplete
+            );
+        }
+        assert_eq!(
+            p.parse(input, &limits, &mut args, &mut enc).unwrap(),
+            Parsed::Request { len: input.len() }
+        );
+        assert_eq!(args.len(), 3);
+    }
+
+    #[test]
+    fn limits_are_checked_from_the_header() {
+        let limits = Limits {
+            max_bulk: 10,
+            max_array: 3,
+            max_inline: 64,
+        };
+        let mut p = RequestParser::default();
+        let (mut a, mut e) = (Vec::new(), BytesMut::new());
+        // The header alone is enough to refuse: the 11-byte body never needs to arrive.
+        assert_eq!(
+            p.parse(b"*2\r\n$3\r\nGET\r\n$11\r\n", &limits, &mut a, &mut e),
+            Err(ProtocolError::InvalidBulkLength)
+        );
+        assert_eq!(
+            p.parse(b"*4\r\n", &limits, &mut a, &mut e),
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
+        assert_eq!(
+            p.parse(b"*1\r\n$-5\r\n", &limits, &mut a, &mut e),
+            Err(ProtocolError::InvalidBulkLength)
+        );
+        assert_eq!(
+            p.parse(b"*1\r\n:5\r\n", &limits, &mut a, &mut e),
+            Err(ProtocolError::ExpectedBulk(':'))
+        );
+        assert_eq!(
+            p.parse(b"*x\r\n", &limits, &mut a, &mut e),
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
+        assert_eq!(
+            p.parse(b"*1\r\n$1\r\nab\r\n", &limits, &mut a, &mut e),
+            Err(ProtocolError::MissingCrlf)
+        );
+        assert_eq!(
+            p.parse(&[b'x'; 65], &limits, &mut a, &mut e),
+            Err(ProtocolError::InlineTooBig)
+        );
+        assert_eq!(
+            p.parse(b"*99999999999999999999999\r\n", &limits, &mut a, &mut e),
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
+    }
+
+    #[test]
+    fn empty_arrays_are_skipped() {
+        assert_eq!(
+            parse_all(b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n").unwrap(),
+            vec![vec![b"PING".to_vec()]]
+        );
+    }
+
+    #[test]
+    fn inline_commands_follow_redis_quoting() {
+        assert_eq!(
+            parse_all(b"PING\r\n").unwrap(),
+            vec![vec![b"PING".to_vec()]]
+        );
+        assert_eq!(
+            parse_all(b"set \"a b\" 'c\\'d' \"\\x41\\n\"\n").unwrap(),
+            vec![vec![
+                b"set".to_vec(),
+                b"a b".to_vec(),
+                b"c'd".to_vec(),
+                b"A\n".to_vec()
+            ]]
+        );
+        assert_eq!(
+            parse_all(b"\r\n\r\nPING\n").unwrap(),
+            vec![vec![b"PING".to_vec()]]
+        );
+        assert_eq!(
+            parse_all(b"set \"abc\n"),
+            Err(ProtocolError::UnbalancedQuotes)
+        );
+        assert_eq!(
+            parse_all(b"set \"a\"b\n"),
+            Err(ProtocolError::UnbalancedQuotes)
+        );
+    }
+
+    fn scan(input: &[u8]) -> Option<ReplyInfo> {
+        ReplyScanner::default().next(input).unwrap()
+    }
+
+    #[test]
+    fn scans_resp2_and_resp3_replies() {
+        for r in [
+            &b"+OK\r\n"[..],
+            b"-ERR x\r\n",
+            b":12\r\n",
+            b"$3\r\nabc\r\n",
+            b"$-1\r\n",
+            b"*-1\r\n",
+            b"*2\r\n$1\r\na\r\n*1\r\n:1\r\n",
+            b"_\r\n",
+            b"#t\r\n",
+            b",3.14\r\n",
+            b"(123456789012345678901234567890\r\n",
+            b"!3\r\nerr\r\n",
+            b"=7\r\ntxt:abc\r\n",
+            b"%1\r\n+k\r\n*0\r\n",
+            b"~2\r\n+a\r\n+b\r\n",
+            b">2\r\n+message\r\n+x\r\n",
+            b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n",
+        ] {
+            let mut with_tail = r.to_vec();
+            with_tail.extend_from_slice(b"+NEXT\r\n");
+            assert_eq!(
+                scan(&with_tail).map(|i| i.len),
+                Some(r.len()),
+                "{}",
+                String::from_utf8_lossy(r)
+            );
+            for cut in 0..r.len() {
+                assert_eq!(
+                    scan(&r[..cut]),
+                    None,
+                    "prefix {cut} of {}",
+                    String::from_utf8_lossy(r)
+                );
+            }
+        }
+        assert!(scan(b"-ERR\r\n").unwrap().is_error());
+        assert!(scan(b">1\r\n+a\r\n").unwrap().is_push());
+    }
+
+    #[test]
+    fn scanner_resumes_without_rescanning() {
+        let reply = b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n";
+        let mut s = ReplyScanner::default();
+        for cut in 1..reply.len() {
+            assert_eq!(s.next(&reply[..cut]).unwrap(), None);
+        }
+        assert_eq!(s.next(reply).unwrap().unwrap().len, reply.len());
+        // And the scanner starts afresh on the next reply.
+        assert_eq!(s.next(b":1\r\n").unwrap().unwrap().len, 4);
+    }
+
+    #[test]
+    fn rejects_garbage_replies() {
+        assert!(ReplyScanner::default().next(b"?x\r\n").is_err());
+        assert!(ReplyScanner::default().next(b"$abc\r\n").is_err());
+    }
+}

@@ -1,0 +1,726 @@
+//! A client session: reads requests, routes each through the command table, and writes the
+//! replies back in order.
+//!
+//! A round: read what the client sent, parse every complete request (up to
+//! `client.max_pipeline`), forward consecutive requests as one batch (zero-copy: the batch is a
+//! slice of the client's buffer), write all replies with one write. Stateless commands share
+//! a pipelined connection ([`Mux`]); the first stateful command pins the client to a
+//! [`Dedicated`] connection for the rest of its life; SUBSCRIBE/MONITOR/CLIENT TRACKING turn
+//! it into a relayed stream. A client connection is never closed because the upstream
+//! failed: every request gets a reply or an error saying what is known of its outcome.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::app::Ctx;
+use crate::command::{self, Block, CommandId, CommandSpec, Route};
+use crate::error::{write_error_line, UpstreamError};
+use crate::metrics::Outcome;
+use crate::resp::{Arg, Parsed, ProtocolError, RequestParser};
+use crate::upstream::backoff;
+use crate::upstream::dedicated::{Dedicated, StateKey};
+use crate::upstream::mux::{BatchFailure, BatchReply, BatchResult};
+use crate::upstream::{Mux, UpstreamStream};
+
+/// One parsed request of the current round.
+struct Req {
+    /// Byte range in the round's buffer (unused for inline requests).
+    range: Range<usize>,
+    /// Re-encoded bytes of an inline command.
+    inline: Option<Bytes>,
+    /// Argument range in the arena.
+    args: Range<usize>,
+    id: CommandId,
+    spec: Option<&'static CommandSpec>,
+    route: Route,
+    received: Instant,
+}
+
+impl Req {
+    fn read_only(&self) -> bool {
+        self.spec.is_some_and(|s| s.is_read_only())
+    }
+    fn name(&self) -> &'static str {
+        self.spec.map_or("command", |s| s.name)
+    }
+}
+
+/// Transaction state on a dedicated connection, so that losing the connection in the
+/// middle of MULTI or WATCH aborts the transaction instead of running half of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Txn {
+    #[default]
+    None,
+    Watching,
+    Multi,
+    /// The connection was lost inside a transaction: refuse until EXEC/DISCARD/UNWATCH.
+    Lost,
+}
+
+pub struct Session {
+    ctx: Arc<Ctx>,
+    read: OwnedReadHalf,
+    write: OwnedWriteHalf,
+    rbuf: BytesMut,
+    out: BytesMut,
+    parser: RequestParser,
+    args: Vec<Arg>,
+    reqs: Vec<Req>,
+    mux: Mux,
+    dedicated: Option<Dedicated>,
+    txn: Txn,
+    /// Close after the pending replies are written (QUIT, protocol error).
+    closing: bool,
+    /// The relayed stream (pub/sub, MONITOR, CLIENT TRACKING) once the client entered it.
+    stream: Option<(UpstreamStream, BytesMut)>,
+    /// The last round stopped at `client.max_pipeline` with requests left in the buffer.
+    backlog: bool,
+}
+
+/// Why a session ended (read through `Debug` by the session's debug log line).
+#[derive(Debug)]
+#[allow(dead_code)]
+enum End {
+    ClientClosed,
+    Quit,
+    Protocol(ProtocolError),
+    Idle,
+    Shutdown,
+    Io(std::io::Error),
+}
+
+impl Session {
+    pub fn new(ctx: Arc<Ctx>, stream: TcpStream) -> Session {
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let mux = ctx.upstream.pick();
+        Session {
+            ctx,
+            read,
+            write,
+            rbuf: BytesMut::with_capacity(4096),
+            out: BytesMut::with_capacity(4096),
+            parser: RequestParser::default(),
+            args: Vec::with_capacity(16),
+            reqs: Vec::with_capacity(16),
+            mux,
+            dedicated: None,
+            txn: Txn::None,
+            closing: false,
+            stream: None,
+            backlog: false,
+        }
+    }
+
+    /// Serves the client until it leaves, misbehaves, idles out or respite shuts down.
+    pub async fn run(mut self) {
+        let end = self.serve().await;
+        tracing::debug!(?end, "client session ended");
+        let _ = self.write.shutdown().await;
+    }
+
+    async fn serve(&mut self) -> End {
+        loop {
+            if let Some(end) = self.read_more().await {
+                return end;
+            }
+            let consumed = match self.parse_round() {
+                Ok(c) => c,
+                Err(e) => {
+                    self.ctx.metrics.protocol_errors.inc();
+                    write_error_line(&mut self.out, &format!("ERR {e}"));
+                    let _ = self.write.write_all(&self.out).await;
+                    return End::Protocol(e);
+                }
+            };
+            if self.reqs.is_empty() {
+                continue;
+            }
+            let frozen = self.rbuf.split_to(consumed).freeze();
+            self.process(&frozen).await;
+            self.reqs.clear();
+            self.args.clear();
+            if let Err(e) = self.flush().await {
+                return End::Io(e);
+            }
+            if self.closing {
+                return End::Quit;
+            }
+            if self.stream.is_some() {
+                if let Some(end) = self.relay().await {
+                    return end;
+                }
+            }
+        }
+    }
+
+    /// Waits for more client bytes unless complete requests are already buffered.
+    async fn read_more(&mut self) -> Option<End> {
+        if std::mem::take(&mut self.backlog) {
+            return None;
+        }
+        let idle = self.ctx.cfg.raw.client.idle_timeout.0;
+        let read = self.read.read_buf(&mut self.rbuf);
+        let result = tokio::select! {
+            r = read => r,
+            _ = self.ctx.shutdown.cancelled() => return Some(End::Shutdown),
+            _ = sleep_or_never(idle) => return Some(End::Idle),
+        };
+        match result {
+            Ok(0) => Some(End::ClientClosed),
+            Ok(_) => None,
+            Err(e) => Some(End::Io(e)),
+        }
+    }
+
+    /// Parses complete requests from the buffer; returns how many bytes they span.
+    fn parse_round(&mut self) -> Result<usize, ProtocolError> {
+        let limits = self.ctx.limits;
+        let max = self.ctx.cfg.raw.client.max_pipeline;
+        let mut consumed = 0;
+        let mut encoded = BytesMut::new();
+        loop {
+            if self.reqs.len() >= max {
+                self.backlog = true;
+                break;
+            }
+            let args_start = self.args.len();
+            match self.parser.parse(
+                &self.rbuf[consumed..],
+                &limits,
+                &mut self.args,
+                &mut encoded,
+            )? {
+                Parsed::Incomplete => {
+                    if self.rbuf.len() - consumed
+                        > self.ctx.cfg.raw.client.max_query_buffer.0 as usize
+                    {
+                        return Err(ProtocolError::InvalidBulkLength);
+                    }
+                    break;
+                }
+                Parsed::Request { len } => {
+                    let args = args_start..self.args.len();
+                    // Offsets are relative to the request: make them relative to the round.
+                    for a in &mut self.args[args.clone()] {
+                        a.0 += consumed as u32;
+                    }
+                    let range = consumed..consumed + len;
+                    consumed += len;
+                    self.push_req(range, None, args);
+                }
+                Parsed::Inline { len } => {
+                    let args = args_start..self.args.len();
+                    consumed += len;
+                    if !args.is_empty() {
+                        let bytes = encoded.split().freeze();
+                        self.push_req(0..0, Some(bytes), args);
+                    }
+                }
+            }
+        }
+        Ok(consumed)
+    }
+
+    fn push_req(&mut self, range: Range<usize>, inline: Option<Bytes>, args: Range<usize>) {
+        let base: &[u8] = match &inline {
+            Some(b) => b,
+            None => &self.rbuf,
+        };
+        let arg = |i: usize| -> &[u8] {
+            let (s, l) = self.args[args.start + i];
+            &base[s as usize..(s + l) as usize]
+        };
+        let (id, spec) = match command::lookup(arg(0)) {
+            Some((id, spec)) => (id, Some(spec)),
+            None => (command::other_id(), None),
+        };
+        let argc = args.len();
+        let route = match spec.map(|s| s.route) {
+            None => Route::Shared,
+            Some(Route::Client) if argc > 1 => command::client_route(arg(1)),
+            Some(Route::Client) => Route::Shared,
+            Some(Route::Blocking(Block::BlockOption)) => {
+                if (1..argc).any(|i| arg(i).eq_ignore_ascii_case(b"BLOCK")) {
+                    Route::Blocking(Block::BlockOption)
+                } else {
+                    Route::Shared
+                }
+            }
+            Some(r) => r,
+        };
+        self.reqs.push(Req {
+            range,
+            inline,
+            args,
+            id,
+            spec,
+            route,
+            received: Instant::now(),
+        });
+    }
+
+    fn arg<'a>(&'a self, frozen: &'a Bytes, req: &'a Req, i: usize) -> &'a [u8] {
+        let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
+        let (s, l) = self.args[req.args.start + i];
+        &base[s as usize..(s + l) as usize]
+    }
+
+    /// Runs the round's requests in order, batching consecutive forwardable ones.
+    async fn process(&mut self, frozen: &Bytes) {
+        let n = self.reqs.len();
+        let mut i = 0;
+        while i < n {
+            let route = self.reqs[i].route;
+            match route {
+                Route::Local => {
+                    self.answer_local(i);
+                    i += 1;
+                    continue;
+                }
+                Route::Refused => {
+                    let name = self.reqs[i].name();
+                    write_error_line(
+                        &mut self.out,
+                        &format!("ERR respite: {name} is not supported through a proxy"),
+                    );
+                    self.count(i, Outcome::Refused);
+                    i += 1;
+                    continue;
+                }
+                Route::Stream => {
+                    // From here on the connection is relayed raw, this request included.
+                    self.pin();
+                    if !self.ctx.health.upstream_usable() {
+                        self.fail(i..n, &UpstreamError::Down);
+                        return;
+                    }
+                    let dedicated = self.dedicated.as_mut().expect("pinned above");
+                    let result = dedicated.take_stream().await;
+                    match result {
+                        Ok((stream, buf)) => {
+                            self.stream = Some((stream, buf));
+                            let rest = self.join(frozen, i..n);
+                            self.relay_input(rest, i..n).await;
+                        }
+                        Err(e) => self.fail(i..n, &e),
+                    }
+                    return;
+                }
+                Route::Pin | Route::Blocking(_) => self.pin(),
+                Route::Shared | Route::Client => {}
+            }
+            if self.txn == Txn::Lost {
+                self.answer_lost_txn(frozen, i);
+                i += 1;
+                continue;
+            }
+            // Extend the batch over following requests that go the same way.
+            let mut end = i + 1;
+            if self.reqs[i].inline.is_none() {
+                while end < n
+                    && self.reqs[end].inline.is_none()
+                    && self.forwardable(self.reqs[end].route)
+                {
+                    end += 1;
+                }
+            }
+            self.forward(frozen, i..end).await;
+            i = end;
+        }
+    }
+
+    fn forwardable(&self, route: Route) -> bool {
+        match route {
+            Route::Shared | Route::Client => true,
+            Route::Pin | Route::Blocking(_) => self.dedicated.is_some(),
+            Route::Stream | Route::Local | Route::Refused => false,
+        }
+    }
+
+    fn pin(&mut self) {
+        if self.dedicated.is_none() {
+            self.dedicated = Some(Dedicated::new(self.ctx.upstream.connector.clone()));
+        }
+    }
+
+    /// The bytes of requests that may not be contiguous (inline ones are re-encoded).
+    fn join(&self, frozen: &Bytes, run: Range<usize>) -> Bytes {
+        if run.clone().all(|i| self.reqs[i].inline.is_none()) {
+            return self.bytes_of(frozen, run);
+        }
+        let mut all = BytesMut::new();
+        for i in run {
+            all.extend_from_slice(&self.bytes_of(frozen, i..i + 1));
+        }
+        all.freeze()
+    }
+
+    fn bytes_of(&self, frozen: &Bytes, run: Range<usize>) -> Bytes {
+        let first = &self.reqs[run.start];
+        if let Some(b) = &first.inline {
+            debug_assert_eq!(run.len(), 1);
+            return b.clone();
+        }
+        frozen.slice(first.range.start..self.reqs[run.end - 1].range.end)
+    }
+
+    /// The deadline of a batch: the command timeout, or for blocking commands their own
+    /// timeout plus the margin (`None` when one of them blocks forever).
+    fn deadline(&self, frozen: &Bytes, run: Range<usize>) -> Option<Instant> {
+        let up = &self.ctx.cfg.raw.upstream;
+        let mut budget = up.command_timeout.0;
+        for i in run {
+            let req = &self.reqs[i];
+            if let Route::Blocking(block) = req.route {
+                match self.block_timeout(frozen, req, block) {
+                    Some(d) if d.is_zero() => return None,
+                    Some(d) => budget = budget.max(d + up.blocking_margin.0),
+                    None => {}
+                }
+            }
+        }
+        Some(Instant::now() + budget)
+    }
+
+    fn block_timeout(&self, frozen: &Bytes, req: &Req, block: Block) -> Option<Duration> {
+        let argc = req.args.len();
+        let (raw, millis) = match block {
+            Block::LastArgSecs => (self.arg(frozen, req, argc - 1), false),
+            Block::ArgSecs(i) if (i as usize) < argc => (self.arg(frozen, req, i as usize), false),
+            Block::ArgMillis(i) if (i as usize) < argc => (self.arg(frozen, req, i as usize), true),
+            Block::BlockOption => {
+                let pos = (1..argc.saturating_sub(1))
+                    .find(|&i| self.arg(frozen, req, i).eq_ignore_ascii_case(b"BLOCK"))?;
+                (self.arg(frozen, req, pos + 1), true)
+            }
+            _ => return None,
+        };
+        let v: f64 = std::str::from_utf8(raw).ok()?.trim().parse().ok()?;
+        if !(v.is_finite() && v >= 0.0) {
+            return None;
+        }
+        Some(if millis {
+            Duration::from_secs_f64(v / 1000.0)
+        } else {
+            Duration::from_secs_f64(v)
+        })
+    }
+
+    /// Forwards a run of requests, retrying what provably did not execute (and reads).
+    async fn forward(&mut self, frozen: &Bytes, run: Range<usize>) {
+        let deadline = self.deadline(frozen, run.clone());
+        let max_retries = self.ctx.cfg.raw.upstream.max_retries;
+        let mut next = run.start;
+        let mut attempt = 0;
+        while next < run.end {
+            if !self.ctx.health.upstream_usable() {
+                self.fail(next..run.end, &UpstreamError::Down);
+                return;
+            }
+            let bytes = self.bytes_of(frozen, next..run.end);
+            let result = self.send(bytes, run.end - next, deadline).await;
+            match result {
+                Ok(reply) => {
+                    self.deliver(frozen, next, &reply);
+                    return;
+                }
+                Err(f) => {
+                    self.deliver(frozen, next, &f.done);
+                    next += f.done.ends.len();
+                    let time_left = deadline.is_none_or(|d| Instant::now() < d);
+                    if !f.error.retryable() || attempt >= max_retries || !time_left {
+                        self.fail(next..run.end, &f.error);
+                        return;
+                    }
+                    if f.error.maybe_executed() {
+                        // Each write may have run: say so. Each read is retried on its own.
+                        for i in next..run.end {
+                            if self.reqs[i].read_only() {
+                                self.retry_single(frozen, i, deadline, attempt).await;
+                            } else {
+                                self.fail(i..i + 1, &f.error);
+                            }
+                        }
+                        return;
+                    }
+                    attempt += 1;
+                    self.ctx
+                        .metrics
+                        .upstream_retries
+                        .inc_by((run.end - next) as u64);
+                    self.backoff(attempt, deadline).await;
+                }
+            }
+        }
+    }
+
+    async fn retry_single(
+        &mut self,
+        frozen: &Bytes,
+        i: usize,
+        deadline: Option<Instant>,
+        mut attempt: u32,
+    ) {
+        let max_retries = self.ctx.cfg.raw.upstream.max_retries;
+        loop {
+            attempt += 1;
+            self.ctx.metrics.upstream_retries.inc();
+            self.backoff(attempt, deadline).await;
+            let bytes = self.bytes_of(frozen, i..i + 1);
+            match self.send(bytes, 1, deadline).await {
+                Ok(reply) => return self.deliver(frozen, i, &reply),
+                Err(f) => {
+                    let time_left = deadline.is_none_or(|d| Instant::now() < d);
+                    if !f.error.retryable()
+                        || attempt >= max_retries
+                        || !time_left
+                        || !self.ctx.health.upstream_usable()
+                    {
+                        return self.fail(i..i + 1, &f.error);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn backoff(&self, attempt: u32, deadline: Option<Instant>) {
+        let up = &self.ctx.cfg.raw.upstream;
+        let wake = Instant::now()
+            + backoff::delay(attempt, up.retry_backoff_base.0, up.retry_backoff_max.0);
+        tokio::time::sleep_until(deadline.map_or(wake, |d| wake.min(d))).await;
+    }
+
+    async fn send(&mut self, bytes: Bytes, count: usize, deadline: Option<Instant>) -> BatchResult {
+        match &mut self.dedicated {
+            Some(d) => d.round(&bytes, count, deadline).await,
+            None => {
+                let send = self.mux.send(bytes, count);
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, send).await.unwrap_or_else(|_| {
+                        self.ctx.metrics.upstream_timeouts.inc();
+                        Err(Box::new(BatchFailure {
+                            done: BatchReply::default(),
+                            error: UpstreamError::Timeout(
+                                self.ctx.cfg.raw.upstream.command_timeout.0,
+                            ),
+                        }))
+                    }),
+                    None => send.await,
+                }
+            }
+        }
+    }
+
+    /// Appends the replies of requests `first..` and does the per-command bookkeeping.
+    fn deliver(&mut self, frozen: &Bytes, first: usize, reply: &BatchReply) {
+        self.out.extend_from_slice(&reply.bytes);
+        let mut start = 0usize;
+        for (k, &end) in reply.ends.iter().enumerate() {
+            let i = first + k;
+            let is_error = matches!(reply.bytes.get(start), Some(b'-') | Some(b'!'));
+            self.count(
+                i,
+                if is_error {
+                    Outcome::Error
+                } else {
+                    Outcome::Ok
+                },
+            );
+            if self.dedicated.is_some() && !is_error {
+                self.track_state(frozen, i, &reply.bytes[start..end as usize]);
+            }
+            start = end as usize;
+        }
+    }
+
+    /// Appends errors for requests that got no reply.
+    fn fail(&mut self, run: Range<usize>, error: &UpstreamError) {
+        let lost_connection = self.dedicated.as_ref().is_some_and(|d| !d.is_connected());
+        for i in run {
+            let req = &self.reqs[i];
+            let read_only = req.read_only();
+            error.write_reply(req.name(), read_only, &mut self.out);
+            self.count(i, error.outcome(read_only));
+        }
+        if lost_connection && matches!(self.txn, Txn::Multi | Txn::Watching) {
+            self.txn = Txn::Lost;
+        }
+    }
+
+    /// Follows the connection state a dedicated connection has, to restore it after a
+    /// reconnect and to abort a transaction whose connection was lost.
+    fn track_state(&mut self, frozen: &Bytes, i: usize, _reply: &[u8]) {
+        let Some(spec) = self.reqs[i].spec else {
+            return;
+        };
+        let key = match spec.name {
+            "AUTH" => Some(StateKey::Auth),
+            "HELLO" => Some(StateKey::Hello),
+            "SELECT" => Some(StateKey::Select),
+            "READONLY" | "READWRITE" => Some(StateKey::ReadOnly),
+            "CLIENT"
+                if self.reqs[i].args.len() > 2
+                    && self
+                        .arg(frozen, &self.reqs[i], 1)
+                        .eq_ignore_ascii_case(b"SETNAME") =>
+            {
+                Some(StateKey::ClientName)
+            }
+            _ => None,
+        };
+        match spec.name {
+            "MULTI" => self.txn = Txn::Multi,
+            "WATCH" if self.txn == Txn::None => self.txn = Txn::Watching,
+            "EXEC" | "DISCARD" | "UNWATCH" => self.txn = Txn::None,
+            "RESET" => {
+                self.txn = Txn::None;
+                if let Some(d) = &mut self.dedicated {
+                    d.clear_state();
+                }
+            }
+            _ => {}
+        }
+        if let Some(key) = key {
+            let bytes = self.bytes_of(frozen, i..i + 1);
+            if let Some(d) = &mut self.dedicated {
+                d.record_state(key, bytes);
+            }
+        }
+    }
+
+    fn answer_lost_txn(&mut self, _frozen: &Bytes, i: usize) {
+        let name = self.reqs[i].name();
+        match name {
+            "EXEC" => {
+                write_error_line(&mut self.out, "EXECABORT respite: the upstream connection was lost during the transaction; it was discarded");
+                self.txn = Txn::None;
+            }
+            "DISCARD" | "UNWATCH" | "RESET" => {
+                self.out.extend_from_slice(b"+OK\r\n");
+                self.txn = Txn::None;
+            }
+            _ => write_error_line(
+                &mut self.out,
+                &format!("ERR respite: the upstream connection was lost during MULTI/WATCH; {name} refused until EXEC or DISCARD"),
+            ),
+        }
+        self.count(i, Outcome::Refused);
+    }
+
+    fn answer_local(&mut self, i: usize) {
+        // QUIT is the only local command on the healthy path.
+        self.out.extend_from_slice(b"+OK\r\n");
+        self.count(i, Outcome::Local);
+        self.closing = true;
+    }
+
+    fn count(&self, i: usize, outcome: Outcome) {
+        let req = &self.reqs[i];
+        let m = &self.ctx.metrics;
+        m.command(req.id, outcome);
+        m.command_duration
+            .observe(req.received.elapsed().as_secs_f64());
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.write.write_all(&self.out).await?;
+            self.out.clear();
+            if self.out.capacity() > 1 << 20 {
+                self.out = BytesMut::with_capacity(4096);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Session {
+    /// Relays a pub/sub, MONITOR or tracking connection: client requests go upstream as
+    /// they arrive, upstream frames go to the client as they arrive. Returns `None` when
+    /// the upstream connection was lost (the client was told, and goes back to rounds).
+    async fn relay(&mut self) -> Option<End> {
+        loop {
+            let (up, ubuf) = self.stream.as_mut().expect("in stream mode");
+            let client_read = self.read.read_buf(&mut self.rbuf);
+            tokio::select! {
+                r = client_read => match r {
+                    Ok(0) => return Some(End::ClientClosed),
+                    Err(e) => return Some(End::Io(e)),
+                    Ok(_) => {
+                        let consumed = match self.parse_round() {
+                            Ok(c) => c,
+                            Err(e) => {
+                                self.ctx.metrics.protocol_errors.inc();
+                                write_error_line(&mut self.out, &format!("ERR {e}"));
+                                let _ = self.write.write_all(&self.out).await;
+                                return Some(End::Protocol(e));
+                            }
+                        };
+                        let frozen = self.rbuf.split_to(consumed).freeze();
+                        let n = self.reqs.len();
+                        let all = self.join(&frozen, 0..n);
+                        self.relay_input(all, 0..n).await;
+                        self.reqs.clear();
+                        self.args.clear();
+                    }
+                },
+                r = up.read_buf(ubuf) => match r {
+                    Ok(n) if n > 0 => {
+                        let chunk = ubuf.split();
+                        if let Err(e) = self.write.write_all(&chunk).await {
+                            return Some(End::Io(e));
+                        }
+                    }
+                    _ => {
+                        if self.closing {
+                            return Some(End::Quit);
+                        }
+                        self.stream = None;
+                        self.ctx.health.record_failure("pub/sub connection closed by the upstream");
+                        write_error_line(
+                            &mut self.out,
+                            "ERR respite: the upstream connection was lost; subscriptions and MONITOR ended, subscribe again",
+                        );
+                        if let Err(e) = self.flush().await {
+                            return Some(End::Io(e));
+                        }
+                        return None;
+                    }
+                },
+                _ = self.ctx.shutdown.cancelled() => return Some(End::Shutdown),
+            }
+        }
+    }
+
+    /// Writes client requests to the relayed connection.
+    async fn relay_input(&mut self, bytes: Bytes, run: Range<usize>) {
+        for i in run {
+            if self.reqs[i].route == Route::Local {
+                // QUIT: the upstream answers +OK and closes; then the client is closed too.
+                self.closing = true;
+            }
+            self.count(i, Outcome::Ok);
+        }
+        let (up, _) = self.stream.as_mut().expect("in stream mode");
+        if up.write_all(&bytes).await.is_err() {
+            // The read side sees the closed connection and tells the client.
+            tracing::debug!("write to relayed upstream connection failed");
+        }
+    }
+}
+
+async fn sleep_or_never(d: Duration) {
+    if d.is_zero() {
+        std::future::pending::<()>().await
+    } else {
+        tokio::time::sleep(d).await
+    }
+}

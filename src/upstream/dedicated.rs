@@ -1,0 +1,238 @@
+//! A dedicated upstream connection for one client in a stateful span (SELECT, AUTH, HELLO,
+//! MULTI, WATCH, blocking commands, pub/sub, MONITOR, CLIENT TRACKING).
+//!
+//! Requests go in rounds like on a shared connection ([`Dedicated::round`]); RESP3 pushes that
+//! arrive meanwhile are passed through in order. The connection state the client set up
+//! (AUTH, HELLO, SELECT, CLIENT SETNAME) is recorded and replayed on a fresh connection after
+//! a failure, so a reconnect never silently changes the client's database or identity.
+//! For pub/sub and MONITOR the session takes the raw stream ([`Dedicated::take_stream`]).
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::mux::{BatchFailure, BatchReply, BatchResult};
+use super::{Connector, UpstreamStream};
+use crate::error::UpstreamError;
+use crate::resp::ReplyScanner;
+
+pub struct Dedicated {
+    connector: Arc<Connector>,
+    stream: Option<UpstreamStream>,
+    buf: BytesMut,
+    /// Raw requests that set connection state, replayed in order on reconnect.
+    state: Vec<(StateKey, Bytes)>,
+}
+
+/// Which piece of connection state a recorded request sets (a newer one replaces an older).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateKey {
+    Auth,
+    Hello,
+    Select,
+    ClientName,
+    ReadOnly,
+}
+
+impl Dedicated {
+    pub fn new(connector: Arc<Connector>) -> Dedicated {
+        Dedicated {
+            connector,
+            stream: None,
+            buf: BytesMut::with_capacity(16 << 10),
+            state: Vec::new(),
+        }
+    }
+
+    /// Records a request that set connection state (after the upstream accepted it).
+    pub fn record_state(&mut self, key: StateKey, request: Bytes) {
+        self.state.retain(|(k, _)| *k != key);
+        self.state.push((key, request));
+    }
+
+    /// Forgets recorded state (after RESET).
+    pub fn clear_state(&mut self) {
+        self.state.clear();
+    }
+
+    /// Whether a connection is open now.
+    pub fn is_connected(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Drops the connection; the next round reconnects and replays the state.
+    pub fn disconnect(&mut self) {
+        self.stream = None;
+        self.buf.clear();
+    }
+
+    async fn ensure_connected(&mut self) -> Result<(), UpstreamError> {
+        if self.stream.is_none() {
+            let mut stream = self.connector.connect().await?;
+            if !self.state.is_empty() {
+                let mut all = BytesMut::new();
+                for (_, r) in &self.state {
+                    all.extend_from_slice(r);
+                }
+                let broken = |e: std::io::Error| UpstreamError::Connect {
+                    addr: self.connector.url().addr(),
+                    reason: e.to_string(),
+                };
+                stream.write_all(&all).await.map_err(broken)?;
+                self.buf.clear();
+                let reply = read_replies(&mut stream, &mut self.buf, self.state.len())
+                    .await
+                    .map_err(|e| UpstreamError::Connect {
+                        addr: self.connector.url().addr(),
+                        reason: format!("restoring the client's connection state: {e}"),
+                    })?;
+                let mut start = 0;
+                for &end in &reply.ends {
+                    if matches!(reply.bytes[start], b'-' | b'!') {
+                        let msg =
+                            String::from_utf8_lossy(&reply.bytes[start + 1..end as usize - 2])
+                                .into_owned();
+                        return Err(UpstreamError::Connect {
+                            addr: self.connector.url().addr(),
+                            reason: format!("restoring the client's connection state: {msg}"),
+                        });
+                    }
+                    start = end as usize;
+                }
+            }
+            self.stream = Some(stream);
+        }
+        Ok(())
+    }
+
+    /// Sends `count` requests and reads their replies, until `deadline` (`None`: no limit,
+    /// for blocking commands with a zero timeout). Any failure drops the connection.
+    pub async fn round(
+        &mut self,
+        bytes: &[u8],
+        count: usize,
+        deadline: Option<Instant>,
+    ) -> BatchResult {
+        let work = async {
+            if let Err(e) = self.ensure_connected().await {
+                return Err(Box::new(BatchFailure {
+                    done: BatchReply::default(),
+                    error: e,
+                }));
+            }
+            let stream = self.stream.as_mut().expect("connected above");
+            if let Err(e) = stream.write_all(bytes).await {
+                return Err(Box::new(BatchFailure {
+                    done: BatchReply::default(),
+                    error: UpstreamError::Broken {
+                        reason: e.to_string(),
+                        sent: true,
+                    },
+                }));
+            }
+            read_replies_partial(stream, &mut self.buf, count).await
+        };
+        let result = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, work).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let timeout = d.saturating_duration_since(Instant::now());
+                    Err(Box::new(BatchFailure {
+                        done: BatchReply::default(),
+                        error: UpstreamError::Timeout(timeout),
+                    }))
+                }
+            },
+            None => work.await,
+        };
+        if result.is_err() {
+            self.disconnect();
+        }
+        result
+    }
+
+    /// Hands the connection (opened if needed) to the caller, for pub/sub and MONITOR relaying.
+    /// Bytes already read from it are returned too.
+    pub async fn take_stream(&mut self) -> Result<(UpstreamStream, BytesMut), UpstreamError> {
+        self.ensure_connected().await?;
+        let stream = self.stream.take().expect("connected");
+        Ok((stream, std::mem::take(&mut self.buf)))
+    }
+}
+
+/// Reads `count` replies (RESP3 pushes pass through uncounted); on failure returns what
+/// completed.
+async fn read_replies_partial(
+    stream: &mut UpstreamStream,
+    buf: &mut BytesMut,
+    count: usize,
+) -> BatchResult {
+    let mut scanner = ReplyScanner::default();
+    let mut acc = 0usize;
+    let mut ends: SmallVec<[u32; 16]> = SmallVec::new();
+    while ends.len() < count {
+        match scanner.next(&buf[acc..]) {
+            Ok(Some(info)) => {
+                acc += info.len;
+                if !info.is_push() {
+                    ends.push(acc as u32);
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let bytes = buf.split_to(acc).freeze();
+                return Err(Box::new(BatchFailure {
+                    done: BatchReply { bytes, ends },
+                    error: UpstreamError::Protocol(e.to_string()),
+                }));
+            }
+        }
+        let n = match stream.read_buf(buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                let error = UpstreamError::Broken {
+                    reason: e.to_string(),
+                    sent: true,
+                };
+                return Err(Box::new(fail_partial(buf, ends, error)));
+            }
+        };
+        if n == 0 {
+            let error = UpstreamError::Broken {
+                reason: "closed by the upstream".into(),
+                sent: true,
+            };
+            return Err(Box::new(fail_partial(buf, ends, error)));
+        }
+    }
+    let bytes = buf.split_to(acc).freeze();
+    Ok(BatchReply { bytes, ends })
+}
+
+/// Only whole replies count as done (with any pushes before the last of them).
+fn fail_partial(
+    buf: &mut BytesMut,
+    ends: SmallVec<[u32; 16]>,
+    error: UpstreamError,
+) -> BatchFailure {
+    let complete = ends.last().map_or(0, |&e| e as usize);
+    let bytes = buf.split_to(complete).freeze();
+    BatchFailure {
+        done: BatchReply { bytes, ends },
+        error,
+    }
+}
+
+async fn read_replies(
+    stream: &mut UpstreamStream,
+    buf: &mut BytesMut,
+    count: usize,
+) -> Result<BatchReply, UpstreamError> {
+    read_replies_partial(stream, buf, count)
+        .await
+        .map_err(|f| f.error)
+}

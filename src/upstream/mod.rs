@@ -1,0 +1,262 @@
+//! The upstream Redis: connecting (with timeout and the URL's AUTH/SELECT handshake), the
+//! shared pipelined connections for stateless commands ([`mux`]), retry backoff
+//! ([`backoff`]), and the background probe that feeds the circuit breaker.
+
+pub mod backoff;
+pub mod dedicated;
+pub mod mux;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{UpstreamConfig, UpstreamUrl};
+use crate::error::UpstreamError;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::resp::{put_decimal, ReplyScanner};
+
+pub use mux::{BatchFailure, BatchReply, Mux};
+
+/// A connection to the upstream. (TLS lands here as a second variant.)
+pub type UpstreamStream = TcpStream;
+
+/// Opens upstream connections: TCP connect with a timeout, then the handshake the URL asks
+/// for (AUTH, SELECT), so every connection starts in the configured state.
+pub struct Connector {
+    url: UpstreamUrl,
+    connect_timeout: Duration,
+    metrics: Arc<Metrics>,
+    handshake: BytesMut,
+    handshake_replies: usize,
+}
+
+impl Connector {
+    pub fn new(url: UpstreamUrl, cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Connector {
+        let mut handshake = BytesMut::new();
+        let mut n = 0;
+        if let Some(password) = &url.password {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(user) = &url.username {
+                args.push(user.as_bytes());
+            }
+            args.push(password.as_bytes());
+            encode_command(&mut handshake, &args);
+            n += 1;
+        }
+        if url.db != 0 {
+            let db = url.db.to_string();
+            encode_command(&mut handshake, &[b"SELECT", db.as_bytes()]);
+            n += 1;
+        }
+        Connector {
+            url,
+            connect_timeout: cfg.connect_timeout.0,
+            metrics,
+            handshake,
+            handshake_replies: n,
+        }
+    }
+
+    /// The upstream address, without credentials.
+    pub fn url(&self) -> &UpstreamUrl {
+        &self.url
+    }
+
+    /// Connects and runs the handshake, all within the connect timeout.
+    pub async fn connect(&self) -> Result<UpstreamStream, UpstreamError> {
+        let result = tokio::time::timeout(self.connect_timeout, self.connect_inner()).await;
+        let result = match result {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Connect {
+                addr: self.url.addr(),
+                reason: format!("timed out after {:?}", self.connect_timeout),
+            }),
+        };
+        self.metrics
+            .upstream_connects
+            .with_label_values(&[if result.is_ok() { "ok" } else { "error" }])
+            .inc();
+        result
+    }
+
+    async fn connect_inner(&self) -> Result<UpstreamStream, UpstreamError> {
+        let addr = self.url.addr();
+        let err = |reason: String| UpstreamError::Connect {
+            addr: addr.clone(),
+            reason,
+        };
+        let mut stream = TcpStream::connect(&addr)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        if self.handshake_replies > 0 {
+            stream
+                .write_all(&self.handshake)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let mut buf = BytesMut::with_capacity(256);
+            let mut scanner = ReplyScanner::default();
+            for _ in 0..self.handshake_replies {
+                let info = loop {
+                    if let Some(info) = scanner.next(&buf).map_err(|e| err(e.to_string()))? {
+                        break info;
+                    }
+                    if stream
+                        .read_buf(&mut buf)
+                        .await
+                        .map_err(|e| err(e.to_string()))?
+                        == 0
+                    {
+                        return Err(err("connection closed during handshake".into()));
+                    }
+                };
+                let reply = buf.split_to(info.len);
+                if info.is_error() {
+                    let msg = String::from_utf8_lossy(&reply[1..reply.len() - 2]).into_owned();
+                    return Err(err(format!("handshake refused: {msg}")));
+                }
+            }
+        }
+        Ok(stream)
+    }
+}
+
+/// Encodes a command as a RESP array of bulk strings.
+pub fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
+    out.put_u8(b'*');
+    put_decimal(out, args.len() as i64);
+    out.put_slice(b"\r\n");
+    for a in args {
+        out.put_u8(b'$');
+        put_decimal(out, a.len() as i64);
+        out.put_slice(b"\r\n");
+        out.put_slice(a);
+        out.put_slice(b"\r\n");
+    }
+}
+
+/// The shared side of the upstream: a fixed set of pipelined connections.
+pub struct Upstream {
+    pub connector: Arc<Connector>,
+    muxes: Vec<Mux>,
+    next: AtomicUsize,
+}
+
+impl Upstream {
+    pub fn start(
+        connector: Arc<Connector>,
+        cfg: &UpstreamConfig,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Upstream {
+        let muxes = (0..cfg.pool_size)
+            .map(|_| {
+                Mux::spawn(
+                    connector.clone(),
+                    cfg.command_timeout.0,
+                    health.clone(),
+                    metrics.clone(),
+                    tracker,
+                    cancel.clone(),
+                )
+            })
+            .collect();
+        Upstream {
+            connector,
+            muxes,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A shared connection for a new client session (round robin).
+    pub fn pick(&self) -> Mux {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.muxes.len();
+        self.muxes[i].clone()
+    }
+}
+
+/// Sends PING every `interval` on a connection of its own and reports to the breaker.
+pub async fn probe(
+    connector: Arc<Connector>,
+    health: Arc<Health>,
+    interval: Duration,
+    timeout: Duration,
+    cancel: CancellationToken,
+) {
+    let mut conn: Option<UpstreamStream> = None;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = BytesMut::with_capacity(64);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        if health.drill_active() {
+            conn = None;
+            continue;
+        }
+        let start = Instant::now();
+        let result = tokio::time::timeout(timeout, async {
+            if conn.is_none() {
+                conn = Some(connector.connect().await?);
+            }
+            let stream = conn.as_mut().expect("connected above");
+            ping(stream, &mut buf).await
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => health.probe_succeeded(start.elapsed()),
+            Ok(Err(e)) => {
+                conn = None;
+                health.record_failure(&format!("probe: {e}"));
+            }
+            Err(_) => {
+                conn = None;
+                health.record_failure(&format!("probe: PING not answered within {timeout:?}"));
+            }
+        }
+    }
+}
+
+async fn ping(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(), UpstreamError> {
+    let broken = |e: std::io::Error| UpstreamError::Broken {
+        reason: e.to_string(),
+        sent: true,
+    };
+    stream
+        .write_all(b"*1\r\n$4\r\nPING\r\n")
+        .await
+        .map_err(broken)?;
+    buf.clear();
+    let mut scanner = ReplyScanner::default();
+    loop {
+        if let Some(info) = scanner
+            .next(buf)
+            .map_err(|e| UpstreamError::Protocol(e.to_string()))?
+        {
+            // A LOADING or BUSY error means the upstream cannot serve yet.
+            if info.is_error() {
+                let msg = String::from_utf8_lossy(&buf[1..info.len - 2]).into_owned();
+                return Err(UpstreamError::Protocol(format!("PING answered {msg}")));
+            }
+            return Ok(());
+        }
+        if stream.read_buf(buf).await.map_err(broken)? == 0 {
+            return Err(UpstreamError::Broken {
+                reason: "connection closed".into(),
+                sent: true,
+            });
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! A shared, pipelined upstream connection: many client sessions' stateless commands are
+//! written back to back on one connection and the replies are matched to them in order.
+//!
+//! Two tasks per connection: the writer gathers whatever batches are queued and writes them
+//! in one syscall; the reader splits the replies by count and hands each batch its bytes
+//! (zero-copy) with the end offset of every reply. A reply that does not come within the
+//! command timeout marks the connection stuck: every request on it fails with a timeout and
+//! the next batch opens a fresh connection, so a frozen upstream cannot hold clients longer
+//! than their timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Connector;
+use crate::error::UpstreamError;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::resp::ReplyScanner;
+
+/// Replies to a batch: their bytes back to back, and where each one ends.
+#[derive(Debug, Default)]
+pub struct BatchReply {
+    pub bytes: Bytes,
+    pub ends: SmallVec<[u32; 16]>,
+}
+
+/// A batch that did not complete: the replies that did arrive (a prefix), and why the rest
+/// did not.
+#[derive(Debug)]
+pub struct BatchFailure {
+    pub done: BatchReply,
+    pub error: UpstreamError,
+}
+
+impl BatchFailure {
+    fn new(error: UpstreamError) -> BatchFailure {
+        BatchFailure {
+            done: BatchReply::default(),
+            error,
+        }
+    }
+}
+
+pub type BatchResult = Result<BatchReply, Box<BatchFailure>>;
+
+struct Batch {
+    bytes: Bytes,
+    count: usize,
+    reply: oneshot::Sender<BatchResult>,
+}
+
+struct Pending {
+    count: usize,
+    reply: oneshot::Sender<BatchResult>,
+    sent_at: Instant,
+}
+
+/// Handle to one shared connection; cheap to clone.
+#[derive(Clone)]
+pub struct Mux {
+    tx: mpsc::Sender<Batch>,
+}
+
+/// Most bytes the writer gathers into one write.
+const GATHER_BYTES: usize = 256 << 10;
+
+impl Mux {
+    pub fn spawn(
+        connector: Arc<Connector>,
+        timeout: Duration,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Mux {
+        let (tx, rx) = mpsc::channel(1024);
+        let ctx = ConnCtx {
+            timeout,
+            health,
+            metrics,
+            tracker: tracker.clone(),
+        };
+        tracker.spawn(writer(rx, connector, ctx, cancel));
+        Mux { tx }
+    }
+
+    /// Sends `count` complete requests (`bytes`, back to back) and waits for their replies.
+    pub async fn send(&self, bytes: Bytes, count: usize) -> BatchResult {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Batch {
+                bytes,
+                count,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return Err(Box::new(BatchFailure::new(UpstreamError::Broken {
+                reason: "respite is shutting down".into(),
+                sent: false,
+            })));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(Box::new(BatchFailure::new(UpstreamError::Broken {
+                reason: "upstream connection task ended".into(),
+                sent: true,
+            })))
+        })
+    }
+}
+
+#[derive(Clone)]
+struct ConnCtx {
+    timeout: Duration,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    tracker: TaskTracker,
+}
+
+struct Conn {
+    write: OwnedWriteHalf,
+    pending: mpsc::UnboundedSender<Pending>,
+    dead: CancellationToken,
+}
+
+async fn writer(
+    mut rx: mpsc::Receiver<Batch>,
+    connector: Arc<Connector>,
+    ctx: ConnCtx,
+    cancel: CancellationToken,
+) {
+    let mut conn: Option<Conn> = None;
+    let mut gathered: Vec<Batch> = Vec::new();
+    let mut wbuf = BytesMut::new();
+    loop {
+        let first = tokio::select! {
+            b = rx.recv() => match b { Some(b) => b, None => break },
+            _ = cancel.cancelled() => break,
+        };
+        let mut size = first.bytes.len();
+        gathered.push(first);
+        while size < GATHER_BYTES {
+            match rx.try_recv() {
+                Ok(b) => {
+                    size += b.bytes.len();
+                    gathered.push(b);
+                }
+                Err(_) => break,
+            }
+        }
+        if conn.as_ref().is_none_or(|c| c.dead.is_cancelled()) {
+            conn = None;
+            let connected = if ctx.health.upstream_usable() {
+                connector.connect().await
+            } else {
+                Err(UpstreamError::Down)
+            };
+            match connected {
+                Ok(stream) => conn = Some(start_conn(stream, &ctx)),
+                Err(e) => {
+                    if e != UpstreamError::Down {
+                        ctx.health.record_failure(&e.to_string());
+                    }
+                    for b in gathered.drain(..) {
+                        let _ = b.reply.send(Err(Box::new(BatchFailure::new(e.clone()))));
+                    }
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        let single = if gathered.len() == 1 {
+            Some(gathered[0].bytes.clone())
+        } else {
+            None
+        };
+        if single.is_none() {
+            wbuf.clear();
+            for b in &gathered {
+                wbuf.extend_from_slice(&b.bytes);
+            }
+        }
+        let now = Instant::now();
+        for b in gathered.drain(..) {
+            let _ = c.pending.send(Pending {
+                count: b.count,
+                reply: b.reply,
+                sent_at: now,
+            });
+        }
+        let written = match &single {
+            Some(bytes) => c.write.write_all(bytes).await,
+            None => c.write.write_all(&wbuf).await,
+        };
+        if written.is_err() {
+            // The reader fails everything handed to it: those requests may have been sent.
+            c.dead.cancel();
+            conn = None;
+        }
+        if wbuf.capacity() > 4 * GATHER_BYTES {
+            wbuf = BytesMut::new();
+        }
+    }
+    if let Some(c) = conn {
+        c.dead.cancel();
+    }
+}
+
+fn start_conn(stream: super::UpstreamStream, ctx: &ConnCtx) -> Conn {
+    let (read, write) = stream.into_split();
+    let (pending, pending_rx) = mpsc::unbounded_channel();
+    let dead = CancellationToken::new();
+    ctx.tracker
+        .spawn(reader(read, pending_rx, dead.clone(), ctx.clone()));
+    Conn {
+        write,
+        pending,
+        dead,
+    }
+}
+
+struct Current {
+    p: Pending,
+    /// Bytes of `buf` taken by this batch's complete replies.
+    acc: usize,
+    ends: SmallVec<[u32; 16]>,
+}
+
+async fn reader(
+    mut read: OwnedReadHalf,
+    mut pending_rx: mpsc::UnboundedReceiver<Pending>,
+    dead: CancellationToken,
+    ctx: ConnCtx,
+) {
+    let mut buf = BytesMut::with_capacity(16 << 10);
+    let mut scanner = ReplyScanner::default();
+    let mut cur: Option<Current> = None;
+    let error = 'conn: loop {
+        // Hand out every batch whose replies are complete.
+        loop {
+            if cur.is_none() {
+                match pending_rx.try_recv() {
+                    Ok(p) => {
+                        cur = Some(Current {
+                            p,
+                            acc: 0,
+                            ends: SmallVec::new(),
+                        })
+                    }
+                    Err(_) => break,
+                }
+            }
+            let c = cur.as_mut().expect("set above");
+            match scanner.next(&buf[c.acc..]) {
+                Ok(Some(info)) if info.is_push() => {
+                    break 'conn UpstreamError::Protocol(
+                        "unexpected push frame on a shared connection".into(),
+                    )
+                }
+                Ok(Some(info)) => {
+                    c.acc += info.len;
+                    c.ends.push(c.acc as u32);
+                    if c.ends.len() == c.p.count {
+                        let c = cur.take().expect("present");
+                        let elapsed = c.p.sent_at.elapsed();
+                        ctx.metrics.upstream_duration.observe(elapsed.as_secs_f64());
+                        ctx.health.record_success(elapsed);
+                        let bytes = buf.split_to(c.acc).freeze();
+                        let _ = c.p.reply.send(Ok(BatchReply {
+                            bytes,
+                            ends: c.ends,
+                        }));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => break 'conn UpstreamError::Protocol(e.to_string()),
+            }
+        }
+        if cur.is_none() && !buf.is_empty() {
+            break UpstreamError::Protocol("reply without a request".into());
+        }
+        let deadline = cur.as_ref().map(|c| c.p.sent_at + ctx.timeout);
+        tokio::select! {
+            r = read.read_buf(&mut buf) => match r {
+                Ok(0) => break UpstreamError::Broken { reason: "closed by the upstream".into(), sent: true },
+                Ok(_) => {}
+                Err(e) => break UpstreamError::Broken { reason: e.to_string(), sent: true },
+            },
+            p = pending_rx.recv(), if cur.is_none() => match p {
+                Some(p) => cur = Some(Current { p, acc: 0, ends: SmallVec::new() }),
+                None => return,
+            },
+            _ = dead.cancelled() => break UpstreamError::Broken { reason: "write to upstream failed".into(), sent: true },
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                ctx.metrics.upstream_timeouts.inc();
+                break UpstreamError::Timeout(ctx.timeout);
+            }
+        }
+    };
+    dead.cancel();
+    ctx.health.record_failure(&error.to_string());
+    if let Some(c) = cur {
+        let bytes = buf.split_to(c.acc).freeze();
+        let _ = c.p.reply.send(Err(Box::new(BatchFailure {
+            done: BatchReply {
+                bytes,
+                ends: c.ends,
+            },
+            error: error.clone(),
+        })));
+    }
+    pending_rx.close();
+    while let Ok(p) = pending_rx.try_recv() {
+        let _ = p.reply.send(Err(Box::new(BatchFailure::new(error.clone()))));
+    }
+}
