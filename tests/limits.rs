@@ -1,0 +1,548 @@
+//! Client-side limits and bad input against a real redis-server: connection limit, bulk
+//! and array size limits, malformed RESP, inline commands, idle timeout, pipeline depth and
+//! many concurrent clients. A misbehaving client gets a clear error (and is closed where
+//! the stream cannot be resynchronised); every other client is unaffected.
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+// `Raw`'s futures hold a 64 KiB read buffer; boxing them keeps the test futures small
+// enough for the default test-thread stack in debug builds.
+async fn call(raw: &mut Raw, args: &[&[u8]]) -> Vec<u8> {
+    Box::pin(raw.call(args)).await
+}
+
+async fn reply(raw: &mut Raw) -> Vec<u8> {
+    Box::pin(raw.reply()).await
+}
+
+async fn reply_within(raw: &mut Raw, d: Duration) -> Option<Vec<u8>> {
+    Box::pin(raw.reply_within(d)).await
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Reads everything the peer sends until it closes the connection. Returns the bytes and
+/// whether the close (EOF or reset) came within `within`.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + within;
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => return (out, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Sends `bytes` on a fresh connection to `addr` and reads until it closes.
+async fn exchange_until_closed(addr: SocketAddr, bytes: &[u8]) -> (Vec<u8>, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    read_until_closed(&mut s, Duration::from_secs(3)).await
+}
+
+/// A client that must keep working while another one misbehaves.
+async fn assert_serves(raw: &mut Raw) {
+    assert_eq!(call(raw, &[b"PING"]).await, b"+PONG\r\n");
+    assert_eq!(call(raw, &[b"SET", b"bystander", b"ok"]).await, b"+OK\r\n");
+    assert_eq!(call(raw, &[b"GET", b"bystander"]).await, b"$2\r\nok\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_rejects_the_extra_client_like_redis() {
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.client.max_connections = 3;
+    let respite = Respite::start_with(cfg).await;
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        let mut raw = Raw::connect(respite.addr).await;
+        assert_eq!(call(&mut raw, &[b"PING"]).await, b"+PONG\r\n");
+        first.push(raw);
+    }
+    let mut fourth = TcpStream::connect(respite.addr).await.unwrap();
+    let (bytes, closed) = read_until_closed(&mut fourth, Duration::from_secs(2)).await;
+    assert_eq!(text(&bytes), "-ERR max number of clients reached\r\n");
+    assert!(closed, "the rejected client must be closed");
+    for raw in &mut first {
+        assert_serves(raw).await;
+    }
+    assert_eq!(
+        respite
+            .metric("respite_client_connections_rejected_total{reason=\"max_connections\"}")
+            .await,
+        Some(1.0)
+    );
+
+    // One leaves: a new client gets its place (once respite noticed the close).
+    drop(first.pop());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let mut s = TcpStream::connect(respite.addr).await.unwrap();
+        s.write_all(b"*1\r\n$4\r\nPING\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        if &buf[..n] == b"+PONG\r\n" {
+            break;
+        }
+        assert_eq!(text(&buf[..n]), "-ERR max number of clients reached\r\n");
+        assert!(
+            Instant::now() < deadline,
+            "no place freed 2s after a client left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for raw in &mut first {
+        assert_serves(raw).await;
+    }
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bulk_is_refused_from_its_header() {
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.client.max_bulk_bytes = "1KiB".parse().unwrap();
+    let respite = Respite::start_with(cfg).await;
+    let mut other = Raw::connect(respite.addr).await;
+    assert_serves(&mut other).await;
+    let before = respite
+        .metric("respite_client_protocol_errors_total")
+        .await
+        .unwrap_or(0.0);
+
+    // Exactly the limit is accepted.
+    let at_limit = vec![b'x'; 1024];
+    assert_eq!(
+        call(&mut other, &[b"SET", b"big", &at_limit]).await,
+        b"+OK\r\n"
+    );
+
+    // Only the header of a 2 KiB value: the error comes before the body.
+    let mut bad = Raw::connect(respite.addr).await;
+    bad.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2048\r\n").await;
+    let r = reply_within(&mut bad, Duration::from_secs(1))
+        .await
+        .expect("the error comes without waiting for the body");
+    assert_eq!(text(&r), "-ERR Protocol error: invalid bulk length\r\n");
+    assert!(bad.closed_within(Duration::from_secs(1)).await);
+
+    assert_serves(&mut other).await;
+    assert_eq!(call(&mut other, &[b"EXISTS", b"k"]).await, b":0\r\n");
+    assert_eq!(
+        respite.metric("respite_client_protocol_errors_total").await,
+        Some(before + 1.0)
+    );
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_arguments_are_refused() {
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.client.max_array_len = 8;
+    let respite = Respite::start_with(cfg).await;
+    let mut other = Raw::connect(respite.addr).await;
+    // 8 arguments: fine.
+    assert_eq!(
+        call(
+            &mut other,
+            &[b"DEL", b"a", b"b", b"c", b"d", b"e", b"f", b"g"]
+        )
+        .await,
+        b":0\r\n"
+    );
+    // 9: refused from the array header.
+    let (bytes, closed) = exchange_until_closed(respite.addr, b"*9\r\n").await;
+    assert_eq!(
+        text(&bytes),
+        "-ERR Protocol error: invalid multibulk length\r\n"
+    );
+    assert!(closed);
+    let nine = encode(&[b"DEL", b"a", b"b", b"c", b"d", b"e", b"f", b"g", b"h"]);
+    let (bytes, closed) = exchange_until_closed(respite.addr, &nine).await;
+    assert_eq!(
+        text(&bytes),
+        "-ERR Protocol error: invalid multibulk length\r\n"
+    );
+    assert!(closed);
+    assert_serves(&mut other).await;
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_gets_redis_errors_and_closes_only_that_client() {
+    let redis = RedisServer::start();
+    let respite = Respite::start(&redis.url()).await;
+    let mut other = Raw::connect(respite.addr).await;
+    assert_serves(&mut other).await;
+
+    // (input, exact bytes Redis 7 answers, then closes) — checked against redis-server.
+    let closing: &[(&[u8], &str)] = &[
+        (
+            b"*1\r\n:5\r\n",
+            "-ERR Protocol error: expected '$', got ':'\r\n",
+        ),
+        (
+            b"*1\r\n$-3\r\n",
+            "-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*1\r\n$abc\r\n",
+            "-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*abc\r\n",
+            "-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"SET \"a b\"c\r\n",
+            "-ERR Protocol error: unbalanced quotes in request\r\n",
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (input, expected) in closing {
+        let (bytes, closed) = exchange_until_closed(respite.addr, input).await;
+        if text(&bytes) != *expected || !closed {
+            problems.push(format!(
+                "{:?}: got {:?} (closed: {closed}), expected {expected:?} and close",
+                text(input),
+                text(&bytes)
+            ));
+        }
+        assert_serves(&mut other).await;
+    }
+
+    // Empty arrays are ignored silently; the connection stays in sync.
+    let mut raw = Raw::connect(respite.addr).await;
+    raw.send(b"*-1\r\n*0\r\n*1\r\n$4\r\nPING\r\n").await;
+    assert_eq!(reply(&mut raw).await, b"+PONG\r\n");
+    assert_eq!(call(&mut raw, &[b"PING"]).await, b"+PONG\r\n");
+
+    // A truncated frame, then the client leaves: nothing executes, nothing crashes.
+    let mut s = TcpStream::connect(respite.addr).await.unwrap();
+    s.write_all(b"*3\r\n$3\r\nSET\r\n$9\r\ntruncated\r\n$10\r\nabc")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let (bytes, closed) = read_until_closed(&mut s, Duration::from_secs(2)).await;
+    assert!(
+        closed && bytes.is_empty(),
+        "got {:?}, closed: {closed}",
+        text(&bytes)
+    );
+    assert_serves(&mut other).await;
+    assert_eq!(
+        call(&mut other, &[b"EXISTS", b"truncated"]).await,
+        b":0\r\n"
+    );
+
+    // Unknown command and wrong arity: the upstream's own error, byte for byte, and the
+    // connection stays open.
+    let mut direct = Raw::connect(([127, 0, 0, 1], redis.port).into()).await;
+    let cases: &[&[&[u8]]] = &[
+        &[b"NOSUCHCOMMAND", b"a", b"b"],
+        &[b"GET"],
+        &[b"SET", b"onlykey"],
+        &[b"HSET", b"h", b"field"],
+    ];
+    for args in cases {
+        let expected = call(&mut direct, args).await;
+        assert!(expected.starts_with(b"-ERR "), "{}", text(&expected));
+        let got = call(&mut raw, args).await;
+        if got != expected {
+            problems.push(format!(
+                "{:?}: got {:?}, redis says {:?}",
+                args.iter().map(|a| text(a)).collect::<Vec<_>>(),
+                text(&got),
+                text(&expected)
+            ));
+        }
+    }
+    raw.send(b"NOSUCHCOMMAND a b\r\n").await;
+    assert_eq!(
+        text(&reply(&mut raw).await),
+        "-ERR unknown command 'NOSUCHCOMMAND', with args beginning with: 'a' 'b' \r\n"
+    );
+    raw.send(b"GET\r\n").await;
+    assert_eq!(
+        text(&reply(&mut raw).await),
+        "-ERR wrong number of arguments for 'get' command\r\n"
+    );
+    assert_eq!(call(&mut raw, &[b"PING"]).await, b"+PONG\r\n");
+
+    // Inline commands, with Redis's quoting.
+    raw.send(b"PING\r\n").await;
+    assert_eq!(reply(&mut raw).await, b"+PONG\r\n");
+    raw.send(b"SET \"a b\" c\r\n").await;
+    assert_eq!(reply(&mut raw).await, b"+OK\r\n");
+    raw.send(b"GET \"a b\"\r\n").await;
+    assert_eq!(reply(&mut raw).await, b"$1\r\nc\r\n");
+    assert_eq!(call(&mut other, &[b"GET", b"a b"]).await, b"$1\r\nc\r\n");
+    raw.send(b"\r\nPING\n").await;
+    assert_eq!(reply(&mut raw).await, b"+PONG\r\n");
+
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_before_a_bad_frame_are_answered_before_the_error() {
+    // Redis executes what it parsed before the bad frame, then replies with the error and
+    // closes. Sent in one write, so that respite reads all of it at once.
+    let redis = RedisServer::start();
+    let respite = Respite::start(&redis.url()).await;
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"PING\r\n*1\r\n:5\r\n",
+            "+PONG\r\n-ERR Protocol error: expected '$', got ':'\r\n",
+        ),
+        (
+            b"*1\r\n$4\r\nPING\r\n*1\r\n$-3\r\n",
+            "+PONG\r\n-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*3\r\n$3\r\nSET\r\n$6\r\nbefore\r\n$1\r\n1\r\n*1\r\n$abc\r\n",
+            "+OK\r\n-ERR Protocol error: invalid bulk length\r\n",
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (input, expected) in cases {
+        let (bytes, closed) = exchange_until_closed(respite.addr, input).await;
+        if text(&bytes) != *expected || !closed {
+            problems.push(format!(
+                "{:?}: got {:?} (closed: {closed}), expected {expected:?} and close",
+                text(input),
+                text(&bytes)
+            ));
+        }
+    }
+    let mut raw = Raw::connect(respite.addr).await;
+    let before = text(&call(&mut raw, &[b"GET", b"before"]).await);
+    if before != "$1\r\n1\r\n" {
+        problems.push(format!(
+            "the SET before the bad frame was not executed: GET before -> {before:?}"
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_megabyte_of_garbage_closes_that_client_only() {
+    let redis = RedisServer::start();
+    let respite = Respite::start(&redis.url()).await;
+    let mut other = Raw::connect(respite.addr).await;
+    assert_serves(&mut other).await;
+
+    let mut rng = fastrand::Rng::with_seed(0x005e_551e);
+    let garbage: Vec<u8> = (0..1 << 20).map(|_| rng.u8(..)).collect();
+    let s = TcpStream::connect(respite.addr).await.unwrap();
+    let (mut read, mut write) = s.into_split();
+    // Write and read at once, so that neither side blocks on a full socket buffer.
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&garbage).await;
+        write
+    });
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, read.read(&mut chunk)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let shown = text(&out);
+    assert!(closed, "respite kept a connection sending garbage open");
+    assert!(
+        shown.contains("-ERR Protocol error: "),
+        "no protocol error in {} bytes of replies: {:?}",
+        out.len(),
+        &shown[shown.len().saturating_sub(300)..]
+    );
+    assert_serves(&mut other).await;
+    assert!(
+        respite
+            .metric("respite_client_protocol_errors_total")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    // The upstream itself is fine.
+    let p = redis.port;
+    let pong = tokio::task::spawn_blocking(move || redis_cli(p, &["PING"]))
+        .await
+        .unwrap();
+    assert_eq!(pong.trim(), "PONG");
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_idle_clients_only() {
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.client.idle_timeout = "300ms".parse().unwrap();
+    let respite = Respite::start_with(cfg).await;
+
+    let mut idle = Raw::connect(respite.addr).await;
+    let mut active = Raw::connect(respite.addr).await;
+    let mut subscriber = Raw::connect(respite.addr).await;
+    let mut blocked = Raw::connect(respite.addr).await;
+    assert_eq!(call(&mut idle, &[b"PING"]).await, b"+PONG\r\n");
+    assert_eq!(
+        call(&mut subscriber, &[b"SUBSCRIBE", b"ch"]).await,
+        b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+    );
+    let start = Instant::now();
+    // Blocked for 1s, longer than the idle timeout: blocked clients are not idle.
+    blocked.cmd(&[b"BLPOP", b"idle:list", b"1"]).await;
+    let idle_task = tokio::spawn(async move {
+        let closed = idle.closed_within(Duration::from_secs(2)).await;
+        (closed, start.elapsed())
+    });
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(call(&mut active, &[b"PING"]).await, b"+PONG\r\n");
+    }
+    let (closed, after) = idle_task.await.unwrap();
+    assert!(closed, "an idle client was not closed");
+    assert!(
+        after >= Duration::from_millis(250) && after <= Duration::from_millis(900),
+        "closed after {after:?}, idle_timeout is 300ms"
+    );
+    assert_eq!(
+        reply_within(&mut blocked, Duration::from_secs(2))
+            .await
+            .as_deref(),
+        Some(&b"*-1\r\n"[..]),
+        "the blocked client lost its BLPOP reply"
+    );
+    assert_eq!(call(&mut blocked, &[b"PING"]).await, b"+PONG\r\n");
+
+    // The subscriber was silent for over 1s and still gets messages.
+    let mut publisher = Raw::connect(respite.addr).await;
+    assert_eq!(
+        call(&mut publisher, &[b"PUBLISH", b"ch", b"hello"]).await,
+        b":1\r\n"
+    );
+    assert_eq!(
+        reply(&mut subscriber).await,
+        b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
+    );
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_pipeline_with_a_small_max_pipeline_is_answered_in_order() {
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.client.max_pipeline = 4;
+    let respite = Respite::start_with(cfg).await;
+    let mut raw = Raw::connect(respite.addr).await;
+
+    let ping = encode(&[b"PING"]);
+    raw.send(&ping.repeat(100)).await;
+    for i in 0..100 {
+        assert_eq!(reply(&mut raw).await, b"+PONG\r\n", "reply {i}");
+    }
+
+    let mut all = Vec::new();
+    for i in 0..100 {
+        if i % 10 == 0 {
+            all.extend_from_slice(b"PING\r\n");
+        } else {
+            all.extend_from_slice(&encode(&[b"INCR", b"pipelined"]));
+        }
+    }
+    raw.send(&all).await;
+    let mut n = 0;
+    for i in 0..100 {
+        let r = reply(&mut raw).await;
+        if i % 10 == 0 {
+            assert_eq!(text(&r), "+PONG\r\n", "reply {i}");
+        } else {
+            n += 1;
+            assert_eq!(text(&r), format!(":{n}\r\n"), "reply {i}");
+        }
+    }
+    assert!(reply_within(&mut raw, Duration::from_millis(100))
+        .await
+        .is_none());
+    assert_eq!(
+        call(&mut raw, &[b"GET", b"pipelined"]).await,
+        b"$2\r\n90\r\n"
+    );
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_incr_one_key_exactly() {
+    let redis = RedisServer::start();
+    let respite = Respite::start(&redis.url()).await;
+    let url = respite.url();
+    let work = async {
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut c = redis::Client::open(url)
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                let mut last = 0i64;
+                for _ in 0..50 {
+                    let v: i64 = redis::cmd("INCR")
+                        .arg("shared:counter")
+                        .query_async(&mut c)
+                        .await
+                        .unwrap();
+                    assert!(v > last, "INCR went backwards on one connection");
+                    last = v;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), work)
+        .await
+        .expect("200 clients x 50 INCR within 20s");
+    let mut c = respite.client().await;
+    let v: i64 = redis::cmd("GET")
+        .arg("shared:counter")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, 10_000);
+    let p = redis.port;
+    let direct = tokio::task::spawn_blocking(move || redis_cli(p, &["GET", "shared:counter"]))
+        .await
+        .unwrap();
+    assert_eq!(direct.trim(), "10000");
+    assert_eq!(
+        respite
+            .metric("respite_commands_total{command=\"incr\",outcome=\"ok\"}")
+            .await,
+        Some(10_000.0)
+    );
+    respite.shutdown().await;
+}
