@@ -680,7 +680,10 @@ impl Config {
         }
         let level = &self.log.level;
         let simple = !level.contains('=') && !level.contains(',');
-        let bad_level = simple && level.parse::<tracing_subscriber::filter::LevelFilter>().is_err();
+        let bad_level = simple
+            && level
+                .parse::<tracing_subscriber::filter::LevelFilter>()
+                .is_err();
         if bad_level || tracing_subscriber::EnvFilter::try_new(level).is_err() {
             return Err(invalid(
                 "log.level",

@@ -131,24 +131,26 @@ impl Session {
             if let Some(end) = self.read_more().await {
                 return end;
             }
-            let consumed = match self.parse_round() {
-                Ok(c) => c,
-                Err(e) => {
-                    self.ctx.metrics.protocol_errors.inc();
-                    write_error_line(&mut self.out, &format!("ERR {e}"));
-                    let _ = self.write.write_all(&self.out).await;
-                    return End::Protocol(e);
-                }
-            };
-            if self.reqs.is_empty() {
+            let (consumed, bad_input) = self.parse_round();
+            if self.reqs.is_empty() && bad_input.is_none() {
                 continue;
             }
             let frozen = self.rbuf.split_to(consumed).freeze();
+            // Requests before a malformed one are served first, as Redis does.
             self.process(&frozen).await;
             self.reqs.clear();
             self.args.clear();
+            if let Some(e) = &bad_input {
+                if !self.closing {
+                    self.ctx.metrics.protocol_errors.inc();
+                    write_error_line(&mut self.out, &format!("ERR {e}"));
+                }
+            }
             if let Err(e) = self.flush().await {
                 return End::Io(e);
+            }
+            if let Some(e) = bad_input {
+                return End::Protocol(e);
             }
             if self.closing {
                 return End::Quit;
@@ -180,13 +182,20 @@ impl Session {
         }
     }
 
-    /// Parses complete requests from the buffer; returns how many bytes they span.
-    fn parse_round(&mut self) -> Result<usize, ProtocolError> {
+    /// Parses complete requests from the buffer; returns how many bytes they span, and the
+    /// protocol error that stopped parsing, if any (the connection closes after it).
+    fn parse_round(&mut self) -> (usize, Option<ProtocolError>) {
+        let mut consumed = 0;
+        let result = self.parse_into(&mut consumed);
+        (consumed, result.err())
+    }
+
+    fn parse_into(&mut self, consumed_out: &mut usize) -> Result<(), ProtocolError> {
         let limits = self.ctx.limits;
         let max = self.ctx.cfg.raw.client.max_pipeline;
-        let mut consumed = 0;
         let mut encoded = BytesMut::new();
         loop {
+            let consumed = *consumed_out;
             if self.reqs.len() >= max {
                 self.backlog = true;
                 break;
@@ -213,12 +222,12 @@ impl Session {
                         a.0 += consumed as u32;
                     }
                     let range = consumed..consumed + len;
-                    consumed += len;
+                    *consumed_out += len;
                     self.push_req(range, None, args);
                 }
                 Parsed::Inline { len } => {
                     let args = args_start..self.args.len();
-                    consumed += len;
+                    *consumed_out += len;
                     if !args.is_empty() {
                         let bytes = encoded.split().freeze();
                         self.push_req(0..0, Some(bytes), args);
@@ -226,7 +235,7 @@ impl Session {
                 }
             }
         }
-        Ok(consumed)
+        Ok(())
     }
 
     fn push_req(&mut self, range: Range<usize>, inline: Option<Bytes>, args: Range<usize>) {
@@ -281,9 +290,9 @@ impl Session {
             let route = self.reqs[i].route;
             match route {
                 Route::Local => {
+                    // QUIT: answered, and nothing after it in the pipeline runs (as Redis).
                     self.answer_local(i);
-                    i += 1;
-                    continue;
+                    return;
                 }
                 Route::Refused => {
                     let name = self.reqs[i].name();
@@ -655,21 +664,21 @@ impl Session {
                     Ok(0) => return Some(End::ClientClosed),
                     Err(e) => return Some(End::Io(e)),
                     Ok(_) => {
-                        let consumed = match self.parse_round() {
-                            Ok(c) => c,
-                            Err(e) => {
-                                self.ctx.metrics.protocol_errors.inc();
-                                write_error_line(&mut self.out, &format!("ERR {e}"));
-                                let _ = self.write.write_all(&self.out).await;
-                                return Some(End::Protocol(e));
-                            }
-                        };
+                        let (consumed, bad_input) = self.parse_round();
                         let frozen = self.rbuf.split_to(consumed).freeze();
                         let n = self.reqs.len();
-                        let all = self.join(&frozen, 0..n);
-                        self.relay_input(all, 0..n).await;
+                        if n > 0 {
+                            let all = self.join(&frozen, 0..n);
+                            self.relay_input(all, 0..n).await;
+                        }
                         self.reqs.clear();
                         self.args.clear();
+                        if let Some(e) = bad_input {
+                            self.ctx.metrics.protocol_errors.inc();
+                            write_error_line(&mut self.out, &format!("ERR {e}"));
+                            let _ = self.flush().await;
+                            return Some(End::Protocol(e));
+                        }
                     }
                 },
                 r = up.read_buf(ubuf) => match r {

@@ -70,6 +70,16 @@ impl Dedicated {
     }
 
     async fn ensure_connected(&mut self) -> Result<(), UpstreamError> {
+        if let Some(stream) = &self.stream {
+            // A connection the upstream closed while the client was idle (restart, idle
+            // timeout) is replaced before writing, so the request provably was not sent.
+            let mut probe = [0u8; 1];
+            match stream.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Ok(1) => self.buf.extend_from_slice(&probe),
+                _ => self.disconnect(),
+            }
+        }
         if self.stream.is_none() {
             let mut stream = self.connector.connect().await?;
             if !self.state.is_empty() {
@@ -116,6 +126,7 @@ impl Dedicated {
         count: usize,
         deadline: Option<Instant>,
     ) -> BatchResult {
+        let budget = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let work = async {
             if let Err(e) = self.ensure_connected().await {
                 return Err(Box::new(BatchFailure {
@@ -138,13 +149,10 @@ impl Dedicated {
         let result = match deadline {
             Some(d) => match tokio::time::timeout_at(d, work).await {
                 Ok(r) => r,
-                Err(_) => {
-                    let timeout = d.saturating_duration_since(Instant::now());
-                    Err(Box::new(BatchFailure {
-                        done: BatchReply::default(),
-                        error: UpstreamError::Timeout(timeout),
-                    }))
-                }
+                Err(_) => Err(Box::new(BatchFailure {
+                    done: BatchReply::default(),
+                    error: UpstreamError::Timeout(round_duration(budget.unwrap_or_default())),
+                })),
             },
             None => work.await,
         };
@@ -161,6 +169,11 @@ impl Dedicated {
         let stream = self.stream.take().expect("connected");
         Ok((stream, std::mem::take(&mut self.buf)))
     }
+}
+
+/// A timeout as the client should read it: the budget, to the millisecond.
+fn round_duration(d: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_millis((d.as_secs_f64() * 1000.0).round() as u64)
 }
 
 /// Reads `count` replies (RESP3 pushes pass through uncounted); on failure returns what

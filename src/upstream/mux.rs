@@ -322,6 +322,8 @@ async fn reader(
     }
     pending_rx.close();
     while let Ok(p) = pending_rx.try_recv() {
-        let _ = p.reply.send(Err(Box::new(BatchFailure::new(error.clone()))));
+        let _ = p
+            .reply
+            .send(Err(Box::new(BatchFailure::new(error.clone()))));
     }
 }
