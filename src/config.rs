@@ -366,11 +366,19 @@ impl Default for ShutdownConfig {
 }
 
 /// `[runtime]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Tokio worker threads (0: one per core).
+    /// Tokio worker threads (0: one per core). One by default: a sidecar serves one app,
+    /// and one thread avoids cross-thread wake-ups on every request (measured faster on
+    /// the reference 2-core machine; see README "Performance").
     pub worker_threads: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { worker_threads: 1 }
+    }
 }
 
 /// The upstream address, parsed from the URL.

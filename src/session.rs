@@ -194,6 +194,7 @@ impl Session {
         let limits = self.ctx.limits;
         let max = self.ctx.cfg.raw.client.max_pipeline;
         let mut encoded = BytesMut::new();
+        let now = Instant::now();
         loop {
             let consumed = *consumed_out;
             if self.reqs.len() >= max {
@@ -223,14 +224,14 @@ impl Session {
                     }
                     let range = consumed..consumed + len;
                     *consumed_out += len;
-                    self.push_req(range, None, args);
+                    self.push_req(range, None, args, now);
                 }
                 Parsed::Inline { len } => {
                     let args = args_start..self.args.len();
                     *consumed_out += len;
                     if !args.is_empty() {
                         let bytes = encoded.split().freeze();
-                        self.push_req(0..0, Some(bytes), args);
+                        self.push_req(0..0, Some(bytes), args, now);
                     }
                 }
             }
@@ -238,7 +239,13 @@ impl Session {
         Ok(())
     }
 
-    fn push_req(&mut self, range: Range<usize>, inline: Option<Bytes>, args: Range<usize>) {
+    fn push_req(
+        &mut self,
+        range: Range<usize>,
+        inline: Option<Bytes>,
+        args: Range<usize>,
+        received: Instant,
+    ) {
         let base: &[u8] = match &inline {
             Some(b) => b,
             None => &self.rbuf,
@@ -272,7 +279,7 @@ impl Session {
             id,
             spec,
             route,
-            received: Instant::now(),
+            received,
         });
     }
 
@@ -531,18 +538,17 @@ impl Session {
     /// Appends the replies of requests `first..` and does the per-command bookkeeping.
     fn deliver(&mut self, frozen: &Bytes, first: usize, reply: &BatchReply) {
         self.out.extend_from_slice(&reply.bytes);
+        let now = Instant::now();
         let mut start = 0usize;
         for (k, &end) in reply.ends.iter().enumerate() {
             let i = first + k;
             let is_error = matches!(reply.bytes.get(start), Some(b'-') | Some(b'!'));
-            self.count(
-                i,
-                if is_error {
-                    Outcome::Error
-                } else {
-                    Outcome::Ok
-                },
-            );
+            let outcome = if is_error {
+                Outcome::Error
+            } else {
+                Outcome::Ok
+            };
+            self.count_at(i, outcome, now);
             if self.dedicated.is_some() && !is_error {
                 self.track_state(frozen, i, &reply.bytes[start..end as usize]);
             }
@@ -632,11 +638,16 @@ impl Session {
     }
 
     fn count(&self, i: usize, outcome: Outcome) {
+        self.count_at(i, outcome, Instant::now());
+    }
+
+    /// Counts a command that ended at `now` (one clock read serves a whole batch).
+    fn count_at(&self, i: usize, outcome: Outcome, now: Instant) {
         let req = &self.reqs[i];
         let m = &self.ctx.metrics;
         m.command(req.id, outcome);
         m.command_duration
-            .observe(req.received.elapsed().as_secs_f64());
+            .observe(now.saturating_duration_since(req.received).as_secs_f64());
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {

@@ -147,35 +147,35 @@ pub fn other_id() -> CommandId {
     TABLE.len()
 }
 
-fn index() -> &'static [(&'static [u8], CommandId)] {
-    static INDEX: OnceLock<Vec<(&'static [u8], CommandId)>> = OnceLock::new();
-    INDEX.get_or_init(|| {
-        let mut v: Vec<_> = TABLE
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.name.as_bytes(), i))
-            .collect();
-        v.sort_unstable();
-        v
+/// Longest command name (GEORADIUSBYMEMBER_RO has 20 bytes).
+const MAX_NAME: usize = 24;
+
+/// Commands bucketed by (name length, upper-cased first byte): a lookup compares one to
+/// three candidates case-insensitively, without copying or hashing the name.
+fn buckets() -> &'static [Vec<CommandId>] {
+    static BUCKETS: OnceLock<Vec<Vec<CommandId>>> = OnceLock::new();
+    BUCKETS.get_or_init(|| {
+        let mut b = vec![Vec::new(); (MAX_NAME + 1) * 64];
+        for (id, c) in TABLE.iter().enumerate() {
+            b[bucket(c.name.as_bytes())].push(id);
+        }
+        b
     })
+}
+
+fn bucket(name: &[u8]) -> usize {
+    name.len() * 64 + (name[0].to_ascii_uppercase() & 63) as usize
 }
 
 /// Looks a command name up, case-insensitively, without allocating.
 pub fn lookup(name: &[u8]) -> Option<(CommandId, &'static CommandSpec)> {
-    let mut buf = [0u8; 32];
-    if name.len() > buf.len() {
+    if name.is_empty() || name.len() > MAX_NAME {
         return None;
     }
-    let upper = &mut buf[..name.len()];
-    upper.copy_from_slice(name);
-    upper.make_ascii_uppercase();
-    let idx = index();
-    idx.binary_search_by(|(n, _)| (*n).cmp(&*upper))
-        .ok()
-        .map(|i| {
-            let id = idx[i].1;
-            (id, &TABLE[id])
-        })
+    buckets()[bucket(name)]
+        .iter()
+        .find(|&&id| TABLE[id].name.as_bytes().eq_ignore_ascii_case(name))
+        .map(|&id| (id, &TABLE[id]))
 }
 
 /// The metric label of a command id: the lower-case name, or `other`.
@@ -243,6 +243,9 @@ mod tests {
         }
         assert!(lookup(b"NOSUCHCOMMAND").is_none());
         assert!(lookup(&[b'A'; 40]).is_none());
+        assert!(lookup(b"").is_none());
+        assert!(lookup(b"\xff\x00").is_none());
+        assert!(TABLE.iter().all(|c| c.name.len() <= MAX_NAME));
         assert_eq!(label(other_id()), "other");
         assert_eq!(label(lookup(b"get").unwrap().0), "get");
     }

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Load benchmark: redis-benchmark against redis-server directly, through twemproxy
+# (Debian's nutcracker, when installable) and through respite, in interleaved rounds on
+# the same machine; prints the median requests/s of each and the ratios.
+#
+#   scripts/bench.sh [rounds]        (default 5 rounds; env: CLIENTS=50 REQUESTS=200000)
+#
+# Everything runs on loopback ports chosen here; nothing touches 6379. Performance is
+# measured here, never asserted in tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-5}
+CLIENTS=${CLIENTS:-50}
+REQUESTS=${REQUESTS:-200000}
+SIZE=${SIZE:-64}
+
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-benchmark >/dev/null || missing+=(redis-tools)
+command -v nutcracker >/dev/null || missing+=(nutcracker)
+if [ ${#missing[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq >/dev/null 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || true
+fi
+cargo build --release -q
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
+  || echo $((20000 + RANDOM % 20000)); }
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+REDIS_PORT=$(port); RESPITE_PORT=$(port); ADMIN_PORT=$(port); NUT_PORT=$(port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
+pids+=($!)
+./target/release/respite --listen "127.0.0.1:$RESPITE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+  --upstream "redis://127.0.0.1:$REDIS_PORT" --log-level warn &
+pids+=($!)
+targets=("redis:$REDIS_PORT" "respite:$RESPITE_PORT")
+if command -v nutcracker >/dev/null; then
+  cat > "$work/nut.yml" <<NUT
+bench:
+  listen: 127.0.0.1:$NUT_PORT
+  hash: fnv1a_64
+  distribution: ketama
+  redis: true
+  servers:
+   - 127.0.0.1:$REDIS_PORT:1
+NUT
+  nutcracker -c "$work/nut.yml" -o "$work/nut.log" -p "$work/nut.pid" &
+  pids+=($!)
+  targets=("redis:$REDIS_PORT" "twemproxy:$NUT_PORT" "respite:$RESPITE_PORT")
+fi
+sleep 1
+for t in "${targets[@]}"; do redis-cli -p "${t#*:}" PING >/dev/null; done
+
+results="$work/results"
+: > "$results"
+for r in $(seq 1 "$ROUNDS"); do
+  for pipeline in 1 16; do
+    for test in get set; do
+      for t in "${targets[@]}"; do
+        name=${t%%:*}; p=${t#*:}
+        n=$REQUESTS; [ "$pipeline" -gt 1 ] && n=$((REQUESTS * 4))
+        rps=$(redis-benchmark -p "$p" -c "$CLIENTS" -n "$n" -P "$pipeline" -d "$SIZE" -t "$test" -q 2>/dev/null \
+          | tr '\r' '\n' | awk '/requests per second/ {print $2}' | tail -1)
+        echo "$name $test $pipeline ${rps:-0}" >> "$results"
+      done
+    done
+  done
+  echo "round $r/$ROUNDS done" >&2
+done
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+printf '\n%s clients, %s-byte values, median of %s interleaved rounds (requests/s)\n\n' "$CLIENTS" "$SIZE" "$ROUNDS"
+printf '| test | pipeline | redis | twemproxy | respite | respite/redis | respite/twemproxy |\n'
+printf '|---|---|---|---|---|---|---|\n'
+for pipeline in 1 16; do
+  for test in get set; do
+    m() { awk -v n="$1" -v t="$test" -v p="$pipeline" '$1==n && $2==t && $3==p {print $4}' "$results" | median; }
+    redis=$(m redis); twem=$(m twemproxy); resp=$(m respite)
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
+    printf '| %s | %s | %.0f | %.0f | %.0f | %s | %s |\n' "${test^^}" "$pipeline" "$redis" "$twem" "$resp" \
+      "$(ratio "$resp" "$redis")" "$(ratio "$resp" "$twem")"
+  done
+done
