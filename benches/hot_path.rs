@@ -23,7 +23,7 @@
 use std::hint::black_box;
 
 use bytes::BytesMut;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use respite::command;
 use respite::resp::{Arg, Limits, Parsed, ReplyScanner, RequestParser};
 
@@ -67,32 +67,58 @@ fn replies_16() -> Vec<u8> {
     buf
 }
 
+/// The request parser with its reusable output buffers.
+#[derive(Default)]
+struct Parse {
+    parser: RequestParser,
+    args: Vec<Arg>,
+    encoded: BytesMut,
+}
+
+impl Parse {
+    /// Parses the 16 requests of `input`; returns how many arguments they have.
+    fn all(&mut self, input: &[u8]) -> usize {
+        let (parser, args, encoded) = (&mut self.parser, &mut self.args, &mut self.encoded);
+        let limits = Limits::default();
+        args.clear();
+        let mut off = 0;
+        let mut n = 0;
+        while off < input.len() {
+            match parser.parse(&input[off..], &limits, args, encoded) {
+                Ok(Parsed::Request { len }) | Ok(Parsed::Inline { len }) => {
+                    off += len;
+                    n += 1;
+                }
+                Ok(Parsed::Incomplete) | Err(_) => break,
+            }
+        }
+        assert_eq!(n, 16, "every request parses");
+        args.len()
+    }
+}
+
+/// Finds the end of each of the 16 replies in `input`; returns the bytes they span.
+fn scan_all(input: &[u8]) -> usize {
+    let mut scanner = ReplyScanner::default();
+    let mut off = 0;
+    let mut n = 0;
+    while let Ok(Some(info)) = scanner.next(&input[off..]) {
+        off += info.len;
+        n += 1;
+    }
+    assert_eq!((n, off), (16, input.len()), "every reply is found whole");
+    off
+}
+
+const NAMES: [&str; 5] = ["get", "SET", "hgetall", "zrangebyscore", "unknown"];
+
 fn parse_pipeline(c: &mut Criterion) {
     let buf = pipeline_16();
-    let limits = Limits::default();
     let mut group = c.benchmark_group("resp");
     group.throughput(Throughput::Elements(16));
     group.bench_function("parse_pipeline_16", |b| {
-        let mut parser = RequestParser::default();
-        let mut args: Vec<Arg> = Vec::with_capacity(64);
-        let mut encoded = BytesMut::new();
-        b.iter(|| {
-            args.clear();
-            let input = black_box(&buf[..]);
-            let mut off = 0;
-            let mut n = 0;
-            while off < input.len() {
-                match parser.parse(&input[off..], &limits, &mut args, &mut encoded) {
-                    Ok(Parsed::Request { len }) | Ok(Parsed::Inline { len }) => {
-                        off += len;
-                        n += 1;
-                    }
-                    Ok(Parsed::Incomplete) | Err(_) => break,
-                }
-            }
-            assert_eq!(n, 16);
-            black_box(args.len())
-        })
+        let mut parse = Parse::default();
+        b.iter(|| parse.all(black_box(&buf)))
     });
     group.finish();
 }
@@ -101,26 +127,13 @@ fn scan_replies(c: &mut Criterion) {
     let buf = replies_16();
     let mut group = c.benchmark_group("resp");
     group.throughput(Throughput::Elements(16));
-    group.bench_function("scan_replies_16", |b| {
-        b.iter(|| {
-            let input = black_box(&buf[..]);
-            let mut scanner = ReplyScanner::default();
-            let mut off = 0;
-            let mut n = 0;
-            while let Ok(Some(info)) = scanner.next(&input[off..]) {
-                off += info.len;
-                n += 1;
-            }
-            assert_eq!((n, off), (16, input.len()));
-            black_box(off)
-        })
-    });
+    group.bench_function("scan_replies_16", |b| b.iter(|| scan_all(black_box(&buf))));
     group.finish();
 }
 
 fn lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("command_lookup");
-    for name in ["get", "SET", "hgetall", "zrangebyscore", "unknown"] {
+    for name in NAMES {
         group.bench_with_input(BenchmarkId::from_parameter(name), name, |b, name| {
             b.iter(|| command::lookup(black_box(name.as_bytes())).map(|(id, _)| id))
         });
@@ -129,4 +142,21 @@ fn lookup(c: &mut Criterion) {
 }
 
 criterion_group!(benches, parse_pipeline, scan_replies, lookup);
-criterion_main!(benches);
+
+fn main() {
+    // `cargo bench` passes `--bench`. Without it this binary runs under `cargo test`
+    // (`scripts/test.sh` runs `cargo test --all-targets -- --test-threads=4`), whose libtest
+    // flags criterion's command line rejects: check each benchmark's input once instead.
+    if !std::env::args().any(|a| a == "--bench") {
+        Parse::default().all(&pipeline_16());
+        scan_all(&replies_16());
+        for name in NAMES {
+            let known = command::lookup(name.as_bytes()).is_some();
+            assert_eq!(known, name != "unknown", "{name}");
+        }
+        println!("hot_path: benchmark inputs checked (run `cargo bench` to measure)");
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

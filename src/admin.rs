@@ -24,23 +24,13 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, cancel: CancellationTok
         .route("/status", get(status))
         .route("/admin/drill", post(drill))
         .with_state(ctx);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    {
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await {
         tracing::error!(error = %e, "admin endpoint failed");
     }
 }
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        ctx.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], ctx.metrics.render()).into_response()
 }
 
 /// Liveness: the process runs its event loop.
@@ -59,6 +49,7 @@ async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
 
 async fn status(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
     let h = &ctx.health;
+    let journal = ctx.outage.journal.stats();
     let last_error = h.last_error().map(|e| {
         json!({
             "message": e.message,
@@ -76,6 +67,21 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
             "last_error": last_error,
         },
         "clients": ctx.metrics.client_connections.get(),
+        "store": {
+            "entries": ctx.outage.store.entries(),
+            "bytes": ctx.outage.store.bytes(),
+        },
+        "journal": {
+            "entries": journal.entries,
+            "bytes": journal.bytes,
+            "oldest_age_seconds": journal.oldest_ms.map(|t| crate::store::now_ms().saturating_sub(t) as f64 / 1000.0),
+            "durable": false,
+        },
+        "replay": {
+            "replayed_total": ctx.metrics.journal_replayed.get(),
+            "errors_total": ctx.metrics.journal_replay_errors.get(),
+            "remaining": journal.entries,
+        },
         "uptime_seconds": ctx.started.elapsed().as_secs_f64(),
         "version": env!("CARGO_PKG_VERSION"),
     }))
@@ -87,46 +93,26 @@ struct DrillRequest {
 }
 
 /// `{"state":"down"}` forces outage mode; `{"state":"auto"}` ends it. Needs the admin token.
-async fn drill(
-    State(ctx): State<Arc<Ctx>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
+async fn drill(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let token = &ctx.cfg.raw.admin.token;
     if token.is_empty() {
-        return (
-            StatusCode::FORBIDDEN,
-            "drills are disabled: set [admin] token\n",
-        )
-            .into_response();
+        return (StatusCode::FORBIDDEN, "drills are disabled: set [admin] token\n").into_response();
     }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
     }
     let Ok(req) = serde_json::from_slice::<DrillRequest>(&body) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "body must be {\"state\":\"down\"} or {\"state\":\"auto\"}\n",
-        )
+        return (StatusCode::BAD_REQUEST, "body must be {\"state\":\"down\"} or {\"state\":\"auto\"}\n")
             .into_response();
     };
     match req.state.as_str() {
         "down" => ctx.health.set_drill(true),
         "auto" => ctx.health.set_drill(false),
-        _ => {
-            return (
-                StatusCode::BAD_REQUEST,
-                "state must be \"down\" or \"auto\"\n",
-            )
-                .into_response()
-        }
+        _ => return (StatusCode::BAD_REQUEST, "state must be \"down\" or \"auto\"\n").into_response(),
     }
-    Json(json!({"state": ctx.health.state().as_str(), "drill": ctx.health.drill_active()}))
-        .into_response()
+    Json(json!({"state": ctx.health.state().as_str(), "drill": ctx.health.drill_active()})).into_response()
 }
 
 /// Compares secrets without an early exit, so timing does not reveal how much matched.

@@ -19,26 +19,15 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid value for `{key}` = {value:?}: {reason}")]
-    Invalid {
-        key: &'static str,
-        value: String,
-        reason: String,
-    },
+    Invalid { key: &'static str, value: String, reason: String },
 }
 
 fn invalid(key: &'static str, value: impl fmt::Display, reason: impl fmt::Display) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        value: value.to_string(),
-        reason: reason.to_string(),
-    }
+    ConfigError::Invalid { key, value: value.to_string(), reason: reason.to_string() }
 }
 
 /// A duration written in human units in TOML (`"250ms"`, `"2s"`, `"1m"`).
@@ -100,9 +89,8 @@ impl FromStr for Size {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("not a size: {s:?}; write e.g. \"64KiB\", \"512MiB\", \"1GB\""))?;
+        let n: u64 =
+            num.parse().map_err(|_| format!("not a size: {s:?}; write e.g. \"64KiB\", \"512MiB\", \"1GB\""))?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KiB" => 1 << 10,
@@ -113,15 +101,9 @@ impl FromStr for Size {
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
             "TB" => 1_000_000_000_000,
-            other => {
-                return Err(format!(
-                    "unknown size unit {other:?}; use B, KiB, MiB, GiB, KB, MB or GB"
-                ))
-            }
+            other => return Err(format!("unknown size unit {other:?}; use B, KiB, MiB, GiB, KB, MB or GB")),
         };
-        n.checked_mul(mult)
-            .map(Size)
-            .ok_or_else(|| format!("size {s:?} is too large"))
+        n.checked_mul(mult).map(Size).ok_or_else(|| format!("size {s:?} is too large"))
     }
 }
 
@@ -165,6 +147,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub health: HealthConfig,
     pub admin: AdminConfig,
+    pub store: StoreConfig,
+    pub outage: OutageConfig,
     pub journal: JournalConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
@@ -295,11 +279,47 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig {
-            listen: "127.0.0.1:9480".into(),
-            token: String::new(),
-        }
+        AdminConfig { listen: "127.0.0.1:9480".into(), token: String::new() }
     }
+}
+
+/// What an outage read of a key this sidecar never saw answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Miss {
+    /// A clear `-UNAVAILABLE` error (the honest default: the value is unknown).
+    #[default]
+    Error,
+    /// nil, as if the key did not exist.
+    Nil,
+}
+
+/// `[store]`: the local store outage reads are served from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Byte bound of the local store (LRU beyond it).
+    pub max_bytes: Size,
+    /// A value not confirmed by the upstream (or this sidecar's own write) for this long is
+    /// not served.
+    pub max_staleness: Dur,
+    /// `error` or `nil` for reads of keys never seen.
+    pub miss: Miss,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { max_bytes: Size(64 << 20), max_staleness: Dur::secs(3600), miss: Miss::Error }
+    }
+}
+
+/// `[outage]`: what is served while the upstream is down.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutageConfig {
+    /// Serve conditional writes (SET NX/XX, SETNX, HSETNX, MSETNX) from local state. Off by
+    /// default: a lock "acquired" from one sidecar's memory is one two pods can both hold.
+    pub allow_conditional: bool,
 }
 
 /// `fsync` policy of the durable journal, as Redis's `appendfsync`.
@@ -313,12 +333,30 @@ pub enum Fsync {
 }
 
 /// `[journal]`: where writes accepted during an outage wait for replay.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JournalConfig {
     /// Directory of the durable journal (`--journal-dir`); absent: in memory only.
     pub dir: Option<PathBuf>,
     pub fsync: Fsync,
+    /// Most records waiting for replay; further writes get `-OOM`.
+    pub max_entries: u64,
+    /// Most bytes waiting for replay; further writes get `-OOM`.
+    pub max_bytes: Size,
+    /// Commands per replay transaction (MULTI … watermark … EXEC).
+    pub replay_batch: usize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            dir: None,
+            fsync: Fsync::Everysec,
+            max_entries: 1_000_000,
+            max_bytes: Size(256 << 20),
+            replay_batch: 1000,
+        }
+    }
 }
 
 /// Log output format.
@@ -341,10 +379,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
+        LogConfig { format: LogFormat::Text, level: "info".into() }
     }
 }
 
@@ -359,9 +394,7 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig {
-            grace_period: Dur::secs(10),
-        }
+        ShutdownConfig { grace_period: Dur::secs(10) }
     }
 }
 
@@ -414,14 +447,8 @@ impl UpstreamUrl {
                 ))
             }
         };
-        let host = u
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| invalid("upstream.url", &shown, "no host"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+        let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| invalid("upstream.url", &shown, "no host"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         let port = u.port().unwrap_or(6379);
         let decode = |p: &str| {
             url::form_urlencoded::parse(format!("x={p}").as_bytes())
@@ -435,29 +462,13 @@ impl UpstreamUrl {
         let db = if path.is_empty() {
             0
         } else {
-            path.parse().map_err(|_| {
-                invalid(
-                    "upstream.url",
-                    &shown,
-                    format!("database must be a number, not {path:?}"),
-                )
-            })?
+            path.parse()
+                .map_err(|_| invalid("upstream.url", &shown, format!("database must be a number, not {path:?}")))?
         };
         if u.query().is_some() {
-            return Err(invalid(
-                "upstream.url",
-                &shown,
-                "query parameters are not supported; use the [upstream] keys",
-            ));
+            return Err(invalid("upstream.url", &shown, "query parameters are not supported; use the [upstream] keys"));
         }
-        Ok(UpstreamUrl {
-            tls,
-            host,
-            port,
-            username,
-            password,
-            db,
-        })
+        Ok(UpstreamUrl { tls, host, port, username, password, db })
     }
 
     /// `host:port`, for connecting.
@@ -493,12 +504,7 @@ pub fn redact_url(s: &str) -> String {
     };
     let userinfo = &rest[..at];
     match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:<redacted>{}",
-            &s[..scheme_end + 3],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
+        Some(colon) => format!("{}{}:<redacted>{}", &s[..scheme_end + 3], &userinfo[..colon], &rest[at..]),
         None => s.to_string(),
     }
 }
@@ -534,11 +540,7 @@ pub struct Flags {
 
 /// The command line.
 #[derive(Debug, Parser)]
-#[command(
-    name = "respite",
-    version,
-    about = "A resilient caching sidecar for Redis"
-)]
+#[command(name = "respite", version, about = "A resilient caching sidecar for Redis")]
 pub struct Cli {
     #[command(flatten)]
     pub flags: Flags,
@@ -581,14 +583,9 @@ impl Config {
 
     /// Parses a TOML file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
     }
 
     /// Parses TOML text; the error names the key and the line.
@@ -621,13 +618,8 @@ impl Config {
     /// Checks every value; the first error names its key.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
         let addr = |key: &'static str, v: &str| -> Result<SocketAddr, ConfigError> {
-            v.parse().map_err(|e| {
-                invalid(
-                    key,
-                    v,
-                    format!("{e}; write host:port with an IP address, e.g. 127.0.0.1:6380"),
-                )
-            })
+            v.parse()
+                .map_err(|e| invalid(key, v, format!("{e}; write host:port with an IP address, e.g. 127.0.0.1:6380")))
         };
         let listen = addr("client.listen", &self.client.listen)?;
         let admin_listen = addr("admin.listen", &self.admin.listen)?;
@@ -651,18 +643,15 @@ impl Config {
         positive("client.max_array_len", self.client.max_array_len as u64)?;
         positive("client.max_pipeline", self.client.max_pipeline as u64)?;
         positive("upstream.pool_size", self.upstream.pool_size as u64)?;
-        positive(
-            "health.down_after_failures",
-            self.health.down_after_failures as u64,
-        )?;
+        positive("health.down_after_failures", self.health.down_after_failures as u64)?;
+        positive("journal.max_entries", self.journal.max_entries)?;
+        positive("journal.max_bytes", self.journal.max_bytes.0)?;
+        positive("journal.replay_batch", self.journal.replay_batch as u64)?;
         if self.client.max_query_buffer.0 < self.client.max_bulk_bytes.0 {
             return Err(invalid(
                 "client.max_query_buffer",
                 self.client.max_query_buffer,
-                format!(
-                    "must be at least client.max_bulk_bytes ({})",
-                    self.client.max_bulk_bytes
-                ),
+                format!("must be at least client.max_bulk_bytes ({})", self.client.max_bulk_bytes),
             ));
         }
         for (key, d) in [
@@ -670,10 +659,7 @@ impl Config {
             ("upstream.command_timeout", self.upstream.command_timeout),
             ("health.probe_interval", self.health.probe_interval),
             ("health.probe_timeout", self.health.probe_timeout),
-            (
-                "upstream.retry_backoff_base",
-                self.upstream.retry_backoff_base,
-            ),
+            ("upstream.retry_backoff_base", self.upstream.retry_backoff_base),
         ] {
             if d.0.is_zero() {
                 return Err(invalid(key, d, "must be greater than 0"));
@@ -688,10 +674,7 @@ impl Config {
         }
         let level = &self.log.level;
         let simple = !level.contains('=') && !level.contains(',');
-        let bad_level = simple
-            && level
-                .parse::<tracing_subscriber::filter::LevelFilter>()
-                .is_err();
+        let bad_level = simple && level.parse::<tracing_subscriber::filter::LevelFilter>().is_err();
         if bad_level || tracing_subscriber::EnvFilter::try_new(level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -699,12 +682,7 @@ impl Config {
                 "not a level (error, warn, info, debug, trace) or tracing filter",
             ));
         }
-        Ok(Validated {
-            raw: self.clone(),
-            listen,
-            admin_listen,
-            upstream,
-        })
+        Ok(Validated { raw: self.clone(), listen, admin_listen, upstream })
     }
 
     /// This configuration with every secret replaced by `<redacted>`.
@@ -721,8 +699,7 @@ impl Config {
 
     /// The redacted configuration as TOML, as `check-config` prints it.
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string(&self.redacted())
-            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+        toml::to_string(&self.redacted()).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }
 
@@ -759,8 +736,7 @@ mod tests {
 
     #[test]
     fn every_key_of_the_example_file_parses_and_round_trips() {
-        let text =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
         let cfg = Config::from_toml(&text).unwrap();
         cfg.validate().unwrap();
         // The example documents the defaults: rendering the defaults gives the same values.
@@ -779,24 +755,14 @@ mod tests {
     #[test]
     fn bad_values_name_key_value_and_reason() {
         let e = Config::from_toml("[upstream]\ncommand_timeout = \"soon\"\n").unwrap_err();
-        assert!(
-            e.contains("command_timeout") || e.contains("duration"),
-            "{e}"
-        );
+        assert!(e.contains("command_timeout") || e.contains("duration"), "{e}");
         let mut c = Config::default();
         c.client.listen = "localhost".into();
         let e = c.validate().unwrap_err().to_string();
-        assert!(
-            e.contains("client.listen") && e.contains("localhost"),
-            "{e}"
-        );
+        assert!(e.contains("client.listen") && e.contains("localhost"), "{e}");
         let mut c = Config::default();
         c.client.max_connections = 0;
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("client.max_connections"));
+        assert!(c.validate().unwrap_err().to_string().contains("client.max_connections"));
         let mut c = Config::default();
         c.upstream.url = "http://x:1".into();
         assert!(c.validate().unwrap_err().to_string().contains("scheme"));
@@ -822,30 +788,19 @@ mod tests {
         assert_eq!(u.redacted(), "redis://alice:<redacted>@10.0.0.1:7000/3");
         assert!(!format!("{u:?}").contains("cret"));
         let u = UpstreamUrl::parse("redis://:pw@localhost").unwrap();
-        assert_eq!(
-            (u.username, u.password.as_deref(), u.port),
-            (None, Some("pw"), 6379)
-        );
+        assert_eq!((u.username, u.password.as_deref(), u.port), (None, Some("pw"), 6379));
         let u = UpstreamUrl::parse("rediss://[::1]:6380").unwrap();
         assert!(u.tls);
         assert_eq!(u.addr(), "[::1]:6380");
-        assert_eq!(
-            redact_url("redis://u:secret@h:1/0"),
-            "redis://u:<redacted>@h:1/0"
-        );
+        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:<redacted>@h:1/0");
         assert_eq!(redact_url("not a url"), "not a url");
     }
 
     #[test]
     fn precedence_flag_over_file_over_default() {
-        let mut c = Config::from_toml(
-            "[client]\nlisten = \"127.0.0.1:7000\"\n[admin]\nlisten = \"127.0.0.1:7001\"\n",
-        )
-        .unwrap();
-        let flags = Flags {
-            listen: Some("127.0.0.1:7002".into()),
-            ..Flags::default()
-        };
+        let mut c =
+            Config::from_toml("[client]\nlisten = \"127.0.0.1:7000\"\n[admin]\nlisten = \"127.0.0.1:7001\"\n").unwrap();
+        let flags = Flags { listen: Some("127.0.0.1:7002".into()), ..Flags::default() };
         c.apply_flags(&flags);
         assert_eq!(c.client.listen, "127.0.0.1:7002");
         assert_eq!(c.admin.listen, "127.0.0.1:7001");

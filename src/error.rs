@@ -42,12 +42,7 @@ impl UpstreamError {
     /// Whether trying again on a fresh connection may help (a timeout is final: the
     /// client's time is spent).
     pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            UpstreamError::Connect { .. }
-                | UpstreamError::Broken { .. }
-                | UpstreamError::Protocol(_)
-        )
+        matches!(self, UpstreamError::Connect { .. } | UpstreamError::Broken { .. } | UpstreamError::Protocol(_))
     }
 
     /// The metric outcome of a command that ended with this error.
@@ -109,26 +104,14 @@ mod tests {
 
     #[test]
     fn replies_say_whether_the_outcome_is_known() {
-        let broken = UpstreamError::Broken {
-            reason: "reset".into(),
-            sent: true,
-        };
+        let broken = UpstreamError::Broken { reason: "reset".into(), sent: true };
         assert!(reply(&broken, false).starts_with("-UNKNOWN "));
         assert!(reply(&broken, false).contains("outcome is unknown"));
         assert!(reply(&broken, true).starts_with("-UNAVAILABLE "));
-        let refused = UpstreamError::Connect {
-            addr: "h:1".into(),
-            reason: "refused\r\nx".into(),
-        };
+        let refused = UpstreamError::Connect { addr: "h:1".into(), reason: "refused\r\nx".into() };
         let r = reply(&refused, false);
-        assert!(
-            r.starts_with("-UNAVAILABLE ") && r.ends_with("\r\n") && r.matches('\n').count() == 1,
-            "{r}"
-        );
-        assert!(
-            reply(&UpstreamError::Timeout(Duration::from_secs(1)), false)
-                .contains("outcome is unknown")
-        );
+        assert!(r.starts_with("-UNAVAILABLE ") && r.ends_with("\r\n") && r.matches('\n').count() == 1, "{r}");
+        assert!(reply(&UpstreamError::Timeout(Duration::from_secs(1)), false).contains("outcome is unknown"));
         assert!(reply(&UpstreamError::Down, false).contains("upstream down"));
         assert_eq!(broken.outcome(false), Outcome::Unknown);
         assert_eq!(refused.outcome(false), Outcome::Unavailable);

@@ -28,12 +28,7 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 4] = [
-        State::Healthy,
-        State::Degraded,
-        State::Down,
-        State::Replaying,
-    ];
+    pub const ALL: [State; 4] = [State::Healthy, State::Degraded, State::Down, State::Replaying];
     pub fn as_str(self) -> &'static str {
         match self {
             State::Healthy => "healthy",
@@ -66,6 +61,8 @@ pub struct Health {
     /// Moving average of upstream round trips, in microseconds.
     latency_ewma_us: AtomicU64,
     drill: AtomicBool,
+    /// The journal holds writes not yet replayed: recovery goes through `replaying`.
+    journal_pending: AtomicBool,
     last_error: Mutex<Option<LastError>>,
     /// Serialises transitions so each is logged and counted exactly once.
     transition: Mutex<()>,
@@ -77,16 +74,14 @@ pub struct Health {
 impl Health {
     pub fn new(cfg: HealthConfig, metrics: Arc<Metrics>) -> Health {
         for s in State::ALL {
-            metrics
-                .upstream_state
-                .with_label_values(&[s.as_str()])
-                .set((s == State::Healthy) as i64);
+            metrics.upstream_state.with_label_values(&[s.as_str()]).set((s == State::Healthy) as i64);
         }
         Health {
             state: AtomicU8::new(State::Healthy as u8),
             consecutive_failures: AtomicU32::new(0),
             latency_ewma_us: AtomicU64::new(0),
             drill: AtomicBool::new(false),
+            journal_pending: AtomicBool::new(false),
             last_error: Mutex::new(None),
             transition: Mutex::new(()),
             cfg,
@@ -133,57 +128,63 @@ impl Health {
         let sample = latency.as_micros().min(u64::MAX as u128) as u64;
         let old = self.latency_ewma_us.load(Ordering::Relaxed);
         // EWMA with alpha = 1/8; races between threads only lose a sample.
-        let new = if old == 0 {
-            sample
-        } else {
-            old - old / 8 + sample / 8
-        };
+        let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
         self.latency_ewma_us.store(new, Ordering::Relaxed);
         let slow = Duration::from_micros(new) > self.cfg.degraded_latency.0;
         match self.state() {
+            State::Replaying | State::Down => {}
             State::Healthy if slow => self.transition(
                 State::Degraded,
-                &format!(
-                    "upstream latency {:?} above {}",
-                    Duration::from_micros(new),
-                    self.cfg.degraded_latency
-                ),
+                &format!("upstream latency {:?} above {}", Duration::from_micros(new), self.cfg.degraded_latency),
             ),
-            State::Degraded if !slow => {
-                self.transition(State::Healthy, "upstream answering normally again")
-            }
+            State::Degraded if !slow => self.transition(State::Healthy, "upstream answering normally again"),
             _ => {}
         }
     }
 
-    /// A probe PING answered: the only way out of `down`.
+    /// A probe PING answered: the only way out of `down` — to `replaying` when the journal
+    /// holds writes, else to `healthy`.
     pub fn probe_succeeded(&self, latency: Duration) {
         if self.state() == State::Down && !self.drill_active() {
             self.consecutive_failures.store(0, Ordering::Relaxed);
-            self.latency_ewma_us
-                .store(latency.as_micros() as u64, Ordering::Relaxed);
-            self.transition(State::Healthy, "probe PING answered");
-        } else {
+            self.latency_ewma_us.store(latency.as_micros() as u64, Ordering::Relaxed);
+            if self.journal_pending.load(Ordering::Acquire) {
+                self.transition(State::Replaying, "probe PING answered; replaying the journal");
+            } else {
+                self.transition(State::Healthy, "probe PING answered");
+            }
+        } else if self.state() != State::Replaying {
             self.record_success(latency);
         }
     }
 
+    /// The journal received a write (or, at start, holds some).
+    pub fn set_journal_pending(&self) {
+        self.journal_pending.store(true, Ordering::Release);
+    }
+
+    /// At start with a non-empty durable journal: replay before forwarding anything.
+    pub fn start_replay(&self) {
+        self.set_journal_pending();
+        self.transition(State::Replaying, "journal holds writes from before the restart");
+    }
+
+    /// The replayer drained the journal (under the outage lock): forward directly again.
+    pub fn replay_finished(&self) {
+        self.journal_pending.store(false, Ordering::Release);
+        self.transition(State::Healthy, "journal replayed");
+    }
+
     /// A failed upstream interaction, with its cause (never containing secrets).
     pub fn record_failure(&self, cause: &str) {
-        *self.last_error.lock() = Some(LastError {
-            message: cause.to_string(),
-            at: SystemTime::now(),
-        });
+        *self.last_error.lock() = Some(LastError { message: cause.to_string(), at: SystemTime::now() });
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         match self.state() {
             State::Down => {}
-            _ if n >= self.cfg.down_after_failures => self.transition(
-                State::Down,
-                &format!("{n} consecutive upstream failures, last: {cause}"),
-            ),
-            State::Healthy => {
-                self.transition(State::Degraded, &format!("upstream failure: {cause}"))
+            _ if n >= self.cfg.down_after_failures => {
+                self.transition(State::Down, &format!("{n} consecutive upstream failures, last: {cause}"))
             }
+            State::Healthy => self.transition(State::Degraded, &format!("upstream failure: {cause}")),
             _ => {}
         }
     }
@@ -198,6 +199,11 @@ impl Health {
         }
     }
 
+    #[cfg(test)]
+    fn transition_for_test(&self, to: State) {
+        self.transition(to, "test");
+    }
+
     fn transition(&self, to: State, cause: &str) {
         let _guard = self.transition.lock();
         let from = self.state();
@@ -206,31 +212,14 @@ impl Health {
         }
         self.state.store(to as u8, Ordering::Release);
         *self.since.lock() = Instant::now();
-        self.metrics
-            .upstream_state
-            .with_label_values(&[from.as_str()])
-            .set(0);
-        self.metrics
-            .upstream_state
-            .with_label_values(&[to.as_str()])
-            .set(1);
-        self.metrics
-            .state_transitions
-            .with_label_values(&[from.as_str(), to.as_str()])
-            .inc();
+        self.metrics.upstream_state.with_label_values(&[from.as_str()]).set(0);
+        self.metrics.upstream_state.with_label_values(&[to.as_str()]).set(1);
+        self.metrics.state_transitions.with_label_values(&[from.as_str(), to.as_str()]).inc();
         match to {
-            State::Down => tracing::warn!(
-                state.from = from.as_str(),
-                state.to = to.as_str(),
-                cause,
-                "upstream state changed"
-            ),
-            _ => tracing::info!(
-                state.from = from.as_str(),
-                state.to = to.as_str(),
-                cause,
-                "upstream state changed"
-            ),
+            State::Down => {
+                tracing::warn!(state.from = from.as_str(), state.to = to.as_str(), cause, "upstream state changed")
+            }
+            _ => tracing::info!(state.from = from.as_str(), state.to = to.as_str(), cause, "upstream state changed"),
         }
     }
 }
@@ -241,11 +230,7 @@ mod tests {
     use crate::config::Dur;
 
     fn health() -> Health {
-        let cfg = HealthConfig {
-            down_after_failures: 3,
-            degraded_latency: Dur::ms(50),
-            ..HealthConfig::default()
-        };
+        let cfg = HealthConfig { down_after_failures: 3, degraded_latency: Dur::ms(50), ..HealthConfig::default() };
         Health::new(cfg, Arc::new(Metrics::new()))
     }
 
@@ -261,25 +246,13 @@ mod tests {
         assert_eq!(h.state(), State::Down);
         assert!(!h.upstream_usable());
         h.record_success(Duration::from_micros(100));
-        assert_eq!(
-            h.state(),
-            State::Down,
-            "real traffic does not reopen the breaker"
-        );
+        assert_eq!(h.state(), State::Down, "real traffic does not reopen the breaker");
         h.probe_succeeded(Duration::from_micros(100));
         assert_eq!(h.state(), State::Healthy);
         assert_eq!(h.last_error().unwrap().message, "connection refused");
         let text = h.metrics.render();
-        assert!(
-            text.contains("respite_upstream_state{state=\"healthy\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "respite_upstream_state_transitions_total{from=\"degraded\",to=\"down\"} 1"
-            ),
-            "{text}"
-        );
+        assert!(text.contains("respite_upstream_state{state=\"healthy\"} 1"), "{text}");
+        assert!(text.contains("respite_upstream_state_transitions_total{from=\"degraded\",to=\"down\"} 1"), "{text}");
     }
 
     #[test]
@@ -305,6 +278,24 @@ mod tests {
             h.record_success(Duration::from_micros(100));
         }
         assert_eq!(h.state(), State::Healthy);
+    }
+
+    #[test]
+    fn recovery_goes_through_replaying_while_the_journal_holds_writes() {
+        let h = health();
+        for _ in 0..3 {
+            h.record_failure("refused");
+        }
+        h.set_journal_pending();
+        h.probe_succeeded(Duration::from_micros(10));
+        assert_eq!(h.state(), State::Replaying);
+        h.probe_succeeded(Duration::from_micros(10));
+        assert_eq!(h.state(), State::Replaying, "only the replayer ends replaying");
+        h.replay_finished();
+        assert_eq!(h.state(), State::Healthy);
+        h.transition_for_test(State::Down);
+        h.probe_succeeded(Duration::from_micros(10));
+        assert_eq!(h.state(), State::Healthy, "an empty journal recovers directly");
     }
 
     #[test]

@@ -21,10 +21,14 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod journal;
 pub mod metrics;
+pub mod outage;
+pub mod replay;
 pub mod resp;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod upstream;
 
 pub use app::run;

@@ -7,8 +7,7 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::command::{self, CommandId};
@@ -55,10 +54,12 @@ impl Outcome {
     }
 }
 
+/// A function that refreshes scrape-time gauges.
+type Refresh = Box<dyn Fn(&Metrics) + Send + Sync>;
+
 /// Buckets for a loopback proxy: 20µs to 5s.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0,
+    0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
 /// All metric families.
@@ -79,16 +80,28 @@ pub struct Metrics {
     pub client_connections_accepted: IntCounter,
     pub client_connections_rejected: IntCounterVec,
     pub protocol_errors: IntCounter,
+    pub store_hits: IntCounter,
+    pub store_misses: IntCounter,
+    pub store_evictions: IntCounter,
+    pub store_unseen_writes: IntCounter,
+    pub store_entries: IntGauge,
+    pub store_bytes: IntGauge,
+    pub journal_entries: IntGauge,
+    pub journal_bytes: IntGauge,
+    pub journal_oldest_age: prometheus::Gauge,
+    pub journal_appends: IntCounter,
+    pub journal_replayed: IntCounter,
+    pub journal_replay_errors: IntCounter,
+    pub outage_refused: IntCounterVec,
+    /// Refreshes scrape-time gauges (store and journal sizes) just before rendering.
+    refresh: parking_lot::Mutex<Option<Refresh>>,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let commands_vec = IntCounterVec::new(
-            Opts::new(
-                "respite_commands_total",
-                "Commands handled, by command name and outcome.",
-            ),
+            Opts::new("respite_commands_total", "Commands handled, by command name and outcome."),
             &["command", "outcome"],
         )
         .expect("valid metric");
@@ -96,6 +109,8 @@ impl Metrics {
             Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
                 .expect("valid metric")
         };
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
         let m = Metrics {
             commands: (0..=command::other_id()).map(|_| Default::default()).collect(),
             command_duration: hist(
@@ -116,8 +131,11 @@ impl Metrics {
                 &["from", "to"],
             )
             .expect("valid metric"),
-            upstream_retries: IntCounter::new("respite_upstream_retries_total", "Commands retried on a fresh upstream connection.")
-                .expect("valid metric"),
+            upstream_retries: IntCounter::new(
+                "respite_upstream_retries_total",
+                "Commands retried on a fresh upstream connection.",
+            )
+            .expect("valid metric"),
             upstream_timeouts: IntCounter::new("respite_upstream_timeouts_total", "Upstream requests that timed out.")
                 .expect("valid metric"),
             upstream_connects: IntCounterVec::new(
@@ -125,7 +143,8 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric"),
-            client_connections: IntGauge::new("respite_client_connections", "Open client connections.").expect("valid metric"),
+            client_connections: IntGauge::new("respite_client_connections", "Open client connections.")
+                .expect("valid metric"),
             client_connections_accepted: IntCounter::new(
                 "respite_client_connections_accepted_total",
                 "Client connections accepted.",
@@ -141,6 +160,46 @@ impl Metrics {
                 "Client connections closed for unparseable input.",
             )
             .expect("valid metric"),
+            store_hits: counter("respite_store_hits_total", "Outage-mode reads answered from the local store."),
+            store_misses: counter(
+                "respite_store_misses_total",
+                "Local store lookups of keys never seen (or too stale).",
+            ),
+            store_evictions: counter(
+                "respite_store_evictions_total",
+                "Local store entries evicted to stay within its byte bound.",
+            ),
+            store_unseen_writes: counter(
+                "respite_store_unseen_writes_total",
+                "Outage writes to keys whose upstream value was never seen, applied as if the key were absent.",
+            ),
+            store_entries: gauge("respite_store_entries", "Entries in the local store."),
+            store_bytes: gauge("respite_store_bytes", "Approximate bytes in the local store (its weighted size)."),
+            journal_entries: gauge("respite_journal_entries", "Journal records waiting for replay."),
+            journal_bytes: gauge("respite_journal_bytes", "Bytes of journal records waiting for replay."),
+            journal_oldest_age: prometheus::Gauge::new(
+                "respite_journal_oldest_age_seconds",
+                "Age of the oldest journal record waiting for replay (0 when empty).",
+            )
+            .expect("valid metric"),
+            journal_appends: counter(
+                "respite_journal_appends_total",
+                "Writes (or MULTI blocks) appended to the journal.",
+            ),
+            journal_replayed: counter(
+                "respite_journal_replayed_total",
+                "Journal records applied upstream and confirmed.",
+            ),
+            journal_replay_errors: counter(
+                "respite_journal_replay_errors_total",
+                "Replayed commands the upstream answered with an error (counted, logged, not retried).",
+            ),
+            outage_refused: IntCounterVec::new(
+                Opts::new("respite_outage_refused_total", "Commands refused during an outage, by reason."),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            refresh: parking_lot::Mutex::new(None),
             commands_vec,
             registry,
         };
@@ -163,6 +222,19 @@ impl Metrics {
             Box::new(self.client_connections_accepted.clone()),
             Box::new(self.client_connections_rejected.clone()),
             Box::new(self.protocol_errors.clone()),
+            Box::new(self.store_hits.clone()),
+            Box::new(self.store_misses.clone()),
+            Box::new(self.store_evictions.clone()),
+            Box::new(self.store_unseen_writes.clone()),
+            Box::new(self.store_entries.clone()),
+            Box::new(self.store_bytes.clone()),
+            Box::new(self.journal_entries.clone()),
+            Box::new(self.journal_bytes.clone()),
+            Box::new(self.journal_oldest_age.clone()),
+            Box::new(self.journal_appends.clone()),
+            Box::new(self.journal_replayed.clone()),
+            Box::new(self.journal_replay_errors.clone()),
+            Box::new(self.outage_refused.clone()),
         ];
         for c in all {
             r.register(c).expect("metric names are unique");
@@ -174,15 +246,20 @@ impl Metrics {
     pub fn command(&self, id: CommandId, outcome: Outcome) {
         let id = id.min(self.commands.len() - 1);
         self.commands[id][outcome as usize]
-            .get_or_init(|| {
-                self.commands_vec
-                    .with_label_values(&[&command::label(id), outcome.as_str()])
-            })
+            .get_or_init(|| self.commands_vec.with_label_values(&[&command::label(id), outcome.as_str()]))
             .inc();
+    }
+
+    /// Sets the function that refreshes scrape-time gauges.
+    pub fn set_refresh(&self, f: impl Fn(&Metrics) + Send + Sync + 'static) {
+        *self.refresh.lock() = Some(Box::new(f));
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        if let Some(f) = &*self.refresh.lock() {
+            f(self);
+        }
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
@@ -207,13 +284,7 @@ mod tests {
         m.command(get, Outcome::Ok);
         m.command(command::other_id(), Outcome::Error);
         let text = m.render();
-        assert!(
-            text.contains("respite_commands_total{command=\"get\",outcome=\"ok\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("respite_commands_total{command=\"other\",outcome=\"error\"} 1"),
-            "{text}"
-        );
+        assert!(text.contains("respite_commands_total{command=\"get\",outcome=\"ok\"} 2"), "{text}");
+        assert!(text.contains("respite_commands_total{command=\"other\",outcome=\"error\"} 1"), "{text}");
     }
 }

@@ -22,11 +22,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_bulk: 512 << 20,
-            max_array: 1 << 20,
-            max_inline: 64 << 10,
-        }
+        Limits { max_bulk: 512 << 20, max_array: 1 << 20, max_inline: 64 << 10 }
     }
 }
 
@@ -117,11 +113,7 @@ impl RequestParser {
                 // `*0` and `*-1` are empty requests: Redis ignores them silently.
                 return Ok(Parsed::Inline { len: after });
             }
-            self.partial = Some(Partial {
-                pos: after,
-                remaining: n as usize,
-                args_at_start: args.len(),
-            });
+            self.partial = Some(Partial { pos: after, remaining: n as usize, args_at_start: args.len() });
         }
         let mut p = self.partial.expect("set above");
         while p.remaining > 0 {
@@ -484,20 +476,12 @@ mod tests {
                 Parsed::Incomplete => return Ok(out),
                 Parsed::Request { len } => {
                     let base = &input[off..];
-                    out.push(
-                        args.iter()
-                            .map(|&(s, l)| base[s as usize..(s + l) as usize].to_vec())
-                            .collect(),
-                    );
+                    out.push(args.iter().map(|&(s, l)| base[s as usize..(s + l) as usize].to_vec()).collect());
                     off += len;
                 }
                 Parsed::Inline { len } => {
                     if !args.is_empty() {
-                        out.push(
-                            args.iter()
-                                .map(|&(s, l)| enc[s as usize..(s + l) as usize].to_vec())
-                                .collect(),
-                        );
+                        out.push(args.iter().map(|&(s, l)| enc[s as usize..(s + l) as usize].to_vec()).collect());
                     }
                     off += len;
                 }
@@ -508,10 +492,7 @@ mod tests {
     #[test]
     fn parses_arrays_and_pipelines() {
         let got = parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*1\r\n$4\r\nPING\r\n").unwrap();
-        assert_eq!(
-            got,
-            vec![vec![b"GET".to_vec(), b"a".to_vec()], vec![b"PING".to_vec()]]
-        );
+        assert_eq!(got, vec![vec![b"GET".to_vec(), b"a".to_vec()], vec![b"PING".to_vec()]]);
     }
 
     #[test]
@@ -528,26 +509,15 @@ mod tests {
         let mut args = Vec::new();
         let mut enc = BytesMut::new();
         for end in 0..input.len() {
-            assert_eq!(
-                p.parse(&input[..end], &limits, &mut args, &mut enc)
-                    .unwrap(),
-                Parsed::Incomplete
-            );
+            assert_eq!(p.parse(&input[..end], &limits, &mut args, &mut enc).unwrap(), Parsed::Incomplete);
         }
-        assert_eq!(
-            p.parse(input, &limits, &mut args, &mut enc).unwrap(),
-            Parsed::Request { len: input.len() }
-        );
+        assert_eq!(p.parse(input, &limits, &mut args, &mut enc).unwrap(), Parsed::Request { len: input.len() });
         assert_eq!(args.len(), 3);
     }
 
     #[test]
     fn limits_are_checked_from_the_header() {
-        let limits = Limits {
-            max_bulk: 10,
-            max_array: 3,
-            max_inline: 64,
-        };
+        let limits = Limits { max_bulk: 10, max_array: 3, max_inline: 64 };
         let mut p = RequestParser::default();
         let (mut a, mut e) = (Vec::new(), BytesMut::new());
         // The header alone is enough to refuse: the 11-byte body never needs to arrive.
@@ -555,30 +525,12 @@ mod tests {
             p.parse(b"*2\r\n$3\r\nGET\r\n$11\r\n", &limits, &mut a, &mut e),
             Err(ProtocolError::InvalidBulkLength)
         );
-        assert_eq!(
-            p.parse(b"*4\r\n", &limits, &mut a, &mut e),
-            Err(ProtocolError::InvalidMultibulkLength)
-        );
-        assert_eq!(
-            p.parse(b"*1\r\n$-5\r\n", &limits, &mut a, &mut e),
-            Err(ProtocolError::InvalidBulkLength)
-        );
-        assert_eq!(
-            p.parse(b"*1\r\n:5\r\n", &limits, &mut a, &mut e),
-            Err(ProtocolError::ExpectedBulk(':'))
-        );
-        assert_eq!(
-            p.parse(b"*x\r\n", &limits, &mut a, &mut e),
-            Err(ProtocolError::InvalidMultibulkLength)
-        );
-        assert_eq!(
-            p.parse(b"*1\r\n$1\r\nab\r\n", &limits, &mut a, &mut e),
-            Err(ProtocolError::MissingCrlf)
-        );
-        assert_eq!(
-            p.parse(&[b'x'; 65], &limits, &mut a, &mut e),
-            Err(ProtocolError::InlineTooBig)
-        );
+        assert_eq!(p.parse(b"*4\r\n", &limits, &mut a, &mut e), Err(ProtocolError::InvalidMultibulkLength));
+        assert_eq!(p.parse(b"*1\r\n$-5\r\n", &limits, &mut a, &mut e), Err(ProtocolError::InvalidBulkLength));
+        assert_eq!(p.parse(b"*1\r\n:5\r\n", &limits, &mut a, &mut e), Err(ProtocolError::ExpectedBulk(':')));
+        assert_eq!(p.parse(b"*x\r\n", &limits, &mut a, &mut e), Err(ProtocolError::InvalidMultibulkLength));
+        assert_eq!(p.parse(b"*1\r\n$1\r\nab\r\n", &limits, &mut a, &mut e), Err(ProtocolError::MissingCrlf));
+        assert_eq!(p.parse(&[b'x'; 65], &limits, &mut a, &mut e), Err(ProtocolError::InlineTooBig));
         assert_eq!(
             p.parse(b"*99999999999999999999999\r\n", &limits, &mut a, &mut e),
             Err(ProtocolError::InvalidMultibulkLength)
@@ -587,39 +539,19 @@ mod tests {
 
     #[test]
     fn empty_arrays_are_skipped() {
-        assert_eq!(
-            parse_all(b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n").unwrap(),
-            vec![vec![b"PING".to_vec()]]
-        );
+        assert_eq!(parse_all(b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n").unwrap(), vec![vec![b"PING".to_vec()]]);
     }
 
     #[test]
     fn inline_commands_follow_redis_quoting() {
-        assert_eq!(
-            parse_all(b"PING\r\n").unwrap(),
-            vec![vec![b"PING".to_vec()]]
-        );
+        assert_eq!(parse_all(b"PING\r\n").unwrap(), vec![vec![b"PING".to_vec()]]);
         assert_eq!(
             parse_all(b"set \"a b\" 'c\\'d' \"\\x41\\n\"\n").unwrap(),
-            vec![vec![
-                b"set".to_vec(),
-                b"a b".to_vec(),
-                b"c'd".to_vec(),
-                b"A\n".to_vec()
-            ]]
+            vec![vec![b"set".to_vec(), b"a b".to_vec(), b"c'd".to_vec(), b"A\n".to_vec()]]
         );
-        assert_eq!(
-            parse_all(b"\r\n\r\nPING\n").unwrap(),
-            vec![vec![b"PING".to_vec()]]
-        );
-        assert_eq!(
-            parse_all(b"set \"abc\n"),
-            Err(ProtocolError::UnbalancedQuotes)
-        );
-        assert_eq!(
-            parse_all(b"set \"a\"b\n"),
-            Err(ProtocolError::UnbalancedQuotes)
-        );
+        assert_eq!(parse_all(b"\r\n\r\nPING\n").unwrap(), vec![vec![b"PING".to_vec()]]);
+        assert_eq!(parse_all(b"set \"abc\n"), Err(ProtocolError::UnbalancedQuotes));
+        assert_eq!(parse_all(b"set \"a\"b\n"), Err(ProtocolError::UnbalancedQuotes));
     }
 
     fn scan(input: &[u8]) -> Option<ReplyInfo> {
@@ -649,19 +581,9 @@ mod tests {
         ] {
             let mut with_tail = r.to_vec();
             with_tail.extend_from_slice(b"+NEXT\r\n");
-            assert_eq!(
-                scan(&with_tail).map(|i| i.len),
-                Some(r.len()),
-                "{}",
-                String::from_utf8_lossy(r)
-            );
+            assert_eq!(scan(&with_tail).map(|i| i.len), Some(r.len()), "{}", String::from_utf8_lossy(r));
             for cut in 0..r.len() {
-                assert_eq!(
-                    scan(&r[..cut]),
-                    None,
-                    "prefix {cut} of {}",
-                    String::from_utf8_lossy(r)
-                );
+                assert_eq!(scan(&r[..cut]), None, "prefix {cut} of {}", String::from_utf8_lossy(r));
             }
         }
         assert!(scan(b"-ERR\r\n").unwrap().is_error());

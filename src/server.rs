@@ -25,14 +25,9 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, sessions: TaskTra
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            ctx.metrics
-                .client_connections_rejected
-                .with_label_values(&["max_connections"])
-                .inc();
+            ctx.metrics.client_connections_rejected.with_label_values(&["max_connections"]).inc();
             tokio::spawn(async move {
-                let _ = stream
-                    .write_all(b"-ERR max number of clients reached\r\n")
-                    .await;
+                let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
                 let _ = stream.shutdown().await;
             });
             continue;

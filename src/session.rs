@@ -23,11 +23,14 @@ use crate::app::Ctx;
 use crate::command::{self, Block, CommandId, CommandSpec, Route};
 use crate::error::{write_error_line, UpstreamError};
 use crate::metrics::Outcome;
+use crate::outage::warm::Request;
+use crate::outage::{Queued, Served};
 use crate::resp::{Arg, Parsed, ProtocolError, RequestParser};
 use crate::upstream::backoff;
 use crate::upstream::dedicated::{Dedicated, StateKey};
 use crate::upstream::mux::{BatchFailure, BatchReply, BatchResult};
 use crate::upstream::{Mux, UpstreamStream};
+use smallvec::SmallVec;
 
 /// One parsed request of the current round.
 struct Req {
@@ -82,6 +85,27 @@ pub struct Session {
     stream: Option<(UpstreamStream, BytesMut)>,
     /// The last round stopped at `client.max_pipeline` with requests left in the buffer.
     backlog: bool,
+    /// The client's database (SELECT) and protocol (HELLO), as the upstream confirmed them.
+    db: u32,
+    resp3: bool,
+    /// A MULTI opened during an outage, queued locally.
+    outage_multi: Option<OutageMulti>,
+    /// The last journal record this round appended: replies wait until it is durable.
+    journal_seq: Option<u64>,
+    /// Keys written inside an upstream MULTI: forgotten from the local store at EXEC.
+    txn_keys: Vec<(&'static CommandSpec, Vec<Bytes>)>,
+}
+
+/// A transaction queued locally during an outage.
+struct OutageMulti {
+    queued: Vec<Queued>,
+    /// A command was refused while queuing: EXEC answers EXECABORT.
+    aborted: bool,
+}
+
+/// A request's arguments as slices.
+fn req_args<'a>(arena: &'a [Arg], base: &'a [u8], r: Range<usize>) -> SmallVec<[&'a [u8]; 8]> {
+    arena[r].iter().map(|&(s, l)| &base[s as usize..(s + l) as usize]).collect()
 }
 
 /// Why a session ended (read through `Debug` by the session's debug log line).
@@ -101,6 +125,7 @@ impl Session {
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
         let mux = ctx.upstream.pick();
+        let ctx_db = ctx.cfg.upstream.db;
         Session {
             ctx,
             read,
@@ -116,6 +141,11 @@ impl Session {
             closing: false,
             stream: None,
             backlog: false,
+            db: ctx_db,
+            resp3: false,
+            outage_multi: None,
+            journal_seq: None,
+            txn_keys: Vec::new(),
         }
     }
 
@@ -140,6 +170,7 @@ impl Session {
             self.process(&frozen).await;
             self.reqs.clear();
             self.args.clear();
+            self.await_durable().await;
             if let Some(e) = &bad_input {
                 if !self.closing {
                     self.ctx.metrics.protocol_errors.inc();
@@ -202,16 +233,9 @@ impl Session {
                 break;
             }
             let args_start = self.args.len();
-            match self.parser.parse(
-                &self.rbuf[consumed..],
-                &limits,
-                &mut self.args,
-                &mut encoded,
-            )? {
+            match self.parser.parse(&self.rbuf[consumed..], &limits, &mut self.args, &mut encoded)? {
                 Parsed::Incomplete => {
-                    if self.rbuf.len() - consumed
-                        > self.ctx.cfg.raw.client.max_query_buffer.0 as usize
-                    {
+                    if self.rbuf.len() - consumed > self.ctx.cfg.raw.client.max_query_buffer.0 as usize {
                         return Err(ProtocolError::InvalidBulkLength);
                     }
                     break;
@@ -239,13 +263,7 @@ impl Session {
         Ok(())
     }
 
-    fn push_req(
-        &mut self,
-        range: Range<usize>,
-        inline: Option<Bytes>,
-        args: Range<usize>,
-        received: Instant,
-    ) {
+    fn push_req(&mut self, range: Range<usize>, inline: Option<Bytes>, args: Range<usize>, received: Instant) {
         let base: &[u8] = match &inline {
             Some(b) => b,
             None => &self.rbuf,
@@ -272,15 +290,7 @@ impl Session {
             }
             Some(r) => r,
         };
-        self.reqs.push(Req {
-            range,
-            inline,
-            args,
-            id,
-            spec,
-            route,
-            received,
-        });
+        self.reqs.push(Req { range, inline, args, id, spec, route, received });
     }
 
     fn arg<'a>(&'a self, frozen: &'a Bytes, req: &'a Req, i: usize) -> &'a [u8] {
@@ -303,11 +313,12 @@ impl Session {
                 }
                 Route::Refused => {
                     let name = self.reqs[i].name();
-                    write_error_line(
-                        &mut self.out,
-                        &format!("ERR respite: {name} is not supported through a proxy"),
-                    );
+                    write_error_line(&mut self.out, &format!("ERR respite: {name} is not supported through a proxy"));
                     self.count(i, Outcome::Refused);
+                    i += 1;
+                    continue;
+                }
+                _ if self.ctx.outage.active() && self.serve_local(frozen, i) => {
                     i += 1;
                     continue;
                 }
@@ -315,7 +326,7 @@ impl Session {
                     // From here on the connection is relayed raw, this request included.
                     self.pin();
                     if !self.ctx.health.upstream_usable() {
-                        self.fail(i..n, &UpstreamError::Down);
+                        self.fail(frozen, i..n, &UpstreamError::Down);
                         return;
                     }
                     let dedicated = self.dedicated.as_mut().expect("pinned above");
@@ -326,12 +337,18 @@ impl Session {
                             let rest = self.join(frozen, i..n);
                             self.relay_input(rest, i..n).await;
                         }
-                        Err(e) => self.fail(i..n, &e),
+                        Err(e) => self.fail(frozen, i..n, &e),
                     }
                     return;
                 }
                 Route::Pin | Route::Blocking(_) => self.pin(),
                 Route::Shared | Route::Client => {}
+            }
+            if self.outage_multi.is_some() {
+                // Outage mode ended inside a locally queued MULTI: finish it locally.
+                self.serve_local(frozen, i);
+                i += 1;
+                continue;
             }
             if self.txn == Txn::Lost {
                 self.answer_lost_txn(frozen, i);
@@ -341,15 +358,119 @@ impl Session {
             // Extend the batch over following requests that go the same way.
             let mut end = i + 1;
             if self.reqs[i].inline.is_none() {
-                while end < n
-                    && self.reqs[end].inline.is_none()
-                    && self.forwardable(self.reqs[end].route)
-                {
+                while end < n && self.reqs[end].inline.is_none() && self.forwardable(self.reqs[end].route) {
                     end += 1;
                 }
             }
             self.forward(frozen, i..end).await;
             i = end;
+        }
+    }
+
+    /// Serves request `i` in outage mode; `false` when it must be forwarded after all
+    /// (outage mode ended, or a read the upstream can answer while replaying).
+    fn serve_local(&mut self, frozen: &Bytes, i: usize) -> bool {
+        if matches!(self.txn, Txn::Multi | Txn::Watching) {
+            // The upstream transaction cannot complete: abort it honestly.
+            self.txn = Txn::Lost;
+        }
+        if self.txn == Txn::Lost {
+            self.answer_lost_txn(frozen, i);
+            return true;
+        }
+        let req = &self.reqs[i];
+        let spec = req.spec;
+        let name = req.name();
+        let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
+        let raw = match &req.inline {
+            Some(b) => b.clone(),
+            None => frozen.slice(req.range.clone()),
+        };
+        let args = req_args(&self.args, base, req.args.clone());
+        let outage = &self.ctx.outage;
+        let out = &mut self.out;
+        let outcome = match (name, &mut self.outage_multi) {
+            ("MULTI", Some(_)) => err(out, "ERR MULTI calls can not be nested"),
+            ("MULTI", m @ None) => {
+                *m = Some(OutageMulti { queued: Vec::new(), aborted: false });
+                out.extend_from_slice(b"+OK\r\n");
+                Outcome::Local
+            }
+            ("EXEC", None) => err(out, "ERR EXEC without MULTI"),
+            ("DISCARD", None) => err(out, "ERR DISCARD without MULTI"),
+            ("DISCARD", m @ Some(_)) => {
+                *m = None;
+                out.extend_from_slice(b"+OK\r\n");
+                Outcome::Local
+            }
+            ("EXEC", m @ Some(_)) => {
+                let multi = m.take().expect("matched Some");
+                if multi.aborted {
+                    err(out, "EXECABORT Transaction discarded because of previous errors.")
+                } else {
+                    match outage.execute_block(self.db, self.resp3, &multi.queued, out) {
+                        Served::Done { outcome, seq } => {
+                            self.journal_seq = seq.or(self.journal_seq);
+                            outcome
+                        }
+                        Served::Forward => {
+                            // Outage mode ended: the block goes upstream as a transaction.
+                            err(out, "EXECABORT respite: the upstream came back during the transaction; it was discarded, retry it")
+                        }
+                    }
+                }
+            }
+            ("SELECT", None) => match args.get(1).and_then(|a| crate::resp::parse_int(a)) {
+                Some(db) if (0..=u32::MAX as i64).contains(&db) && args.len() == 2 => {
+                    self.db = db as u32;
+                    out.extend_from_slice(b"+OK\r\n");
+                    let d = self.dedicated.get_or_insert_with(|| Dedicated::new(self.ctx.upstream.connector.clone()));
+                    d.record_state(StateKey::Select, raw);
+                    Outcome::Local
+                }
+                _ => err(out, "ERR value is not an integer or out of range"),
+            },
+            (_, Some(multi)) => match outage.queueable(spec) {
+                Ok(()) => {
+                    let spec = spec.expect("queueable() refuses unknown commands");
+                    multi.queued.push(Queued {
+                        spec,
+                        raw,
+                        args: args.iter().map(|a| Bytes::copy_from_slice(a)).collect(),
+                    });
+                    out.extend_from_slice(b"+QUEUED\r\n");
+                    Outcome::Local
+                }
+                Err((reason, msg)) => {
+                    multi.aborted = true;
+                    self.ctx.metrics.outage_refused.with_label_values(&[reason]).inc();
+                    err(out, &msg)
+                }
+            },
+            (_, None) => match outage.execute(self.db, self.resp3, spec, &args, &raw, out) {
+                Served::Done { outcome, seq } => {
+                    self.journal_seq = seq.or(self.journal_seq);
+                    outcome
+                }
+                Served::Forward => return false,
+            },
+        };
+        self.count(i, outcome);
+        true
+    }
+
+    /// Acknowledges journaled writes only once they are durable under the fsync policy.
+    async fn await_durable(&mut self) {
+        if let Some(seq) = self.journal_seq.take() {
+            if let Err(e) = self.ctx.outage.journal.durable(seq).await {
+                // The replies already in `out` would acknowledge writes that may not be
+                // durable: replace them with one error for the round (Redis does the same
+                // on a failed AOF write: -MISCONF), and close.
+                tracing::error!(error = %e, "journal write failed; refusing the round's acknowledgements");
+                self.out.clear();
+                write_error_line(&mut self.out, &format!("MISCONF respite: journal write failed: {e}"));
+                self.closing = true;
+            }
         }
     }
 
@@ -413,8 +534,8 @@ impl Session {
             Block::ArgSecs(i) if (i as usize) < argc => (self.arg(frozen, req, i as usize), false),
             Block::ArgMillis(i) if (i as usize) < argc => (self.arg(frozen, req, i as usize), true),
             Block::BlockOption => {
-                let pos = (1..argc.saturating_sub(1))
-                    .find(|&i| self.arg(frozen, req, i).eq_ignore_ascii_case(b"BLOCK"))?;
+                let pos =
+                    (1..argc.saturating_sub(1)).find(|&i| self.arg(frozen, req, i).eq_ignore_ascii_case(b"BLOCK"))?;
                 (self.arg(frozen, req, pos + 1), true)
             }
             _ => return None,
@@ -423,11 +544,7 @@ impl Session {
         if !(v.is_finite() && v >= 0.0) {
             return None;
         }
-        Some(if millis {
-            Duration::from_secs_f64(v / 1000.0)
-        } else {
-            Duration::from_secs_f64(v)
-        })
+        Some(if millis { Duration::from_secs_f64(v / 1000.0) } else { Duration::from_secs_f64(v) })
     }
 
     /// Forwards a run of requests, retrying what provably did not execute (and reads).
@@ -438,7 +555,7 @@ impl Session {
         let mut attempt = 0;
         while next < run.end {
             if !self.ctx.health.upstream_usable() {
-                self.fail(next..run.end, &UpstreamError::Down);
+                self.fail(frozen, next..run.end, &UpstreamError::Down);
                 return;
             }
             let bytes = self.bytes_of(frozen, next..run.end);
@@ -453,7 +570,7 @@ impl Session {
                     next += f.done.ends.len();
                     let time_left = deadline.is_none_or(|d| Instant::now() < d);
                     if !f.error.retryable() || attempt >= max_retries || !time_left {
-                        self.fail(next..run.end, &f.error);
+                        self.fail(frozen, next..run.end, &f.error);
                         return;
                     }
                     if f.error.maybe_executed() {
@@ -462,29 +579,20 @@ impl Session {
                             if self.reqs[i].read_only() {
                                 self.retry_single(frozen, i, deadline, attempt).await;
                             } else {
-                                self.fail(i..i + 1, &f.error);
+                                self.fail(frozen, i..i + 1, &f.error);
                             }
                         }
                         return;
                     }
                     attempt += 1;
-                    self.ctx
-                        .metrics
-                        .upstream_retries
-                        .inc_by((run.end - next) as u64);
+                    self.ctx.metrics.upstream_retries.inc_by((run.end - next) as u64);
                     self.backoff(attempt, deadline).await;
                 }
             }
         }
     }
 
-    async fn retry_single(
-        &mut self,
-        frozen: &Bytes,
-        i: usize,
-        deadline: Option<Instant>,
-        mut attempt: u32,
-    ) {
+    async fn retry_single(&mut self, frozen: &Bytes, i: usize, deadline: Option<Instant>, mut attempt: u32) {
         let max_retries = self.ctx.cfg.raw.upstream.max_retries;
         loop {
             attempt += 1;
@@ -500,7 +608,7 @@ impl Session {
                         || !time_left
                         || !self.ctx.health.upstream_usable()
                     {
-                        return self.fail(i..i + 1, &f.error);
+                        return self.fail(frozen, i..i + 1, &f.error);
                     }
                 }
             }
@@ -509,8 +617,7 @@ impl Session {
 
     async fn backoff(&self, attempt: u32, deadline: Option<Instant>) {
         let up = &self.ctx.cfg.raw.upstream;
-        let wake = Instant::now()
-            + backoff::delay(attempt, up.retry_backoff_base.0, up.retry_backoff_max.0);
+        let wake = Instant::now() + backoff::delay(attempt, up.retry_backoff_base.0, up.retry_backoff_max.0);
         tokio::time::sleep_until(deadline.map_or(wake, |d| wake.min(d))).await;
     }
 
@@ -524,9 +631,7 @@ impl Session {
                         self.ctx.metrics.upstream_timeouts.inc();
                         Err(Box::new(BatchFailure {
                             done: BatchReply::default(),
-                            error: UpstreamError::Timeout(
-                                self.ctx.cfg.raw.upstream.command_timeout.0,
-                            ),
+                            error: UpstreamError::Timeout(self.ctx.cfg.raw.upstream.command_timeout.0),
                         }))
                     }),
                     None => send.await,
@@ -543,24 +648,58 @@ impl Session {
         for (k, &end) in reply.ends.iter().enumerate() {
             let i = first + k;
             let is_error = matches!(reply.bytes.get(start), Some(b'-') | Some(b'!'));
-            let outcome = if is_error {
-                Outcome::Error
-            } else {
-                Outcome::Ok
-            };
+            let outcome = if is_error { Outcome::Error } else { Outcome::Ok };
             self.count_at(i, outcome, now);
-            if self.dedicated.is_some() && !is_error {
-                self.track_state(frozen, i, &reply.bytes[start..end as usize]);
+            if !is_error {
+                self.learn(frozen, i, reply.bytes.slice(start..end as usize));
+                if self.dedicated.is_some() {
+                    self.track_state(frozen, i, &reply.bytes[start..end as usize]);
+                }
             }
             start = end as usize;
         }
     }
 
-    /// Appends errors for requests that got no reply.
-    fn fail(&mut self, run: Range<usize>, error: &UpstreamError) {
+    /// Keeps the local store in step with a successful upstream reply.
+    fn learn(&mut self, frozen: &Bytes, i: usize, reply: Bytes) {
+        let req = &self.reqs[i];
+        let Some(spec) = req.spec else { return };
+        let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
+        let args = req_args(&self.args, base, req.args.clone());
+        let outage = &self.ctx.outage;
+        match spec.name {
+            "EXEC" | "DISCARD" => {
+                for (spec, args) in self.txn_keys.drain(..) {
+                    let args: SmallVec<[&[u8]; 8]> = args.iter().map(|a| &a[..]).collect();
+                    outage.forget(spec, &args, self.db);
+                }
+            }
+            _ if self.txn == Txn::Multi => {
+                // Queued: the write happens at EXEC; forget its keys now and then.
+                if spec.is_write() {
+                    outage.forget(spec, &args, self.db);
+                    self.txn_keys.push((spec, args.iter().map(|a| Bytes::copy_from_slice(a)).collect()));
+                }
+            }
+            _ => outage.learn(&Request { spec, args: &args, db: self.db, resp3: self.resp3 }, &reply),
+        }
+    }
+
+    /// Appends errors for requests that got no reply — or, for requests that provably were
+    /// not sent while outage mode is on, serves them locally.
+    fn fail(&mut self, frozen: &Bytes, run: Range<usize>, error: &UpstreamError) {
         let lost_connection = self.dedicated.as_ref().is_some_and(|d| !d.is_connected());
         for i in run {
+            if !error.maybe_executed() && self.ctx.outage.active() && self.serve_local(frozen, i) {
+                continue;
+            }
             let req = &self.reqs[i];
+            if error.maybe_executed() {
+                if let Some(spec) = req.spec.filter(|s| s.is_write()) {
+                    let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
+                    self.ctx.outage.forget(spec, &req_args(&self.args, base, req.args.clone()), self.db);
+                }
+            }
             let read_only = req.read_only();
             error.write_reply(req.name(), read_only, &mut self.out);
             self.count(i, error.outcome(read_only));
@@ -583,20 +722,27 @@ impl Session {
             "READONLY" | "READWRITE" => Some(StateKey::ReadOnly),
             "CLIENT"
                 if self.reqs[i].args.len() > 2
-                    && self
-                        .arg(frozen, &self.reqs[i], 1)
-                        .eq_ignore_ascii_case(b"SETNAME") =>
+                    && self.arg(frozen, &self.reqs[i], 1).eq_ignore_ascii_case(b"SETNAME") =>
             {
                 Some(StateKey::ClientName)
             }
             _ => None,
         };
+        let argc = self.reqs[i].args.len();
         match spec.name {
+            "SELECT" if argc == 2 => {
+                if let Some(db) = crate::resp::parse_int(self.arg(frozen, &self.reqs[i], 1)) {
+                    self.db = db.max(0) as u32;
+                }
+            }
+            "HELLO" if argc > 1 => self.resp3 = self.arg(frozen, &self.reqs[i], 1) == b"3",
             "MULTI" => self.txn = Txn::Multi,
             "WATCH" if self.txn == Txn::None => self.txn = Txn::Watching,
             "EXEC" | "DISCARD" | "UNWATCH" => self.txn = Txn::None,
             "RESET" => {
                 self.txn = Txn::None;
+                self.db = self.ctx.cfg.upstream.db;
+                self.resp3 = false;
                 if let Some(d) = &mut self.dedicated {
                     d.clear_state();
                 }
@@ -646,8 +792,7 @@ impl Session {
         let req = &self.reqs[i];
         let m = &self.ctx.metrics;
         m.command(req.id, outcome);
-        m.command_duration
-            .observe(now.saturating_duration_since(req.received).as_secs_f64());
+        m.command_duration.observe(now.saturating_duration_since(req.received).as_secs_f64());
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -743,4 +888,10 @@ async fn sleep_or_never(d: Duration) {
     } else {
         tokio::time::sleep(d).await
     }
+}
+
+/// Appends an error reply; the outcome of a command answered with it.
+fn err(out: &mut BytesMut, msg: &str) -> Outcome {
+    write_error_line(out, msg);
+    Outcome::Error
 }

@@ -46,46 +46,25 @@ async fn status_reports_state_upstream_without_password_uptime_version_clients()
     let respite = Respite::start(&url).await;
     // Traffic through respite proves the password reached the upstream.
     let mut c = respite.client().await;
-    let _: () = redis::cmd("SET")
-        .arg("status:k")
-        .arg("v")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let _: () = redis::cmd("SET").arg("status:k").arg("v").query_async(&mut c).await.unwrap();
     respite.wait_state("healthy", Duration::from_secs(5)).await;
 
     let (code, body) = respite.http_get("/status").await;
     assert_eq!(code, 200, "{body}");
-    assert!(
-        !body.contains(password),
-        "/status leaks the upstream password: {body}"
-    );
+    assert!(!body.contains(password), "/status leaks the upstream password: {body}");
     let s: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(s["state"], "healthy", "{s}");
-    let address = s["upstream"]["address"]
-        .as_str()
-        .unwrap_or_else(|| panic!("upstream.address is a string: {s}"));
-    assert!(
-        address.contains(&format!("127.0.0.1:{}", redis.port)),
-        "address names host and port: {address}"
-    );
+    let address = s["upstream"]["address"].as_str().unwrap_or_else(|| panic!("upstream.address is a string: {s}"));
+    assert!(address.contains(&format!("127.0.0.1:{}", redis.port)), "address names host and port: {address}");
     assert!(!address.contains(password), "{address}");
     let latency = s["upstream"]["latency_seconds"]
         .as_f64()
         .unwrap_or_else(|| panic!("upstream.latency_seconds is a number: {s}"));
     assert!((0.0..5.0).contains(&latency), "latency {latency}");
-    let uptime = s["uptime_seconds"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("uptime_seconds is a number: {s}"));
+    let uptime = s["uptime_seconds"].as_f64().unwrap_or_else(|| panic!("uptime_seconds is a number: {s}"));
     assert!((0.0..60.0).contains(&uptime), "uptime {uptime}");
-    assert_eq!(
-        s["version"].as_str(),
-        Some(env!("CARGO_PKG_VERSION")),
-        "version: {s}"
-    );
-    let clients = s["clients"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("clients is a number: {s}"));
+    assert_eq!(s["version"].as_str(), Some(env!("CARGO_PKG_VERSION")), "version: {s}");
+    let clients = s["clients"].as_f64().unwrap_or_else(|| panic!("clients is a number: {s}"));
     assert!(clients >= 1.0, "one client is connected: {s}");
     drop(c);
     respite.shutdown().await;
@@ -102,10 +81,7 @@ async fn status_counts_clients_and_uptime_grows() {
     assert_eq!(b.call(&[b"PING"]).await, b"+PONG\r\n");
     let s1 = respite.status().await;
     assert_eq!(s1["clients"].as_f64(), Some(2.0), "{s1}");
-    assert!(
-        s1["uptime_seconds"].as_f64().unwrap() >= s0["uptime_seconds"].as_f64().unwrap(),
-        "{s0} then {s1}"
-    );
+    assert!(s1["uptime_seconds"].as_f64().unwrap() >= s0["uptime_seconds"].as_f64().unwrap(), "{s0} then {s1}");
     respite.shutdown().await;
 }
 
@@ -128,10 +104,7 @@ fn has_sample(body: &str, family: &str) -> bool {
     body.lines().any(|l| {
         !l.starts_with('#')
             && l.strip_prefix(family).is_some_and(|rest| {
-                let rest = ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .find_map(|s| rest.strip_prefix(s))
-                    .unwrap_or(rest);
+                let rest = ["_bucket", "_sum", "_count"].iter().find_map(|s| rest.strip_prefix(s)).unwrap_or(rest);
                 rest.starts_with('{') || rest.starts_with(' ')
             })
     })
@@ -143,10 +116,7 @@ async fn metrics_have_every_family_and_count_commands_exactly() {
     let respite = Respite::start(&redis.url()).await;
     let key = "very-private-key-name-4711";
     let mut c = Raw::connect(respite.addr).await;
-    assert_eq!(
-        c.call(&[b"SET", key.as_bytes(), b"value"]).await,
-        b"+OK\r\n"
-    );
+    assert_eq!(c.call(&[b"SET", key.as_bytes(), b"value"]).await, b"+OK\r\n");
     const GETS: usize = 7;
     for _ in 0..GETS {
         assert_eq!(c.call(&[b"GET", key.as_bytes()]).await, b"$5\r\nvalue\r\n");
@@ -157,91 +127,44 @@ async fn metrics_have_every_family_and_count_commands_exactly() {
     let (code, body) = respite.http_get("/metrics").await;
     assert_eq!(code, 200);
     for family in FAMILIES {
-        assert!(
-            has_sample(&body, family),
-            "/metrics lacks {family}:\n{body}"
-        );
-        assert!(
-            body.contains(&format!("# TYPE {family} ")),
-            "/metrics lacks a TYPE line for {family}:\n{body}"
-        );
+        assert!(has_sample(&body, family), "/metrics lacks {family}:\n{body}");
+        assert!(body.contains(&format!("# TYPE {family} ")), "/metrics lacks a TYPE line for {family}:\n{body}");
     }
-    for hist in [
-        "respite_command_duration_seconds",
-        "respite_upstream_duration_seconds",
-    ] {
-        assert!(
-            body.contains(&format!("# TYPE {hist} histogram")),
-            "{hist} is a histogram:\n{body}"
-        );
+    for hist in ["respite_command_duration_seconds", "respite_upstream_duration_seconds"] {
+        assert!(body.contains(&format!("# TYPE {hist} histogram")), "{hist} is a histogram:\n{body}");
         for suffix in ["_bucket{le=", "_sum ", "_count "] {
-            assert!(
-                body.contains(&format!("{hist}{suffix}")),
-                "{hist}{suffix} missing:\n{body}"
-            );
+            assert!(body.contains(&format!("{hist}{suffix}")), "{hist}{suffix} missing:\n{body}");
         }
         let count = metric_value(&body, &format!("{hist}_count")).unwrap();
         assert!(count >= 1.0, "{hist}_count {count}");
     }
     let cmd_count = metric_value(&body, "respite_command_duration_seconds_count").unwrap();
-    assert!(
-        cmd_count >= (GETS + 2) as f64,
-        "every command is timed: {cmd_count}"
-    );
+    assert!(cmd_count >= (GETS + 2) as f64, "every command is timed: {cmd_count}");
     for state in ["healthy", "degraded", "down", "replaying"] {
-        let v = metric_value(
-            &body,
-            &format!("respite_upstream_state{{state=\"{state}\"}}"),
-        );
+        let v = metric_value(&body, &format!("respite_upstream_state{{state=\"{state}\"}}"));
         assert!(v.is_some(), "respite_upstream_state for {state}:\n{body}");
     }
-    assert_eq!(
-        metric_value(&body, "respite_upstream_state{state=\"healthy\"}"),
-        Some(1.0)
-    );
+    assert_eq!(metric_value(&body, "respite_upstream_state{state=\"healthy\"}"), Some(1.0));
     let ones: f64 = ["healthy", "degraded", "down", "replaying"]
         .iter()
         .map(|s| metric_value(&body, &format!("respite_upstream_state{{state=\"{s}\"}}")).unwrap())
         .sum();
     assert_eq!(ones, 1.0, "exactly one state is current:\n{body}");
     assert_eq!(
-        metric_value(
-            &body,
-            "respite_commands_total{command=\"get\",outcome=\"ok\"}"
-        ),
+        metric_value(&body, "respite_commands_total{command=\"get\",outcome=\"ok\"}"),
         Some(GETS as f64),
         "GETs counted exactly:\n{body}"
     );
-    assert_eq!(
-        metric_value(
-            &body,
-            "respite_commands_total{command=\"set\",outcome=\"ok\"}"
-        ),
-        Some(1.0),
-        "{body}"
-    );
+    assert_eq!(metric_value(&body, "respite_commands_total{command=\"set\",outcome=\"ok\"}"), Some(1.0), "{body}");
     let other: f64 = body
         .lines()
         .filter(|l| l.starts_with("respite_commands_total{command=\"other\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert_eq!(
-        other, 1.0,
-        "the unknown command counts under command=\"other\":\n{body}"
-    );
-    assert_eq!(
-        metric_value(&body, "respite_client_connections"),
-        Some(1.0),
-        "{body}"
-    );
-    assert!(
-        metric_value(&body, "respite_client_connections_accepted_total").unwrap() >= 1.0,
-        "{body}"
-    );
-    assert!(
-        !body.contains(key),
-        "a key name appears in /metrics:\n{body}"
-    );
+    assert_eq!(other, 1.0, "the unknown command counts under command=\"other\":\n{body}");
+    assert_eq!(metric_value(&body, "respite_client_connections"), Some(1.0), "{body}");
+    assert!(metric_value(&body, "respite_client_connections_accepted_total").unwrap() >= 1.0, "{body}");
+    assert!(!body.contains(key), "a key name appears in /metrics:\n{body}");
     assert!(
         !body.to_ascii_lowercase().contains("nosuchcmdxyz"),
         "an unknown command name appears in /metrics:\n{body}"
@@ -253,24 +176,15 @@ async fn metrics_have_every_family_and_count_commands_exactly() {
 async fn metrics_track_connections_and_upstream_connects() {
     let redis = RedisServer::start();
     let respite = Respite::start(&redis.url()).await;
-    let before = respite
-        .metric("respite_client_connections_accepted_total")
-        .await
-        .unwrap_or(0.0);
+    let before = respite.metric("respite_client_connections_accepted_total").await.unwrap_or(0.0);
     {
         let mut a = Raw::connect(respite.addr).await;
         let mut b = Raw::connect(respite.addr).await;
         assert_eq!(a.call(&[b"PING"]).await, b"+PONG\r\n");
         assert_eq!(b.call(&[b"PING"]).await, b"+PONG\r\n");
-        assert_eq!(
-            respite.metric("respite_client_connections").await,
-            Some(2.0)
-        );
+        assert_eq!(respite.metric("respite_client_connections").await, Some(2.0));
     }
-    let after = respite
-        .metric("respite_client_connections_accepted_total")
-        .await
-        .unwrap();
+    let after = respite.metric("respite_client_connections_accepted_total").await.unwrap();
     assert_eq!(after - before, 2.0);
     // Closed connections leave the gauge (bounded wait).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
@@ -302,17 +216,11 @@ async fn metrics_track_connections_and_upstream_connects() {
 async fn drill_is_forbidden_without_a_configured_token() {
     let redis = RedisServer::start();
     let respite = Respite::start(&redis.url()).await;
-    let (code, body) = respite
-        .http_post("/admin/drill", None, r#"{"state":"down"}"#)
-        .await;
+    let (code, body) = respite.http_post("/admin/drill", None, r#"{"state":"down"}"#).await;
     assert_eq!(code, 403, "{body}");
-    let (code, body) = respite
-        .http_post("/admin/drill", Some(""), r#"{"state":"down"}"#)
-        .await;
+    let (code, body) = respite.http_post("/admin/drill", Some(""), r#"{"state":"down"}"#).await;
     assert_eq!(code, 403, "an empty bearer token is no token: {body}");
-    let (code, body) = respite
-        .http_post("/admin/drill", Some("anything"), r#"{"state":"down"}"#)
-        .await;
+    let (code, body) = respite.http_post("/admin/drill", Some("anything"), r#"{"state":"down"}"#).await;
     assert_eq!(code, 403, "{body}");
     assert_eq!(respite.status().await["state"], "healthy");
     respite.shutdown().await;
@@ -333,18 +241,9 @@ async fn drill_needs_the_token_and_forces_down_until_auto() {
     assert_eq!(code, 401, "wrong token: {body}");
     let (code, body) = respite.http_post("/admin/drill", Some("tt"), down).await;
     assert_eq!(code, 401, "token with a suffix: {body}");
-    assert_eq!(
-        respite.status().await["state"],
-        "healthy",
-        "rejected drills change nothing"
-    );
+    assert_eq!(respite.status().await["state"], "healthy", "rejected drills change nothing");
 
-    for bad in [
-        "not json",
-        "{}",
-        r#"{"state":"sideways"}"#,
-        r#"{"state":1}"#,
-    ] {
+    for bad in ["not json", "{}", r#"{"state":"sideways"}"#, r#"{"state":1}"#] {
         let (code, body) = respite.http_post("/admin/drill", Some("t"), bad).await;
         assert_eq!(code, 400, "bad body {bad:?}: {body}");
     }
@@ -360,25 +259,13 @@ async fn drill_needs_the_token_and_forces_down_until_auto() {
     // The probe succeeds against the live upstream, yet the drill holds the state down.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(respite.status().await["state"], "down");
-    assert_eq!(
-        respite
-            .metric("respite_upstream_state{state=\"down\"}")
-            .await,
-        Some(1.0)
-    );
+    assert_eq!(respite.metric("respite_upstream_state{state=\"down\"}").await, Some(1.0));
 
-    let (code, body) = respite
-        .http_post("/admin/drill", Some("t"), r#"{"state":"auto"}"#)
-        .await;
+    let (code, body) = respite.http_post("/admin/drill", Some("t"), r#"{"state":"auto"}"#).await;
     assert_eq!(code, 200, "{body}");
     respite.wait_state("healthy", Duration::from_secs(5)).await;
     assert_eq!(respite.status().await["drill"], false);
-    assert_eq!(
-        respite
-            .metric("respite_upstream_state{state=\"healthy\"}")
-            .await,
-        Some(1.0)
-    );
+    assert_eq!(respite.metric("respite_upstream_state{state=\"healthy\"}").await, Some(1.0));
     // GET is not the drill method.
     let (code, _) = respite.http_get("/admin/drill").await;
     assert_eq!(code, 405);

@@ -46,10 +46,7 @@ fn run(mut cmd: Command) -> Output {
         if child.0.as_mut().unwrap().try_wait().unwrap().is_some() {
             return child.0.take().unwrap().wait_with_output().unwrap();
         }
-        assert!(
-            Instant::now() < deadline,
-            "respite did not exit within 10s: {cmd:?}"
-        );
+        assert!(Instant::now() < deadline, "respite did not exit within 10s: {cmd:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -78,15 +75,8 @@ fn both(o: &Output) -> String {
 
 /// Asserts success and parses the printed configuration.
 fn effective(o: &Output) -> toml::Value {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "check-config failed: stdout:\n{}\nstderr:\n{}",
-        stdout(o),
-        stderr(o)
-    );
-    toml::from_str(&stdout(o))
-        .unwrap_or_else(|e| panic!("check-config output is not TOML ({e}):\n{}", stdout(o)))
+    assert_eq!(o.status.code(), Some(0), "check-config failed: stdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
+    toml::from_str(&stdout(o)).unwrap_or_else(|e| panic!("check-config output is not TOML ({e}):\n{}", stdout(o)))
 }
 
 /// `value[section][key]` as a string.
@@ -172,14 +162,7 @@ impl Server {
             .stdout(File::create(&out).unwrap())
             .stderr(File::create(&err).unwrap());
         let child = Guard(Some(cmd.spawn().expect("respite binary runs")));
-        let mut s = Server {
-            child,
-            port,
-            admin_port,
-            _logs: logs,
-            stdout: out,
-            stderr: err,
-        };
+        let mut s = Server { child, port, admin_port, _logs: logs, stdout: out, stderr: err };
         s.wait_listening();
         s
     }
@@ -197,10 +180,7 @@ impl Server {
                 return;
             }
             if let Some(status) = self.child.0.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "respite exited during start-up with {status}; stderr:\n{}",
-                    self.stderr_text()
-                );
+                panic!("respite exited during start-up with {status}; stderr:\n{}", self.stderr_text());
             }
             assert!(
                 Instant::now() < deadline,
@@ -214,11 +194,7 @@ impl Server {
     }
 
     fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
+        let ok = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap().success();
         assert!(ok, "kill -TERM failed");
     }
 
@@ -256,21 +232,9 @@ impl Server {
 // 1. check-config with no configuration prints the defaults.
 
 fn assert_defaults(v: &toml::Value) {
-    assert_eq!(
-        get(v, "client", "listen").as_deref(),
-        Some("127.0.0.1:6380"),
-        "{v}"
-    );
-    assert_eq!(
-        get(v, "upstream", "url").as_deref(),
-        Some("redis://127.0.0.1:6379"),
-        "{v}"
-    );
-    assert_eq!(
-        get(v, "admin", "listen").as_deref(),
-        Some("127.0.0.1:9480"),
-        "{v}"
-    );
+    assert_eq!(get(v, "client", "listen").as_deref(), Some("127.0.0.1:6380"), "{v}");
+    assert_eq!(get(v, "upstream", "url").as_deref(), Some("redis://127.0.0.1:6379"), "{v}");
+    assert_eq!(get(v, "admin", "listen").as_deref(), Some("127.0.0.1:9480"), "{v}");
 }
 
 #[test]
@@ -280,10 +244,7 @@ fn check_config_without_config_prints_the_defaults() {
     assert_defaults(&v);
     assert_eq!(get(&v, "log", "format").as_deref(), Some("text"), "{v}");
     assert_eq!(get(&v, "log", "level").as_deref(), Some("info"), "{v}");
-    assert!(
-        v.get("journal").and_then(|j| j.get("dir")).is_none(),
-        "no journal dir by default: {v}"
-    );
+    assert!(v.get("journal").and_then(|j| j.get("dir")).is_none(), "no journal dir by default: {v}");
 }
 
 #[test]
@@ -371,12 +332,7 @@ fn bad_log_level_is_an_error() {
 fn bad_values_also_stop_the_server_before_it_binds() {
     let listen = free_port();
     let mut cmd = respite_cmd();
-    cmd.args([
-        "--listen",
-        &format!("127.0.0.1:{listen}"),
-        "--admin-listen",
-        "nonsense",
-    ]);
+    cmd.args(["--listen", &format!("127.0.0.1:{listen}"), "--admin-listen", "nonsense"]);
     let o = run(cmd);
     assert_config_error(&o, &["admin.listen", "nonsense"]);
 }
@@ -398,35 +354,15 @@ fn assert_precedence(
 ) {
     let f = TempConfig::new(file);
     let all = check(&["--config", f.arg(), flag, c], &[(env, b)]);
-    assert_eq!(
-        read(&effective(&all)).as_deref(),
-        Some(c),
-        "flag {flag} must win over {env} and the file"
-    );
+    assert_eq!(read(&effective(&all)).as_deref(), Some(c), "flag {flag} must win over {env} and the file");
     let env_file = check(&["--config", f.arg()], &[(env, b)]);
-    assert_eq!(
-        read(&effective(&env_file)).as_deref(),
-        Some(b),
-        "{env} must win over the file"
-    );
+    assert_eq!(read(&effective(&env_file)).as_deref(), Some(b), "{env} must win over the file");
     let file_only = check(&["--config", f.arg()], &[]);
-    assert_eq!(
-        read(&effective(&file_only)).as_deref(),
-        Some(a),
-        "the file must win over the default"
-    );
+    assert_eq!(read(&effective(&file_only)).as_deref(), Some(a), "the file must win over the default");
     let flag_env = check(&[flag, c], &[(env, b)]);
-    assert_eq!(
-        read(&effective(&flag_env)).as_deref(),
-        Some(c),
-        "flag {flag} must win over {env} without a file"
-    );
+    assert_eq!(read(&effective(&flag_env)).as_deref(), Some(c), "flag {flag} must win over {env} without a file");
     let none = check(&[], &[]);
-    assert_eq!(
-        read(&effective(&none)).as_deref(),
-        default,
-        "built-in default of {flag}"
-    );
+    assert_eq!(read(&effective(&none)).as_deref(), default, "built-in default of {flag}");
 }
 
 #[test]
@@ -447,11 +383,7 @@ fn precedence_of_upstream() {
         "[upstream]\nurl = \"redis://127.0.0.1:7001/0\"\n",
         "RESPITE_UPSTREAM",
         "--upstream",
-        (
-            "redis://127.0.0.1:7001/0",
-            "redis://127.0.0.1:7002/0",
-            "redis://127.0.0.1:7003/0",
-        ),
+        ("redis://127.0.0.1:7001/0", "redis://127.0.0.1:7002/0", "redis://127.0.0.1:7003/0"),
         Some("redis://127.0.0.1:6379"),
         |v| get(v, "upstream", "url"),
     );
@@ -474,10 +406,7 @@ fn precedence_of_log_format() {
     // Only two formats: the file says json, the environment text, the flag json.
     let f = TempConfig::new("[log]\nformat = \"json\"\n");
     let read = |o: &Output| get(&effective(o), "log", "format");
-    let o = check(
-        &["--config", f.arg(), "--log-format", "json"],
-        &[("RESPITE_LOG_FORMAT", "text")],
-    );
+    let o = check(&["--config", f.arg(), "--log-format", "json"], &[("RESPITE_LOG_FORMAT", "text")]);
     assert_eq!(read(&o).as_deref(), Some("json"), "flag wins over env");
     let o = check(&["--config", f.arg()], &[("RESPITE_LOG_FORMAT", "text")]);
     assert_eq!(read(&o).as_deref(), Some("text"), "env wins over file");
@@ -509,11 +438,7 @@ fn precedence_of_journal_dir() {
         "[journal]\ndir = \"/tmp/respite-journal-a\"\n",
         "RESPITE_JOURNAL_DIR",
         "--journal-dir",
-        (
-            "/tmp/respite-journal-a",
-            "/tmp/respite-journal-b",
-            "/tmp/respite-journal-c",
-        ),
+        ("/tmp/respite-journal-a", "/tmp/respite-journal-b", "/tmp/respite-journal-c"),
         None,
         |v| get(v, "journal", "dir"),
     );
@@ -523,17 +448,11 @@ fn precedence_of_journal_dir() {
 fn respite_config_env_selects_the_file() {
     let f = TempConfig::new("[client]\nlisten = \"127.0.0.1:7011\"\n");
     let o = check(&[], &[("RESPITE_CONFIG", f.arg())]);
-    assert_eq!(
-        get(&effective(&o), "client", "listen").as_deref(),
-        Some("127.0.0.1:7011")
-    );
+    assert_eq!(get(&effective(&o), "client", "listen").as_deref(), Some("127.0.0.1:7011"));
     // --config wins over RESPITE_CONFIG.
     let g = TempConfig::new("[client]\nlisten = \"127.0.0.1:7012\"\n");
     let o = check(&["--config", g.arg()], &[("RESPITE_CONFIG", f.arg())]);
-    assert_eq!(
-        get(&effective(&o), "client", "listen").as_deref(),
-        Some("127.0.0.1:7012")
-    );
+    assert_eq!(get(&effective(&o), "client", "listen").as_deref(), Some("127.0.0.1:7012"));
     // An unknown key in the file selected by the environment is still an error.
     let bad = TempConfig::new("[client]\nmax_conections = 5\n");
     let o = check(&[], &[("RESPITE_CONFIG", bad.arg())]);
@@ -564,35 +483,18 @@ fn secrets_in_the_file_are_redacted() {
     let o = check(&["--config", f.arg()], &[]);
     assert_redacted(&o);
     let v = effective(&o);
-    assert_eq!(
-        get(&v, "client", "requirepass").as_deref(),
-        Some("<redacted>")
-    );
+    assert_eq!(get(&v, "client", "requirepass").as_deref(), Some("<redacted>"));
     assert_eq!(get(&v, "admin", "token").as_deref(), Some("<redacted>"));
     let url = get(&v, "upstream", "url").unwrap();
-    assert!(
-        url.contains("user") && url.contains("<redacted>") && url.contains("127.0.0.1:1"),
-        "{url}"
-    );
+    assert!(url.contains("user") && url.contains("<redacted>") && url.contains("127.0.0.1:1"), "{url}");
 }
 
 #[test]
 fn secrets_from_flags_and_env_are_redacted() {
     let f = TempConfig::new("[client]\nrequirepass = \"hunter3\"\n[admin]\ntoken = \"hunter4\"\n");
-    let o = check(
-        &[
-            "--config",
-            f.arg(),
-            "--upstream",
-            "redis://user:hunter2@127.0.0.1:1/0",
-        ],
-        &[],
-    );
+    let o = check(&["--config", f.arg(), "--upstream", "redis://user:hunter2@127.0.0.1:1/0"], &[]);
     assert_redacted(&o);
-    let o = check(
-        &["--config", f.arg()],
-        &[("RESPITE_UPSTREAM", "redis://user:hunter2@127.0.0.1:1/0")],
-    );
+    let o = check(&["--config", f.arg()], &[("RESPITE_UPSTREAM", "redis://user:hunter2@127.0.0.1:1/0")]);
     assert_redacted(&o);
 }
 
@@ -633,12 +535,10 @@ async fn server_starts_without_upstream_is_ready_and_exits_0_on_sigterm() {
     let dead = free_port();
     let mut s = Server::start(&format!("redis://127.0.0.1:{dead}"), &[]);
     let port = s.port;
-    let pong = tokio::task::spawn_blocking(move || redis_cli(port, &["PING"]))
-        .await
-        .unwrap();
+    let got = tokio::task::spawn_blocking(move || redis_cli(port, &["GET", "never-seen"])).await.unwrap();
     assert!(
-        pong.contains("UNAVAILABLE"),
-        "PING without an upstream must get an UNAVAILABLE error, got {pong:?}"
+        got.contains("UNAVAILABLE"),
+        "GET of an unseen key without an upstream must get an UNAVAILABLE error, got {got:?}"
     );
     let (code, body) = http(s.admin(), "GET", "/readyz", None, None).await;
     assert_eq!(code, 200, "/readyz while the upstream is down: {body}");
@@ -646,12 +546,7 @@ async fn server_starts_without_upstream_is_ready_and_exits_0_on_sigterm() {
     assert_eq!(code, 200);
     s.sigterm();
     let status = s.wait_exit(Duration::from_secs(5));
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status after SIGTERM; stderr:\n{}",
-        s.stderr_text()
-    );
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM; stderr:\n{}", s.stderr_text());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -662,11 +557,7 @@ async fn sigterm_lets_an_in_flight_blpop_finish_then_exits_0() {
     let redis = RedisServer::start();
     let cfg = TempConfig::new("[shutdown]\ngrace_period = \"5s\"\n");
     let mut s = Server::start(&redis.url(), &["--config", cfg.arg()]);
-    let mut direct = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut direct = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
 
     let mut blocked = Raw::connect(([127, 0, 0, 1], s.port).into()).await;
     let started = Instant::now();
@@ -675,18 +566,11 @@ async fn sigterm_lets_an_in_flight_blpop_finish_then_exits_0() {
     // Wait until the BLPOP is really blocked upstream (bounded), and at least 200ms.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let info: String = redis::cmd("INFO")
-            .arg("clients")
-            .query_async(&mut direct)
-            .await
-            .unwrap();
+        let info: String = redis::cmd("INFO").arg("clients").query_async(&mut direct).await.unwrap();
         if info.contains("blocked_clients:1") {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "BLPOP never blocked upstream: {info}"
-        );
+        assert!(Instant::now() < deadline, "BLPOP never blocked upstream: {info}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let since = started.elapsed();
@@ -695,12 +579,7 @@ async fn sigterm_lets_an_in_flight_blpop_finish_then_exits_0() {
     }
     s.sigterm();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _: i64 = redis::cmd("RPUSH")
-        .arg("drain:list")
-        .arg("v")
-        .query_async(&mut direct)
-        .await
-        .unwrap();
+    let _: i64 = redis::cmd("RPUSH").arg("drain:list").arg("v").query_async(&mut direct).await.unwrap();
 
     let reply = blocked.reply_within(Duration::from_secs(4)).await;
     assert_eq!(
@@ -711,18 +590,9 @@ async fn sigterm_lets_an_in_flight_blpop_finish_then_exits_0() {
     );
     drop(blocked);
     let status = s.wait_exit(Duration::from_secs(6));
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status after drain; stderr:\n{}",
-        s.stderr_text()
-    );
+    assert_eq!(status.code(), Some(0), "exit status after drain; stderr:\n{}", s.stderr_text());
     // The value was popped exactly once.
-    let len: i64 = redis::cmd("LLEN")
-        .arg("drain:list")
-        .query_async(&mut direct)
-        .await
-        .unwrap();
+    let len: i64 = redis::cmd("LLEN").arg("drain:list").query_async(&mut direct).await.unwrap();
     assert_eq!(len, 0);
 }
 
@@ -743,18 +613,11 @@ async fn sigterm_stops_accepting_new_clients() {
             Err(_) => break,
             Ok(stream) => drop(stream),
         }
-        assert!(
-            Instant::now() < deadline,
-            "the client listener still accepts connections 2s after SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "the client listener still accepts connections 2s after SIGTERM");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let reply = blocked.reply_within(Duration::from_secs(4)).await;
-    assert_eq!(
-        reply.as_deref(),
-        Some(&b"*-1\r\n"[..]),
-        "the BLPOP times out normally"
-    );
+    assert_eq!(reply.as_deref(), Some(&b"*-1\r\n"[..]), "the BLPOP times out normally");
     let status = s.wait_exit(Duration::from_secs(6));
     assert_eq!(status.code(), Some(0), "{}", s.stderr_text());
 }
@@ -768,19 +631,14 @@ async fn json_log_format_writes_only_json_lines() {
     let mut s = Server::start(&redis.url(), &["--log-format", "json"]);
     // Some traffic, then shutdown.
     let port = s.port;
-    let out = tokio::task::spawn_blocking(move || redis_cli(port, &["SET", "k", "v"]))
-        .await
-        .unwrap();
+    let out = tokio::task::spawn_blocking(move || redis_cli(port, &["SET", "k", "v"])).await.unwrap();
     assert_eq!(out.trim(), "OK");
     s.sigterm();
     let status = s.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0));
     let text = s.stderr_text();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert!(
-        lines.len() >= 2,
-        "expected start-up and shutdown log lines, got:\n{text}"
-    );
+    assert!(lines.len() >= 2, "expected start-up and shutdown log lines, got:\n{text}");
     for line in &lines {
         let v: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("stderr line is not JSON ({e}): {line:?}\nall:\n{text}"));
@@ -790,9 +648,5 @@ async fn json_log_format_writes_only_json_lines() {
         text.contains("respite started") && text.contains("respite stopped"),
         "start-up and shutdown are logged:\n{text}"
     );
-    assert!(
-        s.stdout_text().trim().is_empty(),
-        "nothing on stdout: {}",
-        s.stdout_text()
-    );
+    assert!(s.stdout_text().trim().is_empty(), "nothing on stdout: {}", s.stdout_text());
 }

@@ -56,9 +56,7 @@ fn parse_info(name: &str, v: &Value) -> Result<ServerInfo, String> {
         .filter_map(text)
         .map(|f| f.to_ascii_lowercase())
         .collect();
-    let num = |i: usize, what: &str| {
-        int(&a[i]).ok_or_else(|| format!("{name}: {what} is not an integer: {:?}", a[i]))
-    };
+    let num = |i: usize, what: &str| int(&a[i]).ok_or_else(|| format!("{name}: {what} is not an integer: {:?}", a[i]));
     Ok(ServerInfo {
         arity: num(1, "arity")?,
         flags,
@@ -79,17 +77,12 @@ fn compare(spec: &CommandSpec, info: &ServerInfo) -> Vec<String> {
         ("step", spec.step as i64, info.step),
     ] {
         if ours != theirs {
-            out.push(format!(
-                "{name}: {what} is {ours} in the table, {theirs} in Redis"
-            ));
+            out.push(format!("{name}: {what} is {ours} in the table, {theirs} in Redis"));
         }
     }
-    for (bit, flag, letter) in [
-        (flags::W, "write", "W"),
-        (flags::R, "readonly", "R"),
-        (flags::B, "blocking", "B"),
-        (flags::P, "pubsub", "P"),
-    ] {
+    for (bit, flag, letter) in
+        [(flags::W, "write", "W"), (flags::R, "readonly", "R"), (flags::B, "blocking", "B"), (flags::P, "pubsub", "P")]
+    {
         let ours = spec.flags & bit != 0;
         let theirs = info.flags.contains(flag);
         if ours != theirs {
@@ -105,11 +98,7 @@ fn compare(spec: &CommandSpec, info: &ServerInfo) -> Vec<String> {
 }
 
 async fn connect(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
+    redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,18 +108,12 @@ async fn every_table_entry_matches_command_info() {
     let mut mismatches = Vec::new();
     let mut parsed = 0;
     for spec in TABLE {
-        let reply: Value = redis::cmd("COMMAND")
-            .arg("INFO")
-            .arg(spec.name)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        let reply: Value = redis::cmd("COMMAND").arg("INFO").arg(spec.name).query_async(&mut c).await.unwrap();
         let entry = items(&reply).and_then(|a| a.first());
         match entry {
-            None | Some(Value::Nil) => mismatches.push(format!(
-                "{}: unknown to Redis (COMMAND INFO is nil)",
-                spec.name
-            )),
+            None | Some(Value::Nil) => {
+                mismatches.push(format!("{}: unknown to Redis (COMMAND INFO is nil)", spec.name))
+            }
             Some(v) => match parse_info(spec.name, v) {
                 Ok(info) => {
                     parsed += 1;
@@ -169,41 +152,20 @@ async fn every_server_command_is_in_the_table() {
         .filter_map(|e| items(e)?.first().and_then(text))
         .map(|n| n.to_ascii_uppercase())
         .collect();
-    assert!(
-        from_command.len() > 200,
-        "COMMAND lists {} commands",
-        from_command.len()
-    );
+    assert!(from_command.len() > 200, "COMMAND lists {} commands", from_command.len());
 
     // COMMAND LIST (Redis 7): also lists subcommands as `container|sub`; those are routed
     // by their container, so only top-level names must be in the table.
-    let list: Vec<String> = redis::cmd("COMMAND")
-        .arg("LIST")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let from_list: BTreeSet<String> = list
-        .iter()
-        .filter(|n| !n.contains('|'))
-        .map(|n| n.to_ascii_uppercase())
-        .collect();
-    assert_eq!(
-        from_command, from_list,
-        "COMMAND and COMMAND LIST agree on the top-level commands"
-    );
+    let list: Vec<String> = redis::cmd("COMMAND").arg("LIST").query_async(&mut c).await.unwrap();
+    let from_list: BTreeSet<String> =
+        list.iter().filter(|n| !n.contains('|')).map(|n| n.to_ascii_uppercase()).collect();
+    assert_eq!(from_command, from_list, "COMMAND and COMMAND LIST agree on the top-level commands");
 
     let missing: Vec<&String> = from_command.difference(&table).collect();
-    assert!(
-        missing.is_empty(),
-        "{} command(s) known to Redis are missing from the table: {missing:?}",
-        missing.len()
-    );
+    assert!(missing.is_empty(), "{} command(s) known to Redis are missing from the table: {missing:?}", missing.len());
     // And nothing in the table is unknown to this Redis.
     let extra: Vec<&String> = table.difference(&from_command).collect();
-    assert!(
-        extra.is_empty(),
-        "table entries unknown to Redis: {extra:?}"
-    );
+    assert!(extra.is_empty(), "table entries unknown to Redis: {extra:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,11 +174,7 @@ async fn subcommand_containers_are_in_the_table() {
     // routing by container (CLIENT, CONFIG, …) covers every subcommand.
     let redis = RedisServer::start();
     let mut c = connect(&redis).await;
-    let list: Vec<String> = redis::cmd("COMMAND")
-        .arg("LIST")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let list: Vec<String> = redis::cmd("COMMAND").arg("LIST").query_async(&mut c).await.unwrap();
     let table: BTreeSet<String> = TABLE.iter().map(|s| s.name.to_string()).collect();
     let missing: BTreeSet<String> = list
         .iter()

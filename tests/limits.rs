@@ -79,9 +79,7 @@ async fn max_connections_rejects_the_extra_client_like_redis() {
         assert_serves(raw).await;
     }
     assert_eq!(
-        respite
-            .metric("respite_client_connections_rejected_total{reason=\"max_connections\"}")
-            .await,
+        respite.metric("respite_client_connections_rejected_total{reason=\"max_connections\"}").await,
         Some(1.0)
     );
 
@@ -92,18 +90,12 @@ async fn max_connections_rejects_the_extra_client_like_redis() {
         let mut s = TcpStream::connect(respite.addr).await.unwrap();
         s.write_all(b"*1\r\n$4\r\nPING\r\n").await.unwrap();
         let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
-            .await
-            .expect("an answer")
-            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.expect("an answer").unwrap();
         if &buf[..n] == b"+PONG\r\n" {
             break;
         }
         assert_eq!(text(&buf[..n]), "-ERR max number of clients reached\r\n");
-        assert!(
-            Instant::now() < deadline,
-            "no place freed 2s after a client left"
-        );
+        assert!(Instant::now() < deadline, "no place freed 2s after a client left");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for raw in &mut first {
@@ -120,33 +112,22 @@ async fn oversized_bulk_is_refused_from_its_header() {
     let respite = Respite::start_with(cfg).await;
     let mut other = Raw::connect(respite.addr).await;
     assert_serves(&mut other).await;
-    let before = respite
-        .metric("respite_client_protocol_errors_total")
-        .await
-        .unwrap_or(0.0);
+    let before = respite.metric("respite_client_protocol_errors_total").await.unwrap_or(0.0);
 
     // Exactly the limit is accepted.
     let at_limit = vec![b'x'; 1024];
-    assert_eq!(
-        call(&mut other, &[b"SET", b"big", &at_limit]).await,
-        b"+OK\r\n"
-    );
+    assert_eq!(call(&mut other, &[b"SET", b"big", &at_limit]).await, b"+OK\r\n");
 
     // Only the header of a 2 KiB value: the error comes before the body.
     let mut bad = Raw::connect(respite.addr).await;
     bad.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2048\r\n").await;
-    let r = reply_within(&mut bad, Duration::from_secs(1))
-        .await
-        .expect("the error comes without waiting for the body");
+    let r = reply_within(&mut bad, Duration::from_secs(1)).await.expect("the error comes without waiting for the body");
     assert_eq!(text(&r), "-ERR Protocol error: invalid bulk length\r\n");
     assert!(bad.closed_within(Duration::from_secs(1)).await);
 
     assert_serves(&mut other).await;
     assert_eq!(call(&mut other, &[b"EXISTS", b"k"]).await, b":0\r\n");
-    assert_eq!(
-        respite.metric("respite_client_protocol_errors_total").await,
-        Some(before + 1.0)
-    );
+    assert_eq!(respite.metric("respite_client_protocol_errors_total").await, Some(before + 1.0));
     respite.shutdown().await;
 }
 
@@ -158,27 +139,14 @@ async fn too_many_arguments_are_refused() {
     let respite = Respite::start_with(cfg).await;
     let mut other = Raw::connect(respite.addr).await;
     // 8 arguments: fine.
-    assert_eq!(
-        call(
-            &mut other,
-            &[b"DEL", b"a", b"b", b"c", b"d", b"e", b"f", b"g"]
-        )
-        .await,
-        b":0\r\n"
-    );
+    assert_eq!(call(&mut other, &[b"DEL", b"a", b"b", b"c", b"d", b"e", b"f", b"g"]).await, b":0\r\n");
     // 9: refused from the array header.
     let (bytes, closed) = exchange_until_closed(respite.addr, b"*9\r\n").await;
-    assert_eq!(
-        text(&bytes),
-        "-ERR Protocol error: invalid multibulk length\r\n"
-    );
+    assert_eq!(text(&bytes), "-ERR Protocol error: invalid multibulk length\r\n");
     assert!(closed);
     let nine = encode(&[b"DEL", b"a", b"b", b"c", b"d", b"e", b"f", b"g", b"h"]);
     let (bytes, closed) = exchange_until_closed(respite.addr, &nine).await;
-    assert_eq!(
-        text(&bytes),
-        "-ERR Protocol error: invalid multibulk length\r\n"
-    );
+    assert_eq!(text(&bytes), "-ERR Protocol error: invalid multibulk length\r\n");
     assert!(closed);
     assert_serves(&mut other).await;
     respite.shutdown().await;
@@ -193,26 +161,11 @@ async fn malformed_input_gets_redis_errors_and_closes_only_that_client() {
 
     // (input, exact bytes Redis 7 answers, then closes) — checked against redis-server.
     let closing: &[(&[u8], &str)] = &[
-        (
-            b"*1\r\n:5\r\n",
-            "-ERR Protocol error: expected '$', got ':'\r\n",
-        ),
-        (
-            b"*1\r\n$-3\r\n",
-            "-ERR Protocol error: invalid bulk length\r\n",
-        ),
-        (
-            b"*1\r\n$abc\r\n",
-            "-ERR Protocol error: invalid bulk length\r\n",
-        ),
-        (
-            b"*abc\r\n",
-            "-ERR Protocol error: invalid multibulk length\r\n",
-        ),
-        (
-            b"SET \"a b\"c\r\n",
-            "-ERR Protocol error: unbalanced quotes in request\r\n",
-        ),
+        (b"*1\r\n:5\r\n", "-ERR Protocol error: expected '$', got ':'\r\n"),
+        (b"*1\r\n$-3\r\n", "-ERR Protocol error: invalid bulk length\r\n"),
+        (b"*1\r\n$abc\r\n", "-ERR Protocol error: invalid bulk length\r\n"),
+        (b"*abc\r\n", "-ERR Protocol error: invalid multibulk length\r\n"),
+        (b"SET \"a b\"c\r\n", "-ERR Protocol error: unbalanced quotes in request\r\n"),
     ];
     let mut problems = Vec::new();
     for (input, expected) in closing {
@@ -235,31 +188,18 @@ async fn malformed_input_gets_redis_errors_and_closes_only_that_client() {
 
     // A truncated frame, then the client leaves: nothing executes, nothing crashes.
     let mut s = TcpStream::connect(respite.addr).await.unwrap();
-    s.write_all(b"*3\r\n$3\r\nSET\r\n$9\r\ntruncated\r\n$10\r\nabc")
-        .await
-        .unwrap();
+    s.write_all(b"*3\r\n$3\r\nSET\r\n$9\r\ntruncated\r\n$10\r\nabc").await.unwrap();
     s.shutdown().await.unwrap();
     let (bytes, closed) = read_until_closed(&mut s, Duration::from_secs(2)).await;
-    assert!(
-        closed && bytes.is_empty(),
-        "got {:?}, closed: {closed}",
-        text(&bytes)
-    );
+    assert!(closed && bytes.is_empty(), "got {:?}, closed: {closed}", text(&bytes));
     assert_serves(&mut other).await;
-    assert_eq!(
-        call(&mut other, &[b"EXISTS", b"truncated"]).await,
-        b":0\r\n"
-    );
+    assert_eq!(call(&mut other, &[b"EXISTS", b"truncated"]).await, b":0\r\n");
 
     // Unknown command and wrong arity: the upstream's own error, byte for byte, and the
     // connection stays open.
     let mut direct = Raw::connect(([127, 0, 0, 1], redis.port).into()).await;
-    let cases: &[&[&[u8]]] = &[
-        &[b"NOSUCHCOMMAND", b"a", b"b"],
-        &[b"GET"],
-        &[b"SET", b"onlykey"],
-        &[b"HSET", b"h", b"field"],
-    ];
+    let cases: &[&[&[u8]]] =
+        &[&[b"NOSUCHCOMMAND", b"a", b"b"], &[b"GET"], &[b"SET", b"onlykey"], &[b"HSET", b"h", b"field"]];
     for args in cases {
         let expected = call(&mut direct, args).await;
         assert!(expected.starts_with(b"-ERR "), "{}", text(&expected));
@@ -279,10 +219,7 @@ async fn malformed_input_gets_redis_errors_and_closes_only_that_client() {
         "-ERR unknown command 'NOSUCHCOMMAND', with args beginning with: 'a' 'b' \r\n"
     );
     raw.send(b"GET\r\n").await;
-    assert_eq!(
-        text(&reply(&mut raw).await),
-        "-ERR wrong number of arguments for 'get' command\r\n"
-    );
+    assert_eq!(text(&reply(&mut raw).await), "-ERR wrong number of arguments for 'get' command\r\n");
     assert_eq!(call(&mut raw, &[b"PING"]).await, b"+PONG\r\n");
 
     // Inline commands, with Redis's quoting.
@@ -307,14 +244,8 @@ async fn requests_before_a_bad_frame_are_answered_before_the_error() {
     let redis = RedisServer::start();
     let respite = Respite::start(&redis.url()).await;
     let cases: &[(&[u8], &str)] = &[
-        (
-            b"PING\r\n*1\r\n:5\r\n",
-            "+PONG\r\n-ERR Protocol error: expected '$', got ':'\r\n",
-        ),
-        (
-            b"*1\r\n$4\r\nPING\r\n*1\r\n$-3\r\n",
-            "+PONG\r\n-ERR Protocol error: invalid bulk length\r\n",
-        ),
+        (b"PING\r\n*1\r\n:5\r\n", "+PONG\r\n-ERR Protocol error: expected '$', got ':'\r\n"),
+        (b"*1\r\n$4\r\nPING\r\n*1\r\n$-3\r\n", "+PONG\r\n-ERR Protocol error: invalid bulk length\r\n"),
         (
             b"*3\r\n$3\r\nSET\r\n$6\r\nbefore\r\n$1\r\n1\r\n*1\r\n$abc\r\n",
             "+OK\r\n-ERR Protocol error: invalid bulk length\r\n",
@@ -334,9 +265,7 @@ async fn requests_before_a_bad_frame_are_answered_before_the_error() {
     let mut raw = Raw::connect(respite.addr).await;
     let before = text(&call(&mut raw, &[b"GET", b"before"]).await);
     if before != "$1\r\n1\r\n" {
-        problems.push(format!(
-            "the SET before the bad frame was not executed: GET before -> {before:?}"
-        ));
+        problems.push(format!("the SET before the bad frame was not executed: GET before -> {before:?}"));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     respite.shutdown().await;
@@ -378,18 +307,10 @@ async fn a_megabyte_of_garbage_closes_that_client_only() {
         &shown[shown.len().saturating_sub(300)..]
     );
     assert_serves(&mut other).await;
-    assert!(
-        respite
-            .metric("respite_client_protocol_errors_total")
-            .await
-            .unwrap_or(0.0)
-            >= 1.0
-    );
+    assert!(respite.metric("respite_client_protocol_errors_total").await.unwrap_or(0.0) >= 1.0);
     // The upstream itself is fine.
     let p = redis.port;
-    let pong = tokio::task::spawn_blocking(move || redis_cli(p, &["PING"]))
-        .await
-        .unwrap();
+    let pong = tokio::task::spawn_blocking(move || redis_cli(p, &["PING"])).await.unwrap();
     assert_eq!(pong.trim(), "PONG");
     respite.shutdown().await;
 }
@@ -406,10 +327,7 @@ async fn idle_timeout_closes_idle_clients_only() {
     let mut subscriber = Raw::connect(respite.addr).await;
     let mut blocked = Raw::connect(respite.addr).await;
     assert_eq!(call(&mut idle, &[b"PING"]).await, b"+PONG\r\n");
-    assert_eq!(
-        call(&mut subscriber, &[b"SUBSCRIBE", b"ch"]).await,
-        b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
-    );
+    assert_eq!(call(&mut subscriber, &[b"SUBSCRIBE", b"ch"]).await, b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n");
     let start = Instant::now();
     // Blocked for 1s, longer than the idle timeout: blocked clients are not idle.
     blocked.cmd(&[b"BLPOP", b"idle:list", b"1"]).await;
@@ -428,9 +346,7 @@ async fn idle_timeout_closes_idle_clients_only() {
         "closed after {after:?}, idle_timeout is 300ms"
     );
     assert_eq!(
-        reply_within(&mut blocked, Duration::from_secs(2))
-            .await
-            .as_deref(),
+        reply_within(&mut blocked, Duration::from_secs(2)).await.as_deref(),
         Some(&b"*-1\r\n"[..]),
         "the blocked client lost its BLPOP reply"
     );
@@ -438,14 +354,8 @@ async fn idle_timeout_closes_idle_clients_only() {
 
     // The subscriber was silent for over 1s and still gets messages.
     let mut publisher = Raw::connect(respite.addr).await;
-    assert_eq!(
-        call(&mut publisher, &[b"PUBLISH", b"ch", b"hello"]).await,
-        b":1\r\n"
-    );
-    assert_eq!(
-        reply(&mut subscriber).await,
-        b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
-    );
+    assert_eq!(call(&mut publisher, &[b"PUBLISH", b"ch", b"hello"]).await, b":1\r\n");
+    assert_eq!(reply(&mut subscriber).await, b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n");
     respite.shutdown().await;
 }
 
@@ -482,13 +392,8 @@ async fn deep_pipeline_with_a_small_max_pipeline_is_answered_in_order() {
             assert_eq!(text(&r), format!(":{n}\r\n"), "reply {i}");
         }
     }
-    assert!(reply_within(&mut raw, Duration::from_millis(100))
-        .await
-        .is_none());
-    assert_eq!(
-        call(&mut raw, &[b"GET", b"pipelined"]).await,
-        b"$2\r\n90\r\n"
-    );
+    assert!(reply_within(&mut raw, Duration::from_millis(100)).await.is_none());
+    assert_eq!(call(&mut raw, &[b"GET", b"pipelined"]).await, b"$2\r\n90\r\n");
     respite.shutdown().await;
 }
 
@@ -502,18 +407,10 @@ async fn two_hundred_clients_incr_one_key_exactly() {
         for _ in 0..200 {
             let url = url.clone();
             tasks.push(tokio::spawn(async move {
-                let mut c = redis::Client::open(url)
-                    .unwrap()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap();
+                let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
                 let mut last = 0i64;
                 for _ in 0..50 {
-                    let v: i64 = redis::cmd("INCR")
-                        .arg("shared:counter")
-                        .query_async(&mut c)
-                        .await
-                        .unwrap();
+                    let v: i64 = redis::cmd("INCR").arg("shared:counter").query_async(&mut c).await.unwrap();
                     assert!(v > last, "INCR went backwards on one connection");
                     last = v;
                 }
@@ -523,26 +420,13 @@ async fn two_hundred_clients_incr_one_key_exactly() {
             t.await.unwrap();
         }
     };
-    tokio::time::timeout(Duration::from_secs(20), work)
-        .await
-        .expect("200 clients x 50 INCR within 20s");
+    tokio::time::timeout(Duration::from_secs(20), work).await.expect("200 clients x 50 INCR within 20s");
     let mut c = respite.client().await;
-    let v: i64 = redis::cmd("GET")
-        .arg("shared:counter")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let v: i64 = redis::cmd("GET").arg("shared:counter").query_async(&mut c).await.unwrap();
     assert_eq!(v, 10_000);
     let p = redis.port;
-    let direct = tokio::task::spawn_blocking(move || redis_cli(p, &["GET", "shared:counter"]))
-        .await
-        .unwrap();
+    let direct = tokio::task::spawn_blocking(move || redis_cli(p, &["GET", "shared:counter"])).await.unwrap();
     assert_eq!(direct.trim(), "10000");
-    assert_eq!(
-        respite
-            .metric("respite_commands_total{command=\"incr\",outcome=\"ok\"}")
-            .await,
-        Some(10_000.0)
-    );
+    assert_eq!(respite.metric("respite_commands_total{command=\"incr\",outcome=\"ok\"}").await, Some(10_000.0));
     respite.shutdown().await;
 }

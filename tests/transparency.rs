@@ -71,11 +71,7 @@ struct Diffs(Vec<String>);
 impl Diffs {
     fn check(&mut self, what: &str, direct: &[u8], proxied: &[u8]) {
         if direct != proxied {
-            self.0.push(format!(
-                "{what}\n    redis direct:  {}\n    via respite:   {}",
-                esc(direct),
-                esc(proxied)
-            ));
+            self.0.push(format!("{what}\n    redis direct:  {}\n    via respite:   {}", esc(direct), esc(proxied)));
         }
     }
 
@@ -86,12 +82,7 @@ impl Diffs {
     }
 
     fn assert_none(self) {
-        assert!(
-            self.0.is_empty(),
-            "{} replies differ:\n{}",
-            self.0.len(),
-            self.0.join("\n")
-        );
+        assert!(self.0.is_empty(), "{} replies differ:\n{}", self.0.len(), self.0.join("\n"));
     }
 }
 
@@ -107,27 +98,16 @@ impl Pair {
         let direct = RedisServer::start();
         let proxied = RedisServer::start();
         let respite = Respite::start(&proxied.url()).await;
-        Pair {
-            direct,
-            proxied,
-            respite,
-        }
+        Pair { direct, proxied, respite }
     }
 
     /// (raw connection to Redis direct, raw connection through respite)
     async fn raws(&self) -> (Raw, Raw) {
-        (
-            Raw::connect(direct_addr(&self.direct)).await,
-            Raw::connect(self.respite.addr).await,
-        )
+        (Raw::connect(direct_addr(&self.direct)).await, Raw::connect(self.respite.addr).await)
     }
 
     async fn direct_client(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.direct.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+        redis::Client::open(self.direct.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
     }
 }
 
@@ -168,9 +148,7 @@ fn random_bytes(n: usize, mut seed: u64) -> Vec<u8> {
 /// Reads until the peer closes (or `d` passes); returns everything read.
 async fn read_to_close(stream: &mut TcpStream, d: Duration) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
-    let closed = tokio::time::timeout(d, stream.read_to_end(&mut out))
-        .await
-        .is_ok();
+    let closed = tokio::time::timeout(d, stream.read_to_end(&mut out)).await.is_ok();
     (out, closed)
 }
 
@@ -191,31 +169,19 @@ async fn binary_safe_keys_and_values() {
         (b"bin:all".to_vec(), all.clone()),
         (key_all.clone(), all.repeat(4)),
         (b"bin:crlf".to_vec(), b"line1\r\nline2\r\n\r\n\n\r".to_vec()),
-        (
-            b"bin:resp".to_vec(),
-            b"*1\r\n$3\r\nGET\r\n+OK\r\n-ERR x\r\n$-1\r\n".to_vec(),
-        ),
+        (b"bin:resp".to_vec(), b"*1\r\n$3\r\nGET\r\n+OK\r\n-ERR x\r\n$-1\r\n".to_vec()),
         (crlf_key.clone(), b"\0\0\0".to_vec()),
         (b"bin:empty".to_vec(), Vec::new()),
         (Vec::new(), b"empty key".to_vec()),
     ];
 
     for (k, v) in &cases {
-        let _: () = redis::cmd("SET")
-            .arg(k)
-            .arg(v)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        let _: () = redis::cmd("SET").arg(k).arg(v).query_async(&mut c).await.unwrap();
     }
     for (k, v) in &cases {
         let got: Vec<u8> = redis::cmd("GET").arg(k).query_async(&mut c).await.unwrap();
         assert_eq!(got, *v, "GET {} through respite", esc(k));
-        let len: usize = redis::cmd("STRLEN")
-            .arg(k)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        let len: usize = redis::cmd("STRLEN").arg(k).query_async(&mut c).await.unwrap();
         assert_eq!(len, v.len(), "STRLEN {}", esc(k));
     }
     // MGET of all of them at once (plus a missing key) through respite.
@@ -235,41 +201,14 @@ async fn binary_safe_keys_and_values() {
     let mut diffs = Diffs::default();
     for (k, v) in &cases {
         let d = diffs.same(&mut direct, &mut proxied, &[b"GET", k]).await;
-        assert_eq!(
-            d,
-            bulk(v),
-            "Redis holds what was SET through respite for {}",
-            esc(k)
-        );
+        assert_eq!(d, bulk(v), "Redis holds what was SET through respite for {}", esc(k));
     }
     // Binary-keyed hash fields and list elements too.
-    diffs
-        .same(
-            &mut direct,
-            &mut proxied,
-            &[b"HSET", &key_all, &all, b"\r\n", b"\r\n", &all],
-        )
-        .await;
-    diffs
-        .same(&mut direct, &mut proxied, &[b"HGET", &key_all, &all])
-        .await;
-    diffs
-        .same(&mut direct, &mut proxied, &[b"HGET", &key_all, b"\r\n"])
-        .await;
-    diffs
-        .same(
-            &mut direct,
-            &mut proxied,
-            &[b"RPUSH", &crlf_key, b"", b"\r\n", &all],
-        )
-        .await;
-    diffs
-        .same(
-            &mut direct,
-            &mut proxied,
-            &[b"LRANGE", &crlf_key, b"0", b"-1"],
-        )
-        .await;
+    diffs.same(&mut direct, &mut proxied, &[b"HSET", &key_all, &all, b"\r\n", b"\r\n", &all]).await;
+    diffs.same(&mut direct, &mut proxied, &[b"HGET", &key_all, &all]).await;
+    diffs.same(&mut direct, &mut proxied, &[b"HGET", &key_all, b"\r\n"]).await;
+    diffs.same(&mut direct, &mut proxied, &[b"RPUSH", &crlf_key, b"", b"\r\n", &all]).await;
+    diffs.same(&mut direct, &mut proxied, &[b"LRANGE", &crlf_key, b"0", b"-1"]).await;
     diffs.assert_none();
     respite.shutdown().await;
 }
@@ -383,30 +322,15 @@ async fn pipeline_of_5000_mixed_commands_answered_in_order() {
         let got = raw.rep().await;
         assert_eq!(esc(&got), esc(want), "raw pipeline reply #{i}");
     }
-    assert!(
-        raw.rep_within(Duration::from_millis(100)).await.is_none(),
-        "no extra replies"
-    );
+    assert!(raw.rep_within(Duration::from_millis(100)).await.is_none(), "no extra replies");
     // And the final state in Redis agrees with the model.
-    let mut direct = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut direct = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     for (k, v) in &model.counters {
-        let n: i64 = redis::cmd("GET")
-            .arg(k)
-            .query_async(&mut direct)
-            .await
-            .unwrap();
+        let n: i64 = redis::cmd("GET").arg(k).query_async(&mut direct).await.unwrap();
         assert_eq!(n, *v, "{k}");
     }
     for (k, v) in &model.strings {
-        let got: String = redis::cmd("GET")
-            .arg(k)
-            .query_async(&mut direct)
-            .await
-            .unwrap();
+        let got: String = redis::cmd("GET").arg(k).query_async(&mut direct).await.unwrap();
         assert_eq!(got, *v, "{k}");
     }
     respite.shutdown().await;
@@ -439,10 +363,7 @@ async fn multi_exec_discard_and_watch_conflict() {
     assert_eq!(esc(&a.req(&[b"SET", b"tx:a", b"1"]).await), "+QUEUED\\r\\n");
     assert_eq!(esc(&a.req(&[b"INCR", b"tx:a"]).await), "+QUEUED\\r\\n");
     assert_eq!(esc(&a.req(&[b"GET", b"tx:a"]).await), "+QUEUED\\r\\n");
-    assert_eq!(
-        esc(&a.req(&[b"EXEC"]).await),
-        esc(b"*3\r\n+OK\r\n:2\r\n$1\r\n2\r\n")
-    );
+    assert_eq!(esc(&a.req(&[b"EXEC"]).await), esc(b"*3\r\n+OK\r\n:2\r\n$1\r\n2\r\n"));
 
     // DISCARD: nothing queued is executed.
     assert_eq!(esc(&a.req(&[b"MULTI"]).await), "+OK\\r\\n");
@@ -453,50 +374,29 @@ async fn multi_exec_discard_and_watch_conflict() {
     // Another client meanwhile sees nothing of a queued transaction.
     let mut b = Raw::connect(respite.addr).await;
     assert_eq!(esc(&a.req(&[b"MULTI"]).await), "+OK\\r\\n");
-    assert_eq!(
-        esc(&a.req(&[b"SET", b"tx:c", b"queued"]).await),
-        "+QUEUED\\r\\n"
-    );
+    assert_eq!(esc(&a.req(&[b"SET", b"tx:c", b"queued"]).await), "+QUEUED\\r\\n");
     assert_eq!(esc(&b.req(&[b"GET", b"tx:c"]).await), "$-1\\r\\n");
-    assert_eq!(
-        esc(&b.req(&[b"SET", b"tx:d", b"from-b"]).await),
-        "+OK\\r\\n"
-    );
+    assert_eq!(esc(&b.req(&[b"SET", b"tx:d", b"from-b"]).await), "+OK\\r\\n");
     assert_eq!(esc(&a.req(&[b"EXEC"]).await), esc(b"*1\r\n+OK\r\n"));
     assert_eq!(esc(&b.req(&[b"GET", b"tx:c"]).await), esc(&bulk(b"queued")));
 
     // WATCH without a conflict: EXEC runs.
     assert_eq!(esc(&a.req(&[b"WATCH", b"tx:w"]).await), "+OK\\r\\n");
     assert_eq!(esc(&a.req(&[b"MULTI"]).await), "+OK\\r\\n");
-    assert_eq!(
-        esc(&a.req(&[b"SET", b"tx:w", b"first"]).await),
-        "+QUEUED\\r\\n"
-    );
+    assert_eq!(esc(&a.req(&[b"SET", b"tx:w", b"first"]).await), "+QUEUED\\r\\n");
     assert_eq!(esc(&a.req(&[b"EXEC"]).await), esc(b"*1\r\n+OK\r\n"));
 
     // WATCH with a conflicting write from another client (through respite): EXEC is nil.
     assert_eq!(esc(&a.req(&[b"WATCH", b"tx:w"]).await), "+OK\\r\\n");
     assert_eq!(esc(&b.req(&[b"SET", b"tx:w", b"other"]).await), "+OK\\r\\n");
     assert_eq!(esc(&a.req(&[b"MULTI"]).await), "+OK\\r\\n");
-    assert_eq!(
-        esc(&a.req(&[b"SET", b"tx:w", b"mine"]).await),
-        "+QUEUED\\r\\n"
-    );
-    assert_eq!(
-        esc(&a.req(&[b"EXEC"]).await),
-        "*-1\\r\\n",
-        "EXEC after a conflicting write is a null array"
-    );
+    assert_eq!(esc(&a.req(&[b"SET", b"tx:w", b"mine"]).await), "+QUEUED\\r\\n");
+    assert_eq!(esc(&a.req(&[b"EXEC"]).await), "*-1\\r\\n", "EXEC after a conflicting write is a null array");
     assert_eq!(esc(&a.req(&[b"GET", b"tx:w"]).await), esc(&bulk(b"other")));
 
     // The same with the conflicting write made by a redis crate client on a shared connection.
     assert_eq!(esc(&a.req(&[b"WATCH", b"tx:w2"]).await), "+OK\\r\\n");
-    let _: () = redis::cmd("SET")
-        .arg("tx:w2")
-        .arg("crate")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let _: () = redis::cmd("SET").arg("tx:w2").arg("crate").query_async(&mut c).await.unwrap();
     assert_eq!(esc(&a.req(&[b"MULTI"]).await), "+OK\\r\\n");
     assert_eq!(esc(&a.req(&[b"INCR", b"tx:w2"]).await), "+QUEUED\\r\\n");
     assert_eq!(esc(&a.req(&[b"EXEC"]).await), "*-1\\r\\n");
@@ -506,20 +406,12 @@ async fn multi_exec_discard_and_watch_conflict() {
     assert_eq!(esc(&b.req(&[b"SET", b"tx:w3", b"x"]).await), "+OK\\r\\n");
     assert_eq!(esc(&a.req(&[b"UNWATCH"]).await), "+OK\\r\\n");
     assert_eq!(esc(&a.req(&[b"MULTI"]).await), "+OK\\r\\n");
-    assert_eq!(
-        esc(&a.req(&[b"SET", b"tx:w3", b"y"]).await),
-        "+QUEUED\\r\\n"
-    );
+    assert_eq!(esc(&a.req(&[b"SET", b"tx:w3", b"y"]).await), "+QUEUED\\r\\n");
     assert_eq!(esc(&a.req(&[b"EXEC"]).await), esc(b"*1\r\n+OK\r\n"));
 
     // A whole transaction in one write (pipelined MULTI … EXEC).
     let mut all = Vec::new();
-    for args in [
-        &[&b"MULTI"[..]][..],
-        &[b"INCR", b"tx:p"],
-        &[b"INCR", b"tx:p"],
-        &[b"EXEC"],
-    ] {
+    for args in [&[&b"MULTI"[..]][..], &[b"INCR", b"tx:p"], &[b"INCR", b"tx:p"], &[b"EXEC"]] {
         all.extend_from_slice(&encode(args));
     }
     a.send(&all).await;
@@ -527,10 +419,7 @@ async fn multi_exec_discard_and_watch_conflict() {
     for _ in 0..4 {
         got.extend_from_slice(&a.rep().await);
     }
-    assert_eq!(
-        esc(&got),
-        esc(b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:1\r\n:2\r\n")
-    );
+    assert_eq!(esc(&got), esc(b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:1\r\n:2\r\n"));
     respite.shutdown().await;
 }
 
@@ -553,11 +442,7 @@ async fn select_is_per_client_and_does_not_leak() {
 
     let mut a = Raw::connect(respite.addr).await;
     assert_eq!(esc(&a.req(&[b"SELECT", b"1"]).await), "+OK\\r\\n");
-    assert_eq!(
-        esc(&a.req(&[b"GET", b"k"]).await),
-        "$-1\\r\\n",
-        "db 1 is empty"
-    );
+    assert_eq!(esc(&a.req(&[b"GET", b"k"]).await), "$-1\\r\\n", "db 1 is empty");
     assert_eq!(esc(&a.req(&[b"SET", b"k", b"db1"]).await), "+OK\\r\\n");
     assert_eq!(esc(&a.req(&[b"SET", b"only1", b"x"]).await), "+OK\\r\\n");
     assert_eq!(esc(&a.req(&[b"GET", b"k"]).await), esc(&bulk(b"db1")));
@@ -578,17 +463,9 @@ async fn select_is_per_client_and_does_not_leak() {
     for (n, mut c) in shared.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
             for i in 0..200 {
-                let v: Option<String> = redis::cmd("GET")
-                    .arg("k")
-                    .query_async(&mut c)
-                    .await
-                    .unwrap();
+                let v: Option<String> = redis::cmd("GET").arg("k").query_async(&mut c).await.unwrap();
                 assert_eq!(v.as_deref(), Some("db0"), "shared client {n}, round {i}");
-                let v: Option<String> = redis::cmd("GET")
-                    .arg("only1")
-                    .query_async(&mut c)
-                    .await
-                    .unwrap();
+                let v: Option<String> = redis::cmd("GET").arg("only1").query_async(&mut c).await.unwrap();
                 assert_eq!(v, None, "shared client {n}, round {i}");
             }
         }));
@@ -600,11 +477,7 @@ async fn select_is_per_client_and_does_not_leak() {
 
     // A client connecting after A's SELECT is still in db 0.
     let mut late = respite.client().await;
-    let v: String = redis::cmd("GET")
-        .arg("k")
-        .query_async(&mut late)
-        .await
-        .unwrap();
+    let v: String = redis::cmd("GET").arg("k").query_async(&mut late).await.unwrap();
     assert_eq!(v, "db0");
 
     // A selects back.
@@ -612,36 +485,17 @@ async fn select_is_per_client_and_does_not_leak() {
     assert_eq!(esc(&a.req(&[b"GET", b"k"]).await), esc(&bulk(b"db0")));
 
     // The db in the URL (the redis crate sends SELECT on connect), and redis-cli -n.
-    let mut db1 = redis::Client::open(format!("{}/1", respite.url()))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let v: String = redis::cmd("GET")
-        .arg("k")
-        .query_async(&mut db1)
-        .await
-        .unwrap();
+    let mut db1 =
+        redis::Client::open(format!("{}/1", respite.url())).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let v: String = redis::cmd("GET").arg("k").query_async(&mut db1).await.unwrap();
     assert_eq!(v, "db1");
-    assert_eq!(
-        redis_cli(respite.port(), &["-n", "1", "GET", "k"]).trim(),
-        "db1"
-    );
+    assert_eq!(redis_cli(respite.port(), &["-n", "1", "GET", "k"]).trim(), "db1");
     assert_eq!(redis_cli(respite.port(), &["GET", "k"]).trim(), "db0");
 
     // Redis itself agrees.
-    assert_eq!(
-        redis_cli(redis.port, &["-n", "1", "GET", "k"]).trim(),
-        "db1"
-    );
-    assert_eq!(
-        redis_cli(redis.port, &["-n", "0", "GET", "k"]).trim(),
-        "db0"
-    );
-    assert_eq!(
-        redis_cli(redis.port, &["-n", "0", "EXISTS", "only1"]).trim(),
-        "0"
-    );
+    assert_eq!(redis_cli(redis.port, &["-n", "1", "GET", "k"]).trim(), "db1");
+    assert_eq!(redis_cli(redis.port, &["-n", "0", "GET", "k"]).trim(), "db0");
+    assert_eq!(redis_cli(redis.port, &["-n", "0", "EXISTS", "only1"]).trim(), "0");
     respite.shutdown().await;
 }
 
@@ -681,64 +535,31 @@ async fn blocking_pops_wake_time_out_and_outlive_the_command_timeout() {
     let xread = tokio::spawn(async move {
         let mut a = Raw::connect(addr).await;
         let t = Instant::now();
-        let reply = a
-            .req(&[b"XREAD", b"BLOCK", b"0", b"STREAMS", b"bl:xs", b"$"])
-            .await;
+        let reply = a.req(&[b"XREAD", b"BLOCK", b"0", b"STREAMS", b"bl:xs", b"$"]).await;
         (reply, t.elapsed())
     });
 
     let mut c = respite.client().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let n: i64 = redis::cmd("RPUSH")
-        .arg("bl:wake")
-        .arg("x")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let n: i64 = redis::cmd("RPUSH").arg("bl:wake").arg("x").query_async(&mut c).await.unwrap();
     assert_eq!(n, 1);
     let (reply, took) = woken.await.unwrap();
     assert_eq!(esc(&reply), esc(b"*2\r\n$7\r\nbl:wake\r\n$1\r\nx\r\n"));
     assert!(took < Duration::from_secs(2), "woken BLPOP took {took:?}");
 
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let _: String = redis::cmd("XADD")
-        .arg("bl:xs")
-        .arg("5-0")
-        .arg("f")
-        .arg("v")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let _: String = redis::cmd("XADD").arg("bl:xs").arg("5-0").arg("f").arg("v").query_async(&mut c).await.unwrap();
 
     let (reply, took, mut after_timeout) = timed_out.await.unwrap();
-    assert_eq!(
-        esc(&reply),
-        "*-1\\r\\n",
-        "BLPOP timing out answers a null array, not an error"
-    );
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
-        "BLPOP 1 took {took:?}"
-    );
+    assert_eq!(esc(&reply), "*-1\\r\\n", "BLPOP timing out answers a null array, not an error");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(2500), "BLPOP 1 took {took:?}");
 
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let n: i64 = redis::cmd("RPUSH")
-        .arg("bl:late")
-        .arg("y")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let n: i64 = redis::cmd("RPUSH").arg("bl:late").arg("y").query_async(&mut c).await.unwrap();
     assert_eq!(n, 1);
     let (reply, took) = forever.await.unwrap();
-    assert_eq!(
-        esc(&reply),
-        esc(b"*2\r\n$7\r\nbl:late\r\n$1\r\ny\r\n"),
-        "BLPOP 0 after {took:?}"
-    );
-    assert!(
-        took >= Duration::from_millis(1500),
-        "BLPOP 0 answered after {took:?}"
-    );
+    assert_eq!(esc(&reply), esc(b"*2\r\n$7\r\nbl:late\r\n$1\r\ny\r\n"), "BLPOP 0 after {took:?}");
+    assert!(took >= Duration::from_millis(1500), "BLPOP 0 answered after {took:?}");
 
     let (reply, took) = xread.await.unwrap();
     assert_eq!(
@@ -746,17 +567,11 @@ async fn blocking_pops_wake_time_out_and_outlive_the_command_timeout() {
         esc(b"*1\r\n*2\r\n$5\r\nbl:xs\r\n*1\r\n*2\r\n$3\r\n5-0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"),
         "XREAD BLOCK 0 after {took:?}"
     );
-    assert!(
-        took >= Duration::from_millis(1000),
-        "XREAD BLOCK 0 answered after {took:?}"
-    );
+    assert!(took >= Duration::from_millis(1000), "XREAD BLOCK 0 answered after {took:?}");
 
     // The connection whose BLPOP timed out is still usable.
     let a = &mut after_timeout;
-    assert_eq!(
-        esc(&a.req(&[b"BLPOP", b"bl:wake", b"bl:late", b"0.1"]).await),
-        "*-1\\r\\n"
-    );
+    assert_eq!(esc(&a.req(&[b"BLPOP", b"bl:wake", b"bl:late", b"0.1"]).await), "*-1\\r\\n");
     assert_eq!(esc(&a.req(&[b"PING"]).await), "+PONG\\r\\n");
     respite.shutdown().await;
 }
@@ -770,62 +585,29 @@ async fn pubsub_subscribe_psubscribe_unsubscribe() {
     let redis = RedisServer::start();
     let respite = Respite::start(&redis.url()).await;
     let mut publisher = respite.client().await;
-    let mut direct = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut direct = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
 
     // (a) The redis crate's PubSub (RESP2): subscriptions are confirmed and reach Redis.
     let client = redis::Client::open(respite.url()).unwrap();
     let mut ps = client.get_async_pubsub().await.unwrap();
     ps.subscribe("news").await.unwrap();
     ps.psubscribe("ev.*").await.unwrap();
-    let numsub: (String, i64) = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg("news")
-        .query_async(&mut direct)
-        .await
-        .unwrap();
+    let numsub: (String, i64) = redis::cmd("PUBSUB").arg("NUMSUB").arg("news").query_async(&mut direct).await.unwrap();
     assert_eq!(numsub.1, 1);
-    let numpat: i64 = redis::cmd("PUBSUB")
-        .arg("NUMPAT")
-        .query_async(&mut direct)
-        .await
-        .unwrap();
+    let numpat: i64 = redis::cmd("PUBSUB").arg("NUMPAT").query_async(&mut direct).await.unwrap();
     assert_eq!(numpat, 1);
-    let receivers: i64 = redis::cmd("PUBLISH")
-        .arg("news")
-        .arg("hello")
-        .query_async(&mut publisher)
-        .await
-        .unwrap();
+    let receivers: i64 = redis::cmd("PUBLISH").arg("news").arg("hello").query_async(&mut publisher).await.unwrap();
     assert_eq!(receivers, 1);
-    let receivers: i64 = redis::cmd("PUBLISH")
-        .arg("ev.1")
-        .arg("hello")
-        .query_async(&mut publisher)
-        .await
-        .unwrap();
+    let receivers: i64 = redis::cmd("PUBLISH").arg("ev.1").arg("hello").query_async(&mut publisher).await.unwrap();
     assert_eq!(receivers, 1);
     // PING while subscribed (RESP2) answers ["pong", ""].
     let pong: Vec<String> = ps.ping().await.unwrap();
     assert_eq!(pong, vec!["pong".to_string(), String::new()]);
     ps.unsubscribe("news").await.unwrap();
     ps.punsubscribe("ev.*").await.unwrap();
-    let numsub: (String, i64) = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg("news")
-        .query_async(&mut direct)
-        .await
-        .unwrap();
+    let numsub: (String, i64) = redis::cmd("PUBSUB").arg("NUMSUB").arg("news").query_async(&mut direct).await.unwrap();
     assert_eq!(numsub.1, 0);
-    let receivers: i64 = redis::cmd("PUBLISH")
-        .arg("news")
-        .arg("again")
-        .query_async(&mut publisher)
-        .await
-        .unwrap();
+    let receivers: i64 = redis::cmd("PUBLISH").arg("news").arg("again").query_async(&mut publisher).await.unwrap();
     assert_eq!(receivers, 0);
     drop(ps);
 
@@ -833,45 +615,23 @@ async fn pubsub_subscribe_psubscribe_unsubscribe() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let cfg = redis::AsyncConnectionConfig::new().set_push_sender(tx);
     let r3 = redis::Client::open(format!("{}/?protocol=resp3", respite.url())).unwrap();
-    let mut sub = r3
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
-        .unwrap();
+    let mut sub = r3.get_multiplexed_async_connection_with_config(&cfg).await.unwrap();
     sub.subscribe("news").await.unwrap();
     sub.psubscribe("ev.*").await.unwrap();
-    let receivers: i64 = redis::cmd("PUBLISH")
-        .arg("news")
-        .arg("m1")
-        .query_async(&mut publisher)
-        .await
-        .unwrap();
+    let receivers: i64 = redis::cmd("PUBLISH").arg("news").arg("m1").query_async(&mut publisher).await.unwrap();
     assert_eq!(receivers, 1);
-    let receivers: i64 = redis::cmd("PUBLISH")
-        .arg("ev.42")
-        .arg("m2")
-        .query_async(&mut publisher)
-        .await
-        .unwrap();
+    let receivers: i64 = redis::cmd("PUBLISH").arg("ev.42").arg("m2").query_async(&mut publisher).await.unwrap();
     assert_eq!(receivers, 1);
     let mut got = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while got.len() < 2 {
-        let push = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .expect("pushes within 3s")
-            .expect("sender alive");
+        let push = tokio::time::timeout_at(deadline, rx.recv()).await.expect("pushes within 3s").expect("sender alive");
         if matches!(push.kind, PushKind::Message | PushKind::PMessage) {
             got.push(push);
         }
     }
     assert_eq!(got[0].kind, PushKind::Message);
-    assert_eq!(
-        got[0].data,
-        vec![
-            Value::BulkString(b"news".to_vec()),
-            Value::BulkString(b"m1".to_vec())
-        ]
-    );
+    assert_eq!(got[0].data, vec![Value::BulkString(b"news".to_vec()), Value::BulkString(b"m1".to_vec())]);
     assert_eq!(got[1].kind, PushKind::PMessage);
     assert_eq!(
         got[1].data,
@@ -882,34 +642,17 @@ async fn pubsub_subscribe_psubscribe_unsubscribe() {
         ]
     );
     // Ordinary commands still work on the subscribed RESP3 connection.
-    let v: Option<String> = redis::cmd("GET")
-        .arg("nokey")
-        .query_async(&mut sub)
-        .await
-        .unwrap();
+    let v: Option<String> = redis::cmd("GET").arg("nokey").query_async(&mut sub).await.unwrap();
     assert_eq!(v, None);
     sub.unsubscribe("news").await.unwrap();
     sub.punsubscribe("ev.*").await.unwrap();
-    let receivers: i64 = redis::cmd("PUBLISH")
-        .arg("news")
-        .arg("m3")
-        .query_async(&mut publisher)
-        .await
-        .unwrap();
+    let receivers: i64 = redis::cmd("PUBLISH").arg("news").arg("m3").query_async(&mut publisher).await.unwrap();
     assert_eq!(receivers, 0);
-    let receivers: i64 = redis::cmd("PUBLISH")
-        .arg("ev.1")
-        .arg("m4")
-        .query_async(&mut publisher)
-        .await
-        .unwrap();
+    let receivers: i64 = redis::cmd("PUBLISH").arg("ev.1").arg("m4").query_async(&mut publisher).await.unwrap();
     assert_eq!(receivers, 0);
     tokio::time::sleep(Duration::from_millis(200)).await;
     while let Ok(push) = rx.try_recv() {
-        assert!(
-            !matches!(push.kind, PushKind::Message | PushKind::PMessage),
-            "message after unsubscribe: {push:?}"
-        );
+        assert!(!matches!(push.kind, PushKind::Message | PushKind::PMessage), "message after unsubscribe: {push:?}");
     }
 
     // (c) Raw RESP2 frames, byte for byte against Redis direct.
@@ -926,52 +669,24 @@ async fn pubsub_subscribe_psubscribe_unsubscribe() {
     diffs.same(&mut d, &mut p, &[b"PSUBSCRIBE", b"pat.*"]).await;
     diffs.same(&mut d, &mut p, &[b"PING"]).await;
     diffs.same(&mut d, &mut p, &[b"PING", b"hi"]).await;
-    let receivers: i64 = redis::cmd("PUBLISH")
-        .arg("c1")
-        .arg("payload\r\n1")
-        .query_async(&mut publisher)
-        .await
-        .unwrap();
+    let receivers: i64 = redis::cmd("PUBLISH").arg("c1").arg("payload\r\n1").query_async(&mut publisher).await.unwrap();
     assert_eq!(receivers, 2, "both raw subscribers receive");
     let (dr, pr) = (d.rep().await, p.rep().await);
-    assert_eq!(
-        esc(&dr),
-        esc(b"*3\r\n$7\r\nmessage\r\n$2\r\nc1\r\n$10\r\npayload\r\n1\r\n")
-    );
+    assert_eq!(esc(&dr), esc(b"*3\r\n$7\r\nmessage\r\n$2\r\nc1\r\n$10\r\npayload\r\n1\r\n"));
     diffs.check("message on c1", &dr, &pr);
-    let receivers: i64 = redis::cmd("PUBLISH")
-        .arg("pat.x")
-        .arg("p")
-        .query_async(&mut publisher)
-        .await
-        .unwrap();
+    let receivers: i64 = redis::cmd("PUBLISH").arg("pat.x").arg("p").query_async(&mut publisher).await.unwrap();
     assert_eq!(receivers, 2);
     let (dr, pr) = (d.rep().await, p.rep().await);
     diffs.check("pmessage on pat.x", &dr, &pr);
     diffs.same(&mut d, &mut p, &[b"UNSUBSCRIBE", b"c1"]).await;
-    diffs
-        .same(&mut d, &mut p, &[b"PUNSUBSCRIBE", b"pat.*"])
-        .await;
+    diffs.same(&mut d, &mut p, &[b"PUNSUBSCRIBE", b"pat.*"]).await;
     // Commands not allowed in RESP2 subscribed mode get Redis's error.
     diffs.same(&mut d, &mut p, &[b"GET", b"x"]).await;
-    let receivers: i64 = redis::cmd("PUBLISH")
-        .arg("c1")
-        .arg("gone")
-        .query_async(&mut publisher)
-        .await
-        .unwrap();
+    let receivers: i64 = redis::cmd("PUBLISH").arg("c1").arg("gone").query_async(&mut publisher).await.unwrap();
     assert_eq!(receivers, 0);
-    let receivers: i64 = redis::cmd("PUBLISH")
-        .arg("pat.y")
-        .arg("gone")
-        .query_async(&mut publisher)
-        .await
-        .unwrap();
+    let receivers: i64 = redis::cmd("PUBLISH").arg("pat.y").arg("gone").query_async(&mut publisher).await.unwrap();
     assert_eq!(receivers, 0);
-    assert!(
-        p.rep_within(Duration::from_millis(200)).await.is_none(),
-        "nothing after unsubscribing"
-    );
+    assert!(p.rep_within(Duration::from_millis(200)).await.is_none(), "nothing after unsubscribing");
     diffs.same(&mut d, &mut p, &[b"UNSUBSCRIBE", b"c2"]).await;
     // Out of subscribed mode: ordinary commands again.
     diffs.same(&mut d, &mut p, &[b"GET", b"x"]).await;
@@ -992,112 +707,51 @@ async fn resp3_after_hello_3_is_byte_identical() {
 
     let (dh, ph) = both(&mut d, &mut p, &[b"HELLO", b"3"]).await;
     assert!(dh.starts_with(b"%7\r\n"), "HELLO 3 is a map: {}", esc(&dh));
-    diffs.check(
-        "HELLO 3 (connection id normalised)",
-        &normalize_hello(&dh),
-        &normalize_hello(&ph),
-    );
+    diffs.check("HELLO 3 (connection id normalised)", &normalize_hello(&dh), &normalize_hello(&ph));
 
-    diffs
-        .same(&mut d, &mut p, &[b"HSET", b"h", b"f1", b"v1", b"f2", b"v2"])
-        .await;
+    diffs.same(&mut d, &mut p, &[b"HSET", b"h", b"f1", b"v1", b"f2", b"v2"]).await;
     let r = diffs.same(&mut d, &mut p, &[b"HGETALL", b"h"]).await;
     assert!(r.starts_with(b"%2\r\n"), "HGETALL is a map: {}", esc(&r));
     diffs.same(&mut d, &mut p, &[b"HGETALL", b"nohash"]).await;
-    diffs
-        .same(&mut d, &mut p, &[b"SADD", b"s", b"member"])
-        .await;
+    diffs.same(&mut d, &mut p, &[b"SADD", b"s", b"member"]).await;
     let r = diffs.same(&mut d, &mut p, &[b"SMEMBERS", b"s"]).await;
     assert_eq!(esc(&r), esc(b"~1\r\n$6\r\nmember\r\n"), "SMEMBERS is a set");
-    diffs
-        .same(&mut d, &mut p, &[b"SADD", b"ints", b"3", b"1", b"2"])
-        .await;
+    diffs.same(&mut d, &mut p, &[b"SADD", b"ints", b"3", b"1", b"2"]).await;
     diffs.same(&mut d, &mut p, &[b"SMEMBERS", b"ints"]).await;
-    diffs
-        .same(&mut d, &mut p, &[b"ZADD", b"z", b"1.5", b"a", b"2", b"b"])
-        .await;
+    diffs.same(&mut d, &mut p, &[b"ZADD", b"z", b"1.5", b"a", b"2", b"b"]).await;
     let r = diffs.same(&mut d, &mut p, &[b"ZSCORE", b"z", b"a"]).await;
-    assert_eq!(
-        esc(&r),
-        ",1.5\\r\\n",
-        "Redis 7.0 answers ZSCORE with a RESP3 double"
-    );
+    assert_eq!(esc(&r), ",1.5\\r\\n", "Redis 7.0 answers ZSCORE with a RESP3 double");
     diffs.same(&mut d, &mut p, &[b"ZSCORE", b"z", b"b"]).await;
-    diffs
-        .same(&mut d, &mut p, &[b"ZINCRBY", b"z", b"0.25", b"a"])
-        .await;
-    diffs
-        .same(
-            &mut d,
-            &mut p,
-            &[b"ZRANGE", b"z", b"0", b"-1", b"WITHSCORES"],
-        )
-        .await;
-    diffs
-        .same(&mut d, &mut p, &[b"ZADD", b"z", b"INCR", b"inf", b"b"])
-        .await;
+    diffs.same(&mut d, &mut p, &[b"ZINCRBY", b"z", b"0.25", b"a"]).await;
+    diffs.same(&mut d, &mut p, &[b"ZRANGE", b"z", b"0", b"-1", b"WITHSCORES"]).await;
+    diffs.same(&mut d, &mut p, &[b"ZADD", b"z", b"INCR", b"inf", b"b"]).await;
     diffs.same(&mut d, &mut p, &[b"ZSCORE", b"z", b"b"]).await;
     // INCRBYFLOAT stays a bulk string under RESP3.
-    diffs
-        .same(&mut d, &mut p, &[b"INCRBYFLOAT", b"f", b"1.5"])
-        .await;
+    diffs.same(&mut d, &mut p, &[b"INCRBYFLOAT", b"f", b"1.5"]).await;
     let r = diffs.same(&mut d, &mut p, &[b"GET", b"missing"]).await;
     assert_eq!(esc(&r), "_\\r\\n", "RESP3 null");
-    diffs
-        .same(&mut d, &mut p, &[b"ZSCORE", b"z", b"missing"])
-        .await;
-    diffs
-        .same(&mut d, &mut p, &[b"HMGET", b"h", b"f1", b"nof"])
-        .await;
-    diffs
-        .same(&mut d, &mut p, &[b"CONFIG", b"GET", b"maxmemory-policy"])
-        .await;
-    diffs
-        .same(&mut d, &mut p, &[b"XADD", b"st", b"1-1", b"f", b"v"])
-        .await;
-    diffs
-        .same(&mut d, &mut p, &[b"XINFO", b"STREAM", b"st"])
-        .await;
-    diffs
-        .same(&mut d, &mut p, &[b"BLPOP", b"nolist", b"0.05"])
-        .await;
-    diffs
-        .same(&mut d, &mut p, &[b"EXISTS", b"h", b"nokey"])
-        .await;
-    diffs
-        .same(&mut d, &mut p, &[b"LRANGE", b"nolist", b"0", b"-1"])
-        .await;
+    diffs.same(&mut d, &mut p, &[b"ZSCORE", b"z", b"missing"]).await;
+    diffs.same(&mut d, &mut p, &[b"HMGET", b"h", b"f1", b"nof"]).await;
+    diffs.same(&mut d, &mut p, &[b"CONFIG", b"GET", b"maxmemory-policy"]).await;
+    diffs.same(&mut d, &mut p, &[b"XADD", b"st", b"1-1", b"f", b"v"]).await;
+    diffs.same(&mut d, &mut p, &[b"XINFO", b"STREAM", b"st"]).await;
+    diffs.same(&mut d, &mut p, &[b"BLPOP", b"nolist", b"0.05"]).await;
+    diffs.same(&mut d, &mut p, &[b"EXISTS", b"h", b"nokey"]).await;
+    diffs.same(&mut d, &mut p, &[b"LRANGE", b"nolist", b"0", b"-1"]).await;
     diffs.same(&mut d, &mut p, &[b"GET", b"h"]).await; // WRONGTYPE under RESP3
     diffs.same(&mut d, &mut p, &[b"ECHO", b"v\r\nx"]).await;
 
     // Push frames: SUBSCRIBE under RESP3.
     let r = diffs.same(&mut d, &mut p, &[b"SUBSCRIBE", b"ch"]).await;
-    assert_eq!(
-        esc(&r),
-        esc(b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"),
-        "SUBSCRIBE confirmation is a push"
-    );
+    assert_eq!(esc(&r), esc(b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"), "SUBSCRIBE confirmation is a push");
     let mut pd = pair.direct_client().await;
     let mut pp = pair.respite.client().await;
-    let n: i64 = redis::cmd("PUBLISH")
-        .arg("ch")
-        .arg("hi")
-        .query_async(&mut pd)
-        .await
-        .unwrap();
+    let n: i64 = redis::cmd("PUBLISH").arg("ch").arg("hi").query_async(&mut pd).await.unwrap();
     assert_eq!(n, 1);
-    let n: i64 = redis::cmd("PUBLISH")
-        .arg("ch")
-        .arg("hi")
-        .query_async(&mut pp)
-        .await
-        .unwrap();
+    let n: i64 = redis::cmd("PUBLISH").arg("ch").arg("hi").query_async(&mut pp).await.unwrap();
     assert_eq!(n, 1);
     let (dr, pr) = (d.rep().await, p.rep().await);
-    assert_eq!(
-        esc(&dr),
-        esc(b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n")
-    );
+    assert_eq!(esc(&dr), esc(b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"));
     diffs.check("RESP3 message push", &dr, &pr);
     // Under RESP3 a subscribed connection still runs ordinary commands.
     diffs.same(&mut d, &mut p, &[b"HGETALL", b"h"]).await;
@@ -1107,11 +761,7 @@ async fn resp3_after_hello_3_is_byte_identical() {
 
     // Back to RESP2 on the same connection.
     let (dh, ph) = both(&mut d, &mut p, &[b"HELLO", b"2"]).await;
-    diffs.check(
-        "HELLO 2 (connection id normalised)",
-        &normalize_hello(&dh),
-        &normalize_hello(&ph),
-    );
+    diffs.check("HELLO 2 (connection id normalised)", &normalize_hello(&dh), &normalize_hello(&ph));
     diffs.same(&mut d, &mut p, &[b"ZSCORE", b"z", b"a"]).await;
     diffs.same(&mut d, &mut p, &[b"HGETALL", b"h"]).await;
     diffs.same(&mut d, &mut p, &[b"GET", b"missing"]).await;
@@ -1120,24 +770,11 @@ async fn resp3_after_hello_3_is_byte_identical() {
     // The redis crate speaking RESP3 through respite.
     let r3 = redis::Client::open(format!("{}/?protocol=resp3", pair.respite.url())).unwrap();
     let mut c = r3.get_multiplexed_async_connection().await.unwrap();
-    let v: Value = redis::cmd("HGETALL")
-        .arg("h")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let v: Value = redis::cmd("HGETALL").arg("h").query_async(&mut c).await.unwrap();
     assert!(matches!(v, Value::Map(ref m) if m.len() == 2), "{v:?}");
-    let v: Value = redis::cmd("SMEMBERS")
-        .arg("s")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let v: Value = redis::cmd("SMEMBERS").arg("s").query_async(&mut c).await.unwrap();
     assert!(matches!(v, Value::Set(ref m) if m.len() == 1), "{v:?}");
-    let v: Value = redis::cmd("ZSCORE")
-        .arg("z")
-        .arg("a")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let v: Value = redis::cmd("ZSCORE").arg("z").arg("a").query_async(&mut c).await.unwrap();
     assert_eq!(v, Value::Double(1.75));
     pair.respite.shutdown().await;
 }
@@ -1158,9 +795,7 @@ async fn auth_is_passed_through_per_client() {
     assert_eq!(esc(&r), "-NOAUTH Authentication required.\\r\\n");
     diffs.same(&mut d, &mut p, &[b"SET", b"k", b"v"]).await;
     diffs.same(&mut d, &mut p, &[b"AUTH", b"wrong"]).await;
-    diffs
-        .same(&mut d, &mut p, &[b"AUTH", b"default", b"wrong"])
-        .await;
+    diffs.same(&mut d, &mut p, &[b"AUTH", b"default", b"wrong"]).await;
     let r = diffs.same(&mut d, &mut p, &[b"AUTH", b"pw"]).await;
     assert_eq!(esc(&r), "+OK\\r\\n");
     diffs.same(&mut d, &mut p, &[b"SET", b"k", b"v"]).await;
@@ -1170,29 +805,14 @@ async fn auth_is_passed_through_per_client() {
     // Another client that did not AUTH is still refused, by Redis, with its own words.
     let mut other = Raw::connect(respite.addr).await;
     let r = other.req(&[b"GET", b"k"]).await;
-    diffs.check(
-        "GET from a second client without AUTH",
-        b"-NOAUTH Authentication required.\r\n",
-        &r,
-    );
+    diffs.check("GET from a second client without AUTH", b"-NOAUTH Authentication required.\r\n", &r);
     let r = other.req(&[b"PING"]).await;
-    diffs.check(
-        "PING from a second client without AUTH",
-        b"-NOAUTH Authentication required.\r\n",
-        &r,
-    );
+    diffs.check("PING from a second client without AUTH", b"-NOAUTH Authentication required.\r\n", &r);
     // … also with the redis crate and redis-cli.
     let mut c = respite.client().await;
-    let err = redis::cmd("GET")
-        .arg("k")
-        .query_async::<Option<String>>(&mut c)
-        .await
-        .unwrap_err();
+    let err = redis::cmd("GET").arg("k").query_async::<Option<String>>(&mut c).await.unwrap_err();
     assert_eq!(err.code(), Some("NOAUTH"), "{err:?}");
-    assert!(
-        redis_cli(respite.port(), &["GET", "k"]).contains("NOAUTH"),
-        "redis-cli without -a"
-    );
+    assert!(redis_cli(respite.port(), &["GET", "k"]).contains("NOAUTH"), "redis-cli without -a");
     // The first client stays authenticated.
     diffs.same(&mut d, &mut p, &[b"GET", b"k"]).await;
     diffs.assert_none();
@@ -1203,20 +823,9 @@ async fn auth_is_passed_through_per_client() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let v: String = redis::cmd("GET")
-        .arg("k")
-        .query_async(&mut authed)
-        .await
-        .unwrap();
+    let v: String = redis::cmd("GET").arg("k").query_async(&mut authed).await.unwrap();
     assert_eq!(v, "v");
-    assert_eq!(
-        redis_cli(
-            respite.port(),
-            &["--no-auth-warning", "-a", "pw", "GET", "k"]
-        )
-        .trim(),
-        "v"
-    );
+    assert_eq!(redis_cli(respite.port(), &["--no-auth-warning", "-a", "pw", "GET", "k"]).trim(), "v");
     respite.shutdown().await;
 }
 
@@ -1228,31 +837,10 @@ async fn auth_is_passed_through_per_client() {
 async fn error_replies_are_byte_identical() {
     let redis = RedisServer::start();
     let respite = Respite::start(&redis.url()).await;
-    let mut setup = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg("str")
-        .arg("abc")
-        .query_async(&mut setup)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("RPUSH")
-        .arg("list")
-        .arg("a")
-        .query_async(&mut setup)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("XADD")
-        .arg("st")
-        .arg("5-0")
-        .arg("f")
-        .arg("v")
-        .query_async(&mut setup)
-        .await
-        .unwrap();
+    let mut setup = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET").arg("str").arg("abc").query_async(&mut setup).await.unwrap();
+    let _: () = redis::cmd("RPUSH").arg("list").arg("a").query_async(&mut setup).await.unwrap();
+    let _: () = redis::cmd("XADD").arg("st").arg("5-0").arg("f").arg("v").query_async(&mut setup).await.unwrap();
 
     let mut d = Raw::connect(direct_addr(&redis)).await;
     let mut p = Raw::connect(respite.addr).await;
@@ -1295,11 +883,7 @@ async fn error_replies_are_byte_identical() {
         &[b"SELECT", b"x"],
         &[b"EXEC"],
         &[b"DISCARD"],
-        &[
-            b"EVAL",
-            b"return redis.error_reply('MYERR custom failure')",
-            b"0",
-        ],
+        &[b"EVAL", b"return redis.error_reply('MYERR custom failure')", b"0"],
         &[b"EVAL", b"return redis.call('nosuch')", b"0"],
         &[b"EVAL", b"syntax error here", b"0"],
         &[b"BLPOP", b"list", b"-1"],
@@ -1310,12 +894,7 @@ async fn error_replies_are_byte_identical() {
     ];
     for args in cases {
         let r = diffs.same(&mut d, &mut p, args).await;
-        assert!(
-            r.starts_with(b"-"),
-            "{} is an error case: {}",
-            label(args),
-            esc(&r)
-        );
+        assert!(r.starts_with(b"-"), "{} is an error case: {}", label(args), esc(&r));
     }
     // Errors inside MULTI: the queued error, then EXECABORT.
     diffs.same(&mut d, &mut p, &[b"MULTI"]).await;
@@ -1335,17 +914,9 @@ async fn error_replies_are_byte_identical() {
 
     // The redis crate sees the same error codes.
     let mut c = respite.client().await;
-    let err = redis::cmd("INCR")
-        .arg("str")
-        .query_async::<i64>(&mut c)
-        .await
-        .unwrap_err();
+    let err = redis::cmd("INCR").arg("str").query_async::<i64>(&mut c).await.unwrap_err();
     assert_eq!(err.kind(), redis::ErrorKind::ResponseError, "{err:?}");
-    let err = redis::cmd("GET")
-        .arg("list")
-        .query_async::<Option<String>>(&mut c)
-        .await
-        .unwrap_err();
+    let err = redis::cmd("GET").arg("list").query_async::<Option<String>>(&mut c).await.unwrap_err();
     assert_eq!(err.code(), Some("WRONGTYPE"), "{err:?}");
     respite.shutdown().await;
 }
@@ -1362,67 +933,33 @@ async fn client_setname_getname_is_per_client() {
     let mut b = Raw::connect(respite.addr).await;
 
     assert_eq!(esc(&b.req(&[b"CLIENT", b"GETNAME"]).await), "$-1\\r\\n");
-    assert_eq!(
-        esc(&a.req(&[b"CLIENT", b"SETNAME", b"app-a"]).await),
-        "+OK\\r\\n"
-    );
-    assert_eq!(
-        esc(&a.req(&[b"CLIENT", b"GETNAME"]).await),
-        esc(&bulk(b"app-a"))
-    );
-    assert_eq!(
-        esc(&b.req(&[b"CLIENT", b"GETNAME"]).await),
-        "$-1\\r\\n",
-        "B never named itself"
-    );
+    assert_eq!(esc(&a.req(&[b"CLIENT", b"SETNAME", b"app-a"]).await), "+OK\\r\\n");
+    assert_eq!(esc(&a.req(&[b"CLIENT", b"GETNAME"]).await), esc(&bulk(b"app-a")));
+    assert_eq!(esc(&b.req(&[b"CLIENT", b"GETNAME"]).await), "$-1\\r\\n", "B never named itself");
     // lower case, and after other traffic
     assert_eq!(esc(&a.req(&[b"SET", b"x", b"1"]).await), "+OK\\r\\n");
-    assert_eq!(
-        esc(&a.req(&[b"client", b"getname"]).await),
-        esc(&bulk(b"app-a"))
-    );
+    assert_eq!(esc(&a.req(&[b"client", b"getname"]).await), esc(&bulk(b"app-a")));
 
     // The redis crate: a fresh connection has no name; naming it works.
     let mut c = respite.client().await;
-    let name: Option<String> = redis::cmd("CLIENT")
-        .arg("GETNAME")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let name: Option<String> = redis::cmd("CLIENT").arg("GETNAME").query_async(&mut c).await.unwrap();
     assert_eq!(name, None);
-    let _: () = redis::cmd("CLIENT")
-        .arg("SETNAME")
-        .arg("crate-c")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let name: Option<String> = redis::cmd("CLIENT")
-        .arg("GETNAME")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let _: () = redis::cmd("CLIENT").arg("SETNAME").arg("crate-c").query_async(&mut c).await.unwrap();
+    let name: Option<String> = redis::cmd("CLIENT").arg("GETNAME").query_async(&mut c).await.unwrap();
     assert_eq!(name.as_deref(), Some("crate-c"));
     assert_eq!(esc(&b.req(&[b"CLIENT", b"GETNAME"]).await), "$-1\\r\\n");
-    assert_eq!(
-        esc(&a.req(&[b"CLIENT", b"GETNAME"]).await),
-        esc(&bulk(b"app-a"))
-    );
+    assert_eq!(esc(&a.req(&[b"CLIENT", b"GETNAME"]).await), esc(&bulk(b"app-a")));
 
     // Invalid names: Redis's error, unchanged.
     let mut d = Raw::connect(direct_addr(&redis)).await;
     let mut diffs = Diffs::default();
-    diffs
-        .same(&mut d, &mut b, &[b"CLIENT", b"SETNAME", b"has space"])
-        .await;
+    diffs.same(&mut d, &mut b, &[b"CLIENT", b"SETNAME", b"has space"]).await;
     diffs.same(&mut d, &mut b, &[b"CLIENT", b"SETNAME"]).await;
     diffs.assert_none();
     assert_eq!(esc(&b.req(&[b"CLIENT", b"GETNAME"]).await), "$-1\\r\\n");
 
     // Clearing the name.
-    assert_eq!(
-        esc(&a.req(&[b"CLIENT", b"SETNAME", b""]).await),
-        "+OK\\r\\n"
-    );
+    assert_eq!(esc(&a.req(&[b"CLIENT", b"SETNAME", b""]).await), "+OK\\r\\n");
     assert_eq!(esc(&a.req(&[b"CLIENT", b"GETNAME"]).await), "$-1\\r\\n");
     respite.shutdown().await;
 }
@@ -1439,36 +976,24 @@ async fn quit_replies_ok_then_closes() {
     let mut a = Raw::connect(respite.addr).await;
     assert_eq!(esc(&a.req(&[b"PING"]).await), "+PONG\\r\\n");
     assert_eq!(esc(&a.req(&[b"QUIT"]).await), "+OK\\r\\n");
-    assert!(
-        a.closed_within(Duration::from_secs(2)).await,
-        "closed after QUIT"
-    );
+    assert!(a.closed_within(Duration::from_secs(2)).await, "closed after QUIT");
 
     // Lower case, as the first command.
     let mut a = Raw::connect(respite.addr).await;
     assert_eq!(esc(&a.req(&[b"quit"]).await), "+OK\\r\\n");
-    assert!(
-        a.closed_within(Duration::from_secs(2)).await,
-        "closed after quit"
-    );
+    assert!(a.closed_within(Duration::from_secs(2)).await, "closed after quit");
 
     // On a pinned (dedicated) connection.
     let mut a = Raw::connect(respite.addr).await;
     assert_eq!(esc(&a.req(&[b"SELECT", b"2"]).await), "+OK\\r\\n");
     assert_eq!(esc(&a.req(&[b"QUIT"]).await), "+OK\\r\\n");
-    assert!(
-        a.closed_within(Duration::from_secs(2)).await,
-        "closed after QUIT on a pinned connection"
-    );
+    assert!(a.closed_within(Duration::from_secs(2)).await, "closed after QUIT on a pinned connection");
 
     // While subscribed.
     let mut a = Raw::connect(respite.addr).await;
     a.req(&[b"SUBSCRIBE", b"ch"]).await;
     assert_eq!(esc(&a.req(&[b"QUIT"]).await), "+OK\\r\\n");
-    assert!(
-        a.closed_within(Duration::from_secs(2)).await,
-        "closed after QUIT while subscribed"
-    );
+    assert!(a.closed_within(Duration::from_secs(2)).await, "closed after QUIT while subscribed");
 
     // respite itself is unaffected.
     let mut c = respite.client().await;
@@ -1477,12 +1002,7 @@ async fn quit_replies_ok_then_closes() {
 
     // In a pipeline: what follows QUIT is not executed, exactly as with Redis direct.
     let mut frames = Vec::new();
-    for args in [
-        &[&b"SET"[..], b"q", b"1"][..],
-        &[b"QUIT"],
-        &[b"SET", b"q", b"2"],
-        &[b"INCR", b"after-quit"],
-    ] {
+    for args in [&[&b"SET"[..], b"q", b"1"][..], &[b"QUIT"], &[b"SET", b"q", b"2"], &[b"INCR", b"after-quit"]] {
         frames.extend_from_slice(&encode(args));
     }
     let mut direct = TcpStream::connect(direct_addr(&redis)).await.unwrap();
@@ -1495,9 +1015,7 @@ async fn quit_replies_ok_then_closes() {
     proxied.write_all(&frames).await.unwrap();
     let (pbytes, pclosed) = read_to_close(&mut proxied, Duration::from_secs(2)).await;
     let q = redis_cli(redis.port, &["GET", "q"]).trim().to_string();
-    let after = redis_cli(redis.port, &["EXISTS", "after-quit"])
-        .trim()
-        .to_string();
+    let after = redis_cli(redis.port, &["EXISTS", "after-quit"]).trim().to_string();
     assert!(
         pbytes == dbytes && pclosed && q == "1" && after == "0",
         "pipelined SET q 1, QUIT, SET q 2, INCR after-quit through respite:\n  \
@@ -1523,28 +1041,10 @@ async fn twelve_megabyte_values_round_trip() {
 
     // The redis crate.
     let big = random_bytes(SIZE, 0x9E37_79B9_7F4A_7C15);
-    let _: () = redis::cmd("SET")
-        .arg("big:crate")
-        .arg(&big)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let got: Vec<u8> = redis::cmd("GET")
-        .arg("big:crate")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert!(
-        got == big,
-        "GET returned {} bytes, different from the {} set",
-        got.len(),
-        big.len()
-    );
-    let len: usize = redis::cmd("STRLEN")
-        .arg("big:crate")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let _: () = redis::cmd("SET").arg("big:crate").arg(&big).query_async(&mut c).await.unwrap();
+    let got: Vec<u8> = redis::cmd("GET").arg("big:crate").query_async(&mut c).await.unwrap();
+    assert!(got == big, "GET returned {} bytes, different from the {} set", got.len(), big.len());
+    let len: usize = redis::cmd("STRLEN").arg("big:crate").query_async(&mut c).await.unwrap();
     assert_eq!(len, SIZE);
 
     // redis-cli -x SET from a file, read back by both clients.
@@ -1564,29 +1064,14 @@ async fn twelve_megabyte_values_round_trip() {
         "redis-cli -x SET: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let got: Vec<u8> = redis::cmd("GET")
-        .arg("big:cli")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert!(
-        got == big2,
-        "value set by redis-cli, read by the redis crate: {} bytes",
-        got.len()
-    );
+    let got: Vec<u8> = redis::cmd("GET").arg("big:cli").query_async(&mut c).await.unwrap();
+    assert!(got == big2, "value set by redis-cli, read by the redis crate: {} bytes", got.len());
     for (key, want) in [("big:cli", &big2), ("big:crate", &big)] {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &port, "GET", key])
-            .output()
-            .unwrap();
+        let out = std::process::Command::new("redis-cli").args(["-p", &port, "GET", key]).output().unwrap();
         // Not a terminal: redis-cli prints the raw value and a newline.
         let mut stdout = out.stdout;
         assert_eq!(stdout.pop(), Some(b'\n'));
-        assert!(
-            stdout == *want,
-            "redis-cli GET {key}: {} bytes",
-            stdout.len()
-        );
+        assert!(stdout == *want, "redis-cli GET {key}: {} bytes", stdout.len());
     }
 
     // Byte-exact raw replies equal Redis direct.
@@ -1738,12 +1223,7 @@ async fn byte_for_byte_transparency_table() {
         &[b"DEL", b"a2", b"nokey", b"s2"],
         &[b"DBSIZE"],
         &[b"EVAL", b"return {1, 'two', {3}, false, 'x'}", b"0"],
-        &[
-            b"EVAL",
-            b"return redis.call('HGETALL', KEYS[1])",
-            b"1",
-            b"h",
-        ],
+        &[b"EVAL", b"return redis.call('HGETALL', KEYS[1])", b"1", b"h"],
     ];
     for args in table {
         diffs.same(&mut d, &mut p, args).await;
@@ -1752,19 +1232,11 @@ async fn byte_for_byte_transparency_table() {
     for args in [["GET", "s1"], ["TYPE", "st"], ["TTL", "s1"]] {
         let want = redis_cli(pair.direct.port, &args);
         let got = redis_cli(pair.respite.port(), &args);
-        diffs.check(
-            &format!("redis-cli {}", args.join(" ")),
-            want.as_bytes(),
-            got.as_bytes(),
-        );
+        diffs.check(&format!("redis-cli {}", args.join(" ")), want.as_bytes(), got.as_bytes());
     }
     let mut cd = pair.direct_client().await;
     let mut cp = pair.respite.client().await;
-    for args in [
-        vec!["XRANGE", "st", "-", "+"],
-        vec!["ZRANGE", "z", "0", "-1", "WITHSCORES"],
-        vec!["HGETALL", "h"],
-    ] {
+    for args in [vec!["XRANGE", "st", "-", "+"], vec!["ZRANGE", "z", "0", "-1", "WITHSCORES"], vec!["HGETALL", "h"]] {
         let mut cmd = redis::cmd(args[0]);
         for a in &args[1..] {
             cmd.arg(*a);
@@ -1779,9 +1251,6 @@ async fn byte_for_byte_transparency_table() {
     }
     diffs.assert_none();
     // The proxied server really holds the state (respite did not answer from elsewhere).
-    assert_eq!(
-        redis_cli(pair.proxied.port, &["GET", "s1"]).trim(),
-        "hello World"
-    );
+    assert_eq!(redis_cli(pair.proxied.port, &["GET", "s1"]).trim(), "hello World");
     pair.respite.shutdown().await;
 }

@@ -92,15 +92,7 @@ pub(crate) const fn c(
     step: i8,
     route: Route,
 ) -> CommandSpec {
-    CommandSpec {
-        name,
-        arity,
-        flags,
-        first_key,
-        last_key,
-        step,
-        route,
-    }
+    CommandSpec { name, arity, flags, first_key, last_key, step, route }
 }
 
 impl CommandSpec {
@@ -124,17 +116,9 @@ impl CommandSpec {
     /// Key argument positions for commands whose keys are at fixed positions.
     pub fn key_positions(&self, argc: usize) -> impl Iterator<Item = usize> {
         let first = self.first_key as isize;
-        let last = if self.last_key < 0 {
-            argc as isize + self.last_key as isize
-        } else {
-            self.last_key as isize
-        };
+        let last = if self.last_key < 0 { argc as isize + self.last_key as isize } else { self.last_key as isize };
         let step = self.step.max(1) as usize;
-        let range = if first <= 0 || last < first {
-            0..0
-        } else {
-            first as usize..(last as usize + 1).min(argc)
-        };
+        let range = if first <= 0 || last < first { 0..0 } else { first as usize..(last as usize + 1).min(argc) };
         range.step_by(step)
     }
 }
@@ -180,24 +164,13 @@ pub fn lookup(name: &[u8]) -> Option<(CommandId, &'static CommandSpec)> {
 
 /// The metric label of a command id: the lower-case name, or `other`.
 pub fn label(id: CommandId) -> String {
-    TABLE
-        .get(id)
-        .map(|c| c.name.to_ascii_lowercase())
-        .unwrap_or_else(|| "other".to_string())
+    TABLE.get(id).map(|c| c.name.to_ascii_lowercase()).unwrap_or_else(|| "other".to_string())
 }
 
 /// CLIENT subcommands that change the connection's state and therefore pin it. CLIENT ID
 /// pins too: a client asking for its id means to use it (TRACKING REDIRECT, CLIENT KILL).
-pub const CLIENT_PINNING: &[&str] = &[
-    "SETNAME",
-    "SETINFO",
-    "ID",
-    "CACHING",
-    "NO-EVICT",
-    "NO-TOUCH",
-    "GETREDIR",
-    "TRACKINGINFO",
-];
+pub const CLIENT_PINNING: &[&str] =
+    &["SETNAME", "SETINFO", "ID", "CACHING", "NO-EVICT", "NO-TOUCH", "GETREDIR", "TRACKINGINFO"];
 
 /// CLIENT subcommands after which the upstream may push at any time: relayed as a stream.
 pub const CLIENT_STREAMING: &[&str] = &["TRACKING"];
@@ -227,19 +200,9 @@ mod tests {
     #[test]
     fn every_entry_is_found_by_its_name_in_any_case() {
         for (id, spec) in TABLE.iter().enumerate() {
-            assert_eq!(
-                lookup(spec.name.as_bytes()).map(|(i, _)| i),
-                Some(id),
-                "{}",
-                spec.name
-            );
+            assert_eq!(lookup(spec.name.as_bytes()).map(|(i, _)| i), Some(id), "{}", spec.name);
             let lower = spec.name.to_ascii_lowercase();
-            assert_eq!(
-                lookup(lower.as_bytes()).map(|(i, _)| i),
-                Some(id),
-                "{}",
-                spec.name
-            );
+            assert_eq!(lookup(lower.as_bytes()).map(|(i, _)| i), Some(id), "{}", spec.name);
         }
         assert!(lookup(b"NOSUCHCOMMAND").is_none());
         assert!(lookup(&[b'A'; 40]).is_none());
@@ -257,29 +220,14 @@ mod tests {
             assert!(names.insert(spec.name), "duplicate {}", spec.name);
             assert_eq!(spec.name, spec.name.to_ascii_uppercase());
             assert!(spec.arity != 0, "{}", spec.name);
-            assert!(
-                !(spec.is_write() && spec.flags & flags::R != 0),
-                "{} both read and write",
-                spec.name
-            );
+            assert!(!(spec.is_write() && spec.flags & flags::R != 0), "{} both read and write", spec.name);
             if spec.flags & flags::B != 0 {
-                assert!(
-                    matches!(spec.route, Route::Blocking(_)),
-                    "{} blocks but is not routed as blocking",
-                    spec.name
-                );
+                assert!(matches!(spec.route, Route::Blocking(_)), "{} blocks but is not routed as blocking", spec.name);
             }
             if let Route::Blocking(_) = spec.route {
-                assert!(
-                    spec.flags & flags::B != 0 || spec.name == "WAIT",
-                    "{}",
-                    spec.name
-                );
+                assert!(spec.flags & flags::B != 0 || spec.name == "WAIT", "{}", spec.name);
             }
-            if spec.flags & flags::P != 0
-                && spec.name.contains("SUBSCRIBE")
-                && !spec.name.contains("UNSUB")
-            {
+            if spec.flags & flags::P != 0 && spec.name.contains("SUBSCRIBE") && !spec.name.contains("UNSUB") {
                 assert_eq!(spec.route, Route::Stream, "{}", spec.name);
             }
             if spec.first_key > 0 {
@@ -290,29 +238,11 @@ mod tests {
 
     #[test]
     fn stateful_commands_never_share_a_connection() {
-        for name in [
-            "SELECT",
-            "AUTH",
-            "HELLO",
-            "MULTI",
-            "WATCH",
-            "RESET",
-            "READONLY",
-            "READWRITE",
-            "ASKING",
-        ] {
-            assert_eq!(
-                lookup(name.as_bytes()).unwrap().1.route,
-                Route::Pin,
-                "{name}"
-            );
+        for name in ["SELECT", "AUTH", "HELLO", "MULTI", "WATCH", "RESET", "READONLY", "READWRITE", "ASKING"] {
+            assert_eq!(lookup(name.as_bytes()).unwrap().1.route, Route::Pin, "{name}");
         }
         for name in ["SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR"] {
-            assert_eq!(
-                lookup(name.as_bytes()).unwrap().1.route,
-                Route::Stream,
-                "{name}"
-            );
+            assert_eq!(lookup(name.as_bytes()).unwrap().1.route, Route::Stream, "{name}");
         }
         for (name, block) in [
             ("BLPOP", Block::LastArgSecs),
@@ -327,33 +257,19 @@ mod tests {
             ("XREADGROUP", Block::BlockOption),
             ("WAIT", Block::ArgMillis(2)),
         ] {
-            assert_eq!(
-                lookup(name.as_bytes()).unwrap().1.route,
-                Route::Blocking(block),
-                "{name}"
-            );
+            assert_eq!(lookup(name.as_bytes()).unwrap().1.route, Route::Blocking(block), "{name}");
         }
         assert_eq!(lookup(b"QUIT").unwrap().1.route, Route::Local);
         for name in ["SYNC", "PSYNC", "REPLCONF"] {
-            assert_eq!(
-                lookup(name.as_bytes()).unwrap().1.route,
-                Route::Refused,
-                "{name}"
-            );
+            assert_eq!(lookup(name.as_bytes()).unwrap().1.route, Route::Refused, "{name}");
         }
         assert_eq!(lookup(b"CLIENT").unwrap().1.route, Route::Client);
         for sub in CLIENT_PINNING {
-            assert_eq!(
-                client_route(sub.to_ascii_lowercase().as_bytes()),
-                Route::Pin,
-                "{sub}"
-            );
+            assert_eq!(client_route(sub.to_ascii_lowercase().as_bytes()), Route::Pin, "{sub}");
         }
         assert_eq!(client_route(b"reply"), Route::Refused);
         assert_eq!(client_route(b"tracking"), Route::Stream);
-        for sub in [
-            "GETNAME", "LIST", "INFO", "KILL", "PAUSE", "UNPAUSE", "NO-SUCH",
-        ] {
+        for sub in ["GETNAME", "LIST", "INFO", "KILL", "PAUSE", "UNPAUSE", "NO-SUCH"] {
             assert_eq!(client_route(sub.as_bytes()), Route::Shared, "{sub}");
         }
     }

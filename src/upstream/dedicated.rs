@@ -39,12 +39,7 @@ pub enum StateKey {
 
 impl Dedicated {
     pub fn new(connector: Arc<Connector>) -> Dedicated {
-        Dedicated {
-            connector,
-            stream: None,
-            buf: BytesMut::with_capacity(16 << 10),
-            state: Vec::new(),
-        }
+        Dedicated { connector, stream: None, buf: BytesMut::with_capacity(16 << 10), state: Vec::new() }
     }
 
     /// Records a request that set connection state (after the upstream accepted it).
@@ -93,18 +88,16 @@ impl Dedicated {
                 };
                 stream.write_all(&all).await.map_err(broken)?;
                 self.buf.clear();
-                let reply = read_replies(&mut stream, &mut self.buf, self.state.len())
-                    .await
-                    .map_err(|e| UpstreamError::Connect {
+                let reply = read_replies(&mut stream, &mut self.buf, self.state.len()).await.map_err(|e| {
+                    UpstreamError::Connect {
                         addr: self.connector.url().addr(),
                         reason: format!("restoring the client's connection state: {e}"),
-                    })?;
+                    }
+                })?;
                 let mut start = 0;
                 for &end in &reply.ends {
                     if matches!(reply.bytes[start], b'-' | b'!') {
-                        let msg =
-                            String::from_utf8_lossy(&reply.bytes[start + 1..end as usize - 2])
-                                .into_owned();
+                        let msg = String::from_utf8_lossy(&reply.bytes[start + 1..end as usize - 2]).into_owned();
                         return Err(UpstreamError::Connect {
                             addr: self.connector.url().addr(),
                             reason: format!("restoring the client's connection state: {msg}"),
@@ -120,28 +113,17 @@ impl Dedicated {
 
     /// Sends `count` requests and reads their replies, until `deadline` (`None`: no limit,
     /// for blocking commands with a zero timeout). Any failure drops the connection.
-    pub async fn round(
-        &mut self,
-        bytes: &[u8],
-        count: usize,
-        deadline: Option<Instant>,
-    ) -> BatchResult {
+    pub async fn round(&mut self, bytes: &[u8], count: usize, deadline: Option<Instant>) -> BatchResult {
         let budget = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let work = async {
             if let Err(e) = self.ensure_connected().await {
-                return Err(Box::new(BatchFailure {
-                    done: BatchReply::default(),
-                    error: e,
-                }));
+                return Err(Box::new(BatchFailure { done: BatchReply::default(), error: e }));
             }
             let stream = self.stream.as_mut().expect("connected above");
             if let Err(e) = stream.write_all(bytes).await {
                 return Err(Box::new(BatchFailure {
                     done: BatchReply::default(),
-                    error: UpstreamError::Broken {
-                        reason: e.to_string(),
-                        sent: true,
-                    },
+                    error: UpstreamError::Broken { reason: e.to_string(), sent: true },
                 }));
             }
             read_replies_partial(stream, &mut self.buf, count).await
@@ -178,11 +160,7 @@ fn round_duration(d: std::time::Duration) -> std::time::Duration {
 
 /// Reads `count` replies (RESP3 pushes pass through uncounted); on failure returns what
 /// completed.
-async fn read_replies_partial(
-    stream: &mut UpstreamStream,
-    buf: &mut BytesMut,
-    count: usize,
-) -> BatchResult {
+async fn read_replies_partial(stream: &mut UpstreamStream, buf: &mut BytesMut, count: usize) -> BatchResult {
     let mut scanner = ReplyScanner::default();
     let mut acc = 0usize;
     let mut ends: SmallVec<[u32; 16]> = SmallVec::new();
@@ -207,18 +185,12 @@ async fn read_replies_partial(
         let n = match stream.read_buf(buf).await {
             Ok(n) => n,
             Err(e) => {
-                let error = UpstreamError::Broken {
-                    reason: e.to_string(),
-                    sent: true,
-                };
+                let error = UpstreamError::Broken { reason: e.to_string(), sent: true };
                 return Err(Box::new(fail_partial(buf, ends, error)));
             }
         };
         if n == 0 {
-            let error = UpstreamError::Broken {
-                reason: "closed by the upstream".into(),
-                sent: true,
-            };
+            let error = UpstreamError::Broken { reason: "closed by the upstream".into(), sent: true };
             return Err(Box::new(fail_partial(buf, ends, error)));
         }
     }
@@ -227,17 +199,10 @@ async fn read_replies_partial(
 }
 
 /// Only whole replies count as done (with any pushes before the last of them).
-fn fail_partial(
-    buf: &mut BytesMut,
-    ends: SmallVec<[u32; 16]>,
-    error: UpstreamError,
-) -> BatchFailure {
+fn fail_partial(buf: &mut BytesMut, ends: SmallVec<[u32; 16]>, error: UpstreamError) -> BatchFailure {
     let complete = ends.last().map_or(0, |&e| e as usize);
     let bytes = buf.split_to(complete).freeze();
-    BatchFailure {
-        done: BatchReply { bytes, ends },
-        error,
-    }
+    BatchFailure { done: BatchReply { bytes, ends }, error }
 }
 
 async fn read_replies(
@@ -245,7 +210,5 @@ async fn read_replies(
     buf: &mut BytesMut,
     count: usize,
 ) -> Result<BatchReply, UpstreamError> {
-    read_replies_partial(stream, buf, count)
-        .await
-        .map_err(|f| f.error)
+    read_replies_partial(stream, buf, count).await.map_err(|f| f.error)
 }

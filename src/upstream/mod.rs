@@ -56,13 +56,7 @@ impl Connector {
             encode_command(&mut handshake, &[b"SELECT", db.as_bytes()]);
             n += 1;
         }
-        Connector {
-            url,
-            connect_timeout: cfg.connect_timeout.0,
-            metrics,
-            handshake,
-            handshake_replies: n,
-        }
+        Connector { url, connect_timeout: cfg.connect_timeout.0, metrics, handshake, handshake_replies: n }
     }
 
     /// The upstream address, without credentials.
@@ -80,28 +74,17 @@ impl Connector {
                 reason: format!("timed out after {:?}", self.connect_timeout),
             }),
         };
-        self.metrics
-            .upstream_connects
-            .with_label_values(&[if result.is_ok() { "ok" } else { "error" }])
-            .inc();
+        self.metrics.upstream_connects.with_label_values(&[if result.is_ok() { "ok" } else { "error" }]).inc();
         result
     }
 
     async fn connect_inner(&self) -> Result<UpstreamStream, UpstreamError> {
         let addr = self.url.addr();
-        let err = |reason: String| UpstreamError::Connect {
-            addr: addr.clone(),
-            reason,
-        };
-        let mut stream = TcpStream::connect(&addr)
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let err = |reason: String| UpstreamError::Connect { addr: addr.clone(), reason };
+        let mut stream = TcpStream::connect(&addr).await.map_err(|e| err(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         if self.handshake_replies > 0 {
-            stream
-                .write_all(&self.handshake)
-                .await
-                .map_err(|e| err(e.to_string()))?;
+            stream.write_all(&self.handshake).await.map_err(|e| err(e.to_string()))?;
             let mut buf = BytesMut::with_capacity(256);
             let mut scanner = ReplyScanner::default();
             for _ in 0..self.handshake_replies {
@@ -109,12 +92,7 @@ impl Connector {
                     if let Some(info) = scanner.next(&buf).map_err(|e| err(e.to_string()))? {
                         break info;
                     }
-                    if stream
-                        .read_buf(&mut buf)
-                        .await
-                        .map_err(|e| err(e.to_string()))?
-                        == 0
-                    {
+                    if stream.read_buf(&mut buf).await.map_err(|e| err(e.to_string()))? == 0 {
                         return Err(err("connection closed during handshake".into()));
                     }
                 };
@@ -171,11 +149,7 @@ impl Upstream {
                 )
             })
             .collect();
-        Upstream {
-            connector,
-            muxes,
-            next: AtomicUsize::new(0),
-        }
+        Upstream { connector, muxes, next: AtomicUsize::new(0) }
     }
 
     /// A shared connection for a new client session (round robin).
@@ -230,21 +204,12 @@ pub async fn probe(
 }
 
 async fn ping(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(), UpstreamError> {
-    let broken = |e: std::io::Error| UpstreamError::Broken {
-        reason: e.to_string(),
-        sent: true,
-    };
-    stream
-        .write_all(b"*1\r\n$4\r\nPING\r\n")
-        .await
-        .map_err(broken)?;
+    let broken = |e: std::io::Error| UpstreamError::Broken { reason: e.to_string(), sent: true };
+    stream.write_all(b"*1\r\n$4\r\nPING\r\n").await.map_err(broken)?;
     buf.clear();
     let mut scanner = ReplyScanner::default();
     loop {
-        if let Some(info) = scanner
-            .next(buf)
-            .map_err(|e| UpstreamError::Protocol(e.to_string()))?
-        {
+        if let Some(info) = scanner.next(buf).map_err(|e| UpstreamError::Protocol(e.to_string()))? {
             // A LOADING or BUSY error means the upstream cannot serve yet.
             if info.is_error() {
                 let msg = String::from_utf8_lossy(&buf[1..info.len - 2]).into_owned();
@@ -253,10 +218,7 @@ async fn ping(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(), Ups
             return Ok(());
         }
         if stream.read_buf(buf).await.map_err(broken)? == 0 {
-            return Err(UpstreamError::Broken {
-                reason: "connection closed".into(),
-                sent: true,
-            });
+            return Err(UpstreamError::Broken { reason: "connection closed".into(), sent: true });
         }
     }
 }

@@ -43,10 +43,7 @@ pub struct BatchFailure {
 
 impl BatchFailure {
     fn new(error: UpstreamError) -> BatchFailure {
-        BatchFailure {
-            done: BatchReply::default(),
-            error,
-        }
+        BatchFailure { done: BatchReply::default(), error }
     }
 }
 
@@ -83,12 +80,7 @@ impl Mux {
         cancel: CancellationToken,
     ) -> Mux {
         let (tx, rx) = mpsc::channel(1024);
-        let ctx = ConnCtx {
-            timeout,
-            health,
-            metrics,
-            tracker: tracker.clone(),
-        };
+        let ctx = ConnCtx { timeout, health, metrics, tracker: tracker.clone() };
         tracker.spawn(writer(rx, connector, ctx, cancel));
         Mux { tx }
     }
@@ -96,16 +88,7 @@ impl Mux {
     /// Sends `count` complete requests (`bytes`, back to back) and waits for their replies.
     pub async fn send(&self, bytes: Bytes, count: usize) -> BatchResult {
         let (reply, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Batch {
-                bytes,
-                count,
-                reply,
-            })
-            .await
-            .is_err()
-        {
+        if self.tx.send(Batch { bytes, count, reply }).await.is_err() {
             return Err(Box::new(BatchFailure::new(UpstreamError::Broken {
                 reason: "respite is shutting down".into(),
                 sent: false,
@@ -134,12 +117,7 @@ struct Conn {
     dead: CancellationToken,
 }
 
-async fn writer(
-    mut rx: mpsc::Receiver<Batch>,
-    connector: Arc<Connector>,
-    ctx: ConnCtx,
-    cancel: CancellationToken,
-) {
+async fn writer(mut rx: mpsc::Receiver<Batch>, connector: Arc<Connector>, ctx: ConnCtx, cancel: CancellationToken) {
     let mut conn: Option<Conn> = None;
     let mut gathered: Vec<Batch> = Vec::new();
     let mut wbuf = BytesMut::new();
@@ -165,11 +143,8 @@ async fn writer(
         }
         if conn.as_ref().is_none_or(|c| c.dead.is_cancelled()) {
             conn = None;
-            let connected = if ctx.health.upstream_usable() {
-                connector.connect().await
-            } else {
-                Err(UpstreamError::Down)
-            };
+            let connected =
+                if ctx.health.upstream_usable() { connector.connect().await } else { Err(UpstreamError::Down) };
             match connected {
                 Ok(stream) => conn = Some(start_conn(stream, &ctx)),
                 Err(e) => {
@@ -184,11 +159,7 @@ async fn writer(
             }
         }
         let c = conn.as_mut().expect("connected above");
-        let single = if gathered.len() == 1 {
-            Some(gathered[0].bytes.clone())
-        } else {
-            None
-        };
+        let single = if gathered.len() == 1 { Some(gathered[0].bytes.clone()) } else { None };
         if single.is_none() {
             wbuf.clear();
             for b in &gathered {
@@ -197,11 +168,7 @@ async fn writer(
         }
         let now = Instant::now();
         for b in gathered.drain(..) {
-            let _ = c.pending.send(Pending {
-                count: b.count,
-                reply: b.reply,
-                sent_at: now,
-            });
+            let _ = c.pending.send(Pending { count: b.count, reply: b.reply, sent_at: now });
         }
         let written = match &single {
             Some(bytes) => c.write.write_all(bytes).await,
@@ -225,13 +192,8 @@ fn start_conn(stream: super::UpstreamStream, ctx: &ConnCtx) -> Conn {
     let (read, write) = stream.into_split();
     let (pending, pending_rx) = mpsc::unbounded_channel();
     let dead = CancellationToken::new();
-    ctx.tracker
-        .spawn(reader(read, pending_rx, dead.clone(), ctx.clone()));
-    Conn {
-        write,
-        pending,
-        dead,
-    }
+    ctx.tracker.spawn(reader(read, pending_rx, dead.clone(), ctx.clone()));
+    Conn { write, pending, dead }
 }
 
 struct Current {
@@ -255,22 +217,14 @@ async fn reader(
         loop {
             if cur.is_none() {
                 match pending_rx.try_recv() {
-                    Ok(p) => {
-                        cur = Some(Current {
-                            p,
-                            acc: 0,
-                            ends: SmallVec::new(),
-                        })
-                    }
+                    Ok(p) => cur = Some(Current { p, acc: 0, ends: SmallVec::new() }),
                     Err(_) => break,
                 }
             }
             let c = cur.as_mut().expect("set above");
             match scanner.next(&buf[c.acc..]) {
                 Ok(Some(info)) if info.is_push() => {
-                    break 'conn UpstreamError::Protocol(
-                        "unexpected push frame on a shared connection".into(),
-                    )
+                    break 'conn UpstreamError::Protocol("unexpected push frame on a shared connection".into())
                 }
                 Ok(Some(info)) => {
                     c.acc += info.len;
@@ -281,10 +235,7 @@ async fn reader(
                         ctx.metrics.upstream_duration.observe(elapsed.as_secs_f64());
                         ctx.health.record_success(elapsed);
                         let bytes = buf.split_to(c.acc).freeze();
-                        let _ = c.p.reply.send(Ok(BatchReply {
-                            bytes,
-                            ends: c.ends,
-                        }));
+                        let _ = c.p.reply.send(Ok(BatchReply { bytes, ends: c.ends }));
                     }
                 }
                 Ok(None) => break,
@@ -316,18 +267,12 @@ async fn reader(
     ctx.health.record_failure(&error.to_string());
     if let Some(c) = cur {
         let bytes = buf.split_to(c.acc).freeze();
-        let _ = c.p.reply.send(Err(Box::new(BatchFailure {
-            done: BatchReply {
-                bytes,
-                ends: c.ends,
-            },
-            error: error.clone(),
-        })));
+        let _ =
+            c.p.reply
+                .send(Err(Box::new(BatchFailure { done: BatchReply { bytes, ends: c.ends }, error: error.clone() })));
     }
     pending_rx.close();
     while let Ok(p) = pending_rx.try_recv() {
-        let _ = p
-            .reply
-            .send(Err(Box::new(BatchFailure::new(error.clone()))));
+        let _ = p.reply.send(Err(Box::new(BatchFailure::new(error.clone()))));
     }
 }

@@ -16,11 +16,7 @@ use tokio::task::JoinHandle;
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A real redis-server child process.
@@ -39,12 +35,8 @@ impl RedisServer {
     /// Starts with extra arguments, e.g. `["--requirepass", "pw"]` or `["--appendonly", "yes"]`.
     pub fn start_with(extra: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = RedisServer {
-            port: free_port(),
-            child: None,
-            dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
+        let mut s =
+            RedisServer { port: free_port(), child: None, dir, extra: extra.iter().map(|s| s.to_string()).collect() };
         s.spawn();
         s
     }
@@ -91,11 +83,7 @@ impl RedisServer {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
+        let ok = Command::new("kill").args([sig, &self.pid().to_string()]).status().unwrap().success();
         assert!(ok, "kill {sig} failed");
     }
 
@@ -127,9 +115,7 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         if let Some(c) = &self.child {
-            let _ = Command::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
         }
         self.kill();
     }
@@ -172,12 +158,7 @@ impl Respite {
         let task = tokio::spawn(respite::run(validated, listener, admin, async move {
             let _ = stopped.await;
         }));
-        Respite {
-            addr,
-            admin: admin_addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Respite { addr, admin: admin_addr, stop: Some(stop), task: Some(task) }
     }
 
     pub fn url(&self) -> String {
@@ -190,11 +171,7 @@ impl Respite {
 
     /// A `redis` crate client connected through respite.
     pub async fn client(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
     }
 
     /// Triggers graceful shutdown and waits for it.
@@ -203,10 +180,7 @@ impl Respite {
             let _ = s.send(());
         }
         if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), t)
-                .await
-                .expect("shutdown within 10s")
-                .unwrap();
+            tokio::time::timeout(Duration::from_secs(10), t).await.expect("shutdown within 10s").unwrap();
         }
     }
 
@@ -239,10 +213,7 @@ impl Respite {
             if s["state"] == state {
                 return;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "state {state} not reached; status: {s}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "state {state} not reached; status: {s}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -258,9 +229,7 @@ impl Drop for Respite {
 
 pub fn metric_value(body: &str, sample: &str) -> Option<f64> {
     body.lines().find_map(|l| {
-        l.strip_prefix(sample)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
+        l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
     })
 }
 
@@ -274,9 +243,7 @@ pub async fn http(
 ) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let body = body.unwrap_or("");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -285,15 +252,8 @@ pub async fn http(
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
-    let code = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
 }
 
@@ -305,10 +265,7 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(addr: SocketAddr) -> Raw {
-        Raw {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            buf: Vec::new(),
-        }
+        Raw { stream: TcpStream::connect(addr).await.unwrap(), buf: Vec::new() }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
@@ -322,9 +279,7 @@ impl Raw {
 
     /// Reads exactly one complete reply (RESP2 or RESP3), within 5 seconds.
     pub async fn reply(&mut self) -> Vec<u8> {
-        self.reply_within(Duration::from_secs(5))
-            .await
-            .expect("a reply within the time limit")
+        self.reply_within(Duration::from_secs(5)).await.expect("a reply within the time limit")
     }
 
     pub async fn reply_within(&mut self, d: Duration) -> Option<Vec<u8>> {
@@ -356,19 +311,13 @@ impl Raw {
     /// Whether the peer closed the connection (EOF) within `d`.
     pub async fn closed_within(&mut self, d: Duration) -> bool {
         let mut chunk = [0u8; 1024];
-        matches!(
-            tokio::time::timeout(d, self.stream.read(&mut chunk)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        )
+        matches!(tokio::time::timeout(d, self.stream.read(&mut chunk)).await, Ok(Ok(0)) | Ok(Err(_)))
     }
 }
 
 /// Length of the first complete reply in `buf`, using respite's own scanner.
 pub fn reply_len(buf: &[u8]) -> Option<usize> {
-    respite::resp::ReplyScanner::default()
-        .next(buf)
-        .unwrap()
-        .map(|i| i.len)
+    respite::resp::ReplyScanner::default().next(buf).unwrap().map(|i| i.len)
 }
 
 pub fn encode(args: &[&[u8]]) -> Vec<u8> {
@@ -388,11 +337,7 @@ pub fn respite_bin() -> PathBuf {
 
 /// Runs `redis-cli` with arguments; returns stdout.
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .arg("-p")
-        .arg(port.to_string())
-        .args(args)
-        .output()
-        .expect("redis-cli installed");
+    let out =
+        Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli installed");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

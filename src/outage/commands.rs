@@ -1,0 +1,1573 @@
+//! What respite serves from its local store while the upstream is down: one table entry
+//! per command (data), each with the function that answers it the way Redis would on the
+//! store's content. Commands not in [`TABLE`] are refused with a clear error.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use indexmap::{IndexMap, IndexSet};
+
+use super::{CmdErr, Cx, Res};
+use crate::store::{Entry, Value, ZSet};
+
+/// How a command is served during an outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Answered from the store.
+    Read,
+    /// Applied to the store and journaled for replay.
+    Write,
+    /// A write whose meaning depends on the upstream's current state (SETNX, HSETNX,
+    /// MSETNX): refused unless `[outage] allow_conditional`.
+    Conditional,
+    /// Answered by respite alone (PING, ECHO, TIME, DBSIZE).
+    Local,
+}
+
+pub struct OutageSpec {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub run: fn(&mut Cx<'_>) -> Res,
+}
+
+const fn r(name: &'static str, run: fn(&mut Cx<'_>) -> Res) -> OutageSpec {
+    OutageSpec { name, kind: Kind::Read, run }
+}
+const fn w(name: &'static str, run: fn(&mut Cx<'_>) -> Res) -> OutageSpec {
+    OutageSpec { name, kind: Kind::Write, run }
+}
+const fn cond(name: &'static str, run: fn(&mut Cx<'_>) -> Res) -> OutageSpec {
+    OutageSpec { name, kind: Kind::Conditional, run }
+}
+const fn l(name: &'static str, run: fn(&mut Cx<'_>) -> Res) -> OutageSpec {
+    OutageSpec { name, kind: Kind::Local, run }
+}
+
+/// Every command served during an outage.
+pub static TABLE: &[OutageSpec] = &[
+    // Local.
+    l("PING", ping),
+    l("ECHO", echo),
+    l("TIME", time),
+    l("DBSIZE", dbsize),
+    // Strings: reads.
+    r("GET", get),
+    r("MGET", mget),
+    r("STRLEN", strlen),
+    r("GETRANGE", getrange),
+    r("SUBSTR", getrange),
+    // Keys: reads.
+    r("EXISTS", exists),
+    r("TTL", ttl),
+    r("PTTL", pttl),
+    r("EXPIRETIME", expiretime),
+    r("PEXPIRETIME", pexpiretime),
+    r("TYPE", type_),
+    // Hashes: reads.
+    r("HGET", hget),
+    r("HMGET", hmget),
+    r("HGETALL", hgetall),
+    r("HKEYS", hkeys),
+    r("HVALS", hvals),
+    r("HLEN", hlen),
+    r("HEXISTS", hexists),
+    r("HSTRLEN", hstrlen),
+    // Lists: reads.
+    r("LRANGE", lrange),
+    r("LLEN", llen),
+    r("LINDEX", lindex),
+    // Sets: reads.
+    r("SMEMBERS", smembers),
+    r("SISMEMBER", sismember),
+    r("SMISMEMBER", smismember),
+    r("SCARD", scard),
+    // Sorted sets: reads.
+    r("ZRANGE", zrange),
+    r("ZRANGEBYSCORE", zrangebyscore),
+    r("ZREVRANGEBYSCORE", zrevrangebyscore),
+    r("ZREVRANGE", zrevrange),
+    r("ZSCORE", zscore),
+    r("ZMSCORE", zmscore),
+    r("ZCARD", zcard),
+    r("ZCOUNT", zcount),
+    r("ZRANK", zrank),
+    r("ZREVRANK", zrevrank),
+    // Strings and keys: writes.
+    w("SET", set),
+    w("SETEX", setex),
+    w("PSETEX", psetex),
+    w("MSET", mset),
+    w("APPEND", append),
+    w("INCR", incr),
+    w("DECR", decr),
+    w("INCRBY", incrby),
+    w("DECRBY", decrby),
+    w("INCRBYFLOAT", incrbyfloat),
+    w("GETDEL", getdel),
+    w("GETEX", getex),
+    w("GETSET", getset),
+    w("DEL", del),
+    w("UNLINK", del),
+    w("EXPIRE", expire),
+    w("PEXPIRE", pexpire),
+    w("EXPIREAT", expireat),
+    w("PEXPIREAT", pexpireat),
+    w("PERSIST", persist),
+    // Hashes: writes.
+    w("HSET", hset),
+    w("HMSET", hmset),
+    w("HDEL", hdel),
+    w("HINCRBY", hincrby),
+    w("HINCRBYFLOAT", hincrbyfloat),
+    // Lists: writes.
+    w("LPUSH", lpush),
+    w("RPUSH", rpush),
+    w("LPOP", lpop),
+    w("RPOP", rpop),
+    w("LTRIM", ltrim),
+    w("LREM", lrem),
+    w("LSET", lset),
+    // Sets: writes.
+    w("SADD", sadd),
+    w("SREM", srem),
+    // Sorted sets: writes.
+    w("ZADD", zadd),
+    w("ZREM", zrem),
+    w("ZINCRBY", zincrby),
+    w("ZREMRANGEBYSCORE", zremrangebyscore),
+    w("ZREMRANGEBYRANK", zremrangebyrank),
+    // Conditional writes (opt-in).
+    cond("SETNX", setnx),
+    cond("HSETNX", hsetnx),
+    cond("MSETNX", msetnx),
+];
+
+/// Looks a command up (the name already upper-case, from the command table).
+pub fn lookup(name: &str) -> Option<&'static OutageSpec> {
+    TABLE.iter().find(|s| s.name == name)
+}
+
+pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+pub const NOT_INT: &str = "ERR value is not an integer or out of range";
+pub const NOT_FLOAT: &str = "ERR value is not a valid float";
+pub const SYNTAX: &str = "ERR syntax error";
+const OVERFLOW: &str = "ERR increment or decrement would overflow";
+const NAN_INF: &str = "ERR increment would produce NaN or Infinity";
+const HASH_NOT_INT: &str = "ERR hash value is not an integer";
+const HASH_NOT_FLOAT: &str = "ERR hash value is not a float";
+const NO_SUCH_KEY: &str = "ERR no such key";
+const INDEX_RANGE: &str = "ERR index out of range";
+const MIN_MAX_FLOAT: &str = "ERR min or max is not a float";
+
+fn err(msg: &'static str) -> CmdErr {
+    CmdErr::Redis(msg.to_string())
+}
+
+fn wrong_args(cx: &Cx<'_>) -> CmdErr {
+    CmdErr::Redis(format!(
+        "ERR wrong number of arguments for '{}' command",
+        String::from_utf8_lossy(cx.args[0]).to_ascii_lowercase()
+    ))
+}
+
+fn int(b: &[u8]) -> Result<i64, CmdErr> {
+    crate::resp::parse_int(b).ok_or_else(|| err(NOT_INT))
+}
+
+fn float(b: &[u8]) -> Result<f64, CmdErr> {
+    let s = std::str::from_utf8(b).map_err(|_| err(NOT_FLOAT))?;
+    let v: f64 = match s.to_ascii_lowercase().as_str() {
+        "inf" | "+inf" | "infinity" | "+infinity" => f64::INFINITY,
+        "-inf" | "-infinity" => f64::NEG_INFINITY,
+        t if t.is_empty() || t.contains("nan") || t.starts_with(char::is_whitespace) => return Err(err(NOT_FLOAT)),
+        t => t.parse().map_err(|_| err(NOT_FLOAT))?,
+    };
+    Ok(v)
+}
+
+fn is(arg: &[u8], word: &str) -> bool {
+    arg.eq_ignore_ascii_case(word.as_bytes())
+}
+
+fn str_of(v: &Value) -> Result<Option<&Bytes>, CmdErr> {
+    match v {
+        Value::Absent => Ok(None),
+        Value::Str(b) => Ok(Some(b)),
+        _ => Err(err(WRONGTYPE)),
+    }
+}
+
+/// Resolves Redis's inclusive, negative-from-the-end index range over `len` items.
+fn range(start: i64, stop: i64, len: usize) -> Option<(usize, usize)> {
+    let len = len as i64;
+    let s = if start < 0 { (len + start).max(0) } else { start };
+    let e = if stop < 0 { len + stop } else { stop.min(len - 1) };
+    if s > e || s >= len {
+        None
+    } else {
+        Some((s as usize, e as usize))
+    }
+}
+
+// ---- local ----
+
+fn ping(cx: &mut Cx<'_>) -> Res {
+    match cx.args.len() {
+        1 => cx.r.simple("PONG"),
+        2 => cx.r.bulk(cx.args[1]),
+        _ => return Err(wrong_args(cx)),
+    }
+    Ok(())
+}
+
+fn echo(cx: &mut Cx<'_>) -> Res {
+    if cx.args.len() != 2 {
+        return Err(wrong_args(cx));
+    }
+    cx.r.bulk(cx.args[1]);
+    Ok(())
+}
+
+fn time(cx: &mut Cx<'_>) -> Res {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    cx.r.array(2);
+    cx.r.bulk(now.as_secs().to_string().as_bytes());
+    cx.r.bulk(now.subsec_micros().to_string().as_bytes());
+    Ok(())
+}
+
+fn dbsize(cx: &mut Cx<'_>) -> Res {
+    let n = cx.store.dbsize(cx.db);
+    cx.r.int(n as i64);
+    Ok(())
+}
+
+// ---- string reads ----
+
+fn get(cx: &mut Cx<'_>) -> Res {
+    let v = cx.read(1, |e| Ok(str_of(&e.value)?.cloned()))?;
+    match v {
+        Some(b) => cx.r.bulk(&b),
+        None => cx.r.nil(),
+    }
+    Ok(())
+}
+
+fn mget(cx: &mut Cx<'_>) -> Res {
+    let mut vals = Vec::with_capacity(cx.args.len() - 1);
+    for i in 1..cx.args.len() {
+        // MGET answers nil for a key of another type.
+        vals.push(cx.read(i, |e| Ok(if let Value::Str(b) = &e.value { Some(b.clone()) } else { None }))?);
+    }
+    cx.r.array(vals.len());
+    for v in vals {
+        match v {
+            Some(b) => cx.r.bulk(&b),
+            None => cx.r.nil(),
+        }
+    }
+    Ok(())
+}
+
+fn strlen(cx: &mut Cx<'_>) -> Res {
+    let n = cx.read(1, |e| Ok(str_of(&e.value)?.map_or(0, |b| b.len())))?;
+    cx.r.int(n as i64);
+    Ok(())
+}
+
+fn getrange(cx: &mut Cx<'_>) -> Res {
+    let (start, end) = (int(cx.args[2])?, int(cx.args[3])?);
+    let v = cx.read(1, |e| Ok(str_of(&e.value)?.cloned()))?.unwrap_or_default();
+    match range(start, end, v.len()) {
+        Some((s, e)) if !v.is_empty() => cx.r.bulk(&v[s..=e]),
+        _ => cx.r.bulk(b""),
+    }
+    Ok(())
+}
+
+// ---- key reads ----
+
+fn exists(cx: &mut Cx<'_>) -> Res {
+    let mut n = 0;
+    for i in 1..cx.args.len() {
+        n += cx.read(i, |e| Ok(!matches!(e.value, Value::Absent) as i64))?;
+    }
+    cx.r.int(n);
+    Ok(())
+}
+
+/// Remaining TTL in ms: -2 absent, -1 no expiry; `Miss` when the TTL is unknown.
+fn ttl_ms(cx: &mut Cx<'_>) -> Result<i64, CmdErr> {
+    let now = cx.now_ms;
+    cx.read(1, |e| match (&e.value, e.expires_at_ms) {
+        (Value::Absent, _) => Ok(-2),
+        (_, Some(t)) => Ok(t.saturating_sub(now) as i64),
+        (_, None) if e.ttl_known => Ok(-1),
+        _ => Err(CmdErr::Miss),
+    })
+}
+
+fn ttl(cx: &mut Cx<'_>) -> Res {
+    let ms = ttl_ms(cx)?;
+    cx.r.int(if ms < 0 { ms } else { (ms + 500) / 1000 });
+    Ok(())
+}
+
+fn pttl(cx: &mut Cx<'_>) -> Res {
+    let ms = ttl_ms(cx)?;
+    cx.r.int(ms);
+    Ok(())
+}
+
+fn expire_time_ms(cx: &mut Cx<'_>) -> Result<i64, CmdErr> {
+    cx.read(1, |e| match (&e.value, e.expires_at_ms) {
+        (Value::Absent, _) => Ok(-2),
+        (_, Some(t)) => Ok(t as i64),
+        (_, None) if e.ttl_known => Ok(-1),
+        _ => Err(CmdErr::Miss),
+    })
+}
+
+fn expiretime(cx: &mut Cx<'_>) -> Res {
+    let t = expire_time_ms(cx)?;
+    cx.r.int(if t < 0 { t } else { t / 1000 });
+    Ok(())
+}
+
+fn pexpiretime(cx: &mut Cx<'_>) -> Res {
+    let t = expire_time_ms(cx)?;
+    cx.r.int(t);
+    Ok(())
+}
+
+fn type_(cx: &mut Cx<'_>) -> Res {
+    let t = cx.read(1, |e| Ok(e.value.type_name()))?;
+    cx.r.simple(t);
+    Ok(())
+}
+
+// ---- hash reads ----
+
+fn hash_of(v: &Value) -> Result<Option<&IndexMap<Bytes, Bytes>>, CmdErr> {
+    match v {
+        Value::Absent => Ok(None),
+        Value::Hash(h) => Ok(Some(h)),
+        _ => Err(err(WRONGTYPE)),
+    }
+}
+
+fn hget(cx: &mut Cx<'_>) -> Res {
+    let field = cx.args[2];
+    let v = cx.read(1, |e| Ok(hash_of(&e.value)?.and_then(|h| h.get(field).cloned())))?;
+    match v {
+        Some(b) => cx.r.bulk(&b),
+        None => cx.r.nil(),
+    }
+    Ok(())
+}
+
+fn hmget(cx: &mut Cx<'_>) -> Res {
+    let fields = &cx.args[2..];
+    let vals: Vec<Option<Bytes>> = cx.read(1, |e| {
+        Ok(fields.iter().map(|f| hash_of(&e.value).ok().flatten().and_then(|h| h.get(*f).cloned())).collect())
+    })?;
+    // HMGET on a wrong type is an error, checked separately so the collect above stays simple.
+    cx.read(1, |e| hash_of(&e.value).map(|_| ()))?;
+    cx.r.array(vals.len());
+    for v in vals {
+        match v {
+            Some(b) => cx.r.bulk(&b),
+            None => cx.r.nil(),
+        }
+    }
+    Ok(())
+}
+
+fn hgetall(cx: &mut Cx<'_>) -> Res {
+    let h = cx.read(1, |e| Ok(hash_of(&e.value)?.cloned().unwrap_or_default()))?;
+    cx.r.map(h.len());
+    for (k, v) in &h {
+        cx.r.bulk(k);
+        cx.r.bulk(v);
+    }
+    Ok(())
+}
+
+fn hkeys(cx: &mut Cx<'_>) -> Res {
+    let ks: Vec<Bytes> =
+        cx.read(1, |e| Ok(hash_of(&e.value)?.map(|h| h.keys().cloned().collect()).unwrap_or_default()))?;
+    cx.r.array(ks.len());
+    for k in ks {
+        cx.r.bulk(&k);
+    }
+    Ok(())
+}
+
+fn hvals(cx: &mut Cx<'_>) -> Res {
+    let vs: Vec<Bytes> =
+        cx.read(1, |e| Ok(hash_of(&e.value)?.map(|h| h.values().cloned().collect()).unwrap_or_default()))?;
+    cx.r.array(vs.len());
+    for v in vs {
+        cx.r.bulk(&v);
+    }
+    Ok(())
+}
+
+fn hlen(cx: &mut Cx<'_>) -> Res {
+    let n = cx.read(1, |e| Ok(hash_of(&e.value)?.map_or(0, |h| h.len())))?;
+    cx.r.int(n as i64);
+    Ok(())
+}
+
+fn hexists(cx: &mut Cx<'_>) -> Res {
+    let field = cx.args[2];
+    let n = cx.read(1, |e| Ok(hash_of(&e.value)?.is_some_and(|h| h.contains_key(field))))?;
+    cx.r.int(n as i64);
+    Ok(())
+}
+
+fn hstrlen(cx: &mut Cx<'_>) -> Res {
+    let field = cx.args[2];
+    let n = cx.read(1, |e| Ok(hash_of(&e.value)?.and_then(|h| h.get(field)).map_or(0, |v| v.len())))?;
+    cx.r.int(n as i64);
+    Ok(())
+}
+
+// ---- list reads ----
+
+fn list_of(v: &Value) -> Result<Option<&VecDeque<Bytes>>, CmdErr> {
+    match v {
+        Value::Absent => Ok(None),
+        Value::List(l) => Ok(Some(l)),
+        _ => Err(err(WRONGTYPE)),
+    }
+}
+
+fn lrange(cx: &mut Cx<'_>) -> Res {
+    let (start, stop) = (int(cx.args[2])?, int(cx.args[3])?);
+    let items: Vec<Bytes> = cx.read(1, |e| {
+        Ok(list_of(&e.value)?
+            .and_then(|l| range(start, stop, l.len()).map(|(s, e)| l.range(s..=e).cloned().collect()))
+            .unwrap_or_default())
+    })?;
+    cx.r.array(items.len());
+    for i in items {
+        cx.r.bulk(&i);
+    }
+    Ok(())
+}
+
+fn llen(cx: &mut Cx<'_>) -> Res {
+    let n = cx.read(1, |e| Ok(list_of(&e.value)?.map_or(0, |l| l.len())))?;
+    cx.r.int(n as i64);
+    Ok(())
+}
+
+fn lindex(cx: &mut Cx<'_>) -> Res {
+    let idx = int(cx.args[2])?;
+    let v = cx.read(1, |e| {
+        Ok(list_of(&e.value)?.and_then(|l| {
+            let i = if idx < 0 { l.len() as i64 + idx } else { idx };
+            (i >= 0).then(|| l.get(i as usize).cloned()).flatten()
+        }))
+    })?;
+    match v {
+        Some(b) => cx.r.bulk(&b),
+        None => cx.r.nil(),
+    }
+    Ok(())
+}
+
+// ---- set reads ----
+
+fn set_of(v: &Value) -> Result<Option<&IndexSet<Bytes>>, CmdErr> {
+    match v {
+        Value::Absent => Ok(None),
+        Value::Set(s) => Ok(Some(s)),
+        _ => Err(err(WRONGTYPE)),
+    }
+}
+
+fn smembers(cx: &mut Cx<'_>) -> Res {
+    let ms: Vec<Bytes> =
+        cx.read(1, |e| Ok(set_of(&e.value)?.map(|s| s.iter().cloned().collect()).unwrap_or_default()))?;
+    cx.r.set(ms.len());
+    for m in ms {
+        cx.r.bulk(&m);
+    }
+    Ok(())
+}
+
+fn sismember(cx: &mut Cx<'_>) -> Res {
+    let m = cx.args[2];
+    let n = cx.read(1, |e| Ok(set_of(&e.value)?.is_some_and(|s| s.contains(m))))?;
+    cx.r.int(n as i64);
+    Ok(())
+}
+
+fn smismember(cx: &mut Cx<'_>) -> Res {
+    let ms = &cx.args[2..];
+    let found: Vec<bool> = cx.read(1, |e| {
+        let s = set_of(&e.value)?;
+        Ok(ms.iter().map(|m| s.is_some_and(|s| s.contains(*m))).collect())
+    })?;
+    cx.r.array(found.len());
+    for f in found {
+        cx.r.int(f as i64);
+    }
+    Ok(())
+}
+
+fn scard(cx: &mut Cx<'_>) -> Res {
+    let n = cx.read(1, |e| Ok(set_of(&e.value)?.map_or(0, |s| s.len())))?;
+    cx.r.int(n as i64);
+    Ok(())
+}
+
+// ---- sorted set reads ----
+
+fn zset_of(v: &Value) -> Result<Option<&ZSet>, CmdErr> {
+    match v {
+        Value::Absent => Ok(None),
+        Value::ZSet(z) => Ok(Some(z)),
+        _ => Err(err(WRONGTYPE)),
+    }
+}
+
+/// A score bound: value and whether it is exclusive (`(1.5`).
+#[derive(Clone, Copy)]
+struct Bound(f64, bool);
+
+fn bound(b: &[u8]) -> Result<Bound, CmdErr> {
+    let (excl, rest) = match b.first() {
+        Some(b'(') => (true, &b[1..]),
+        _ => (false, b),
+    };
+    Ok(Bound(float(rest).map_err(|_| err(MIN_MAX_FLOAT))?, excl))
+}
+
+fn in_range(s: f64, min: Bound, max: Bound) -> bool {
+    (if min.1 { s > min.0 } else { s >= min.0 }) && (if max.1 { s < max.0 } else { s <= max.0 })
+}
+
+/// Options after the fixed arguments of ZRANGE-like commands.
+struct RangeOpts {
+    withscores: bool,
+    limit: Option<(i64, i64)>,
+}
+
+fn range_opts(args: &[&[u8]], allow_limit: bool) -> Result<RangeOpts, CmdErr> {
+    let mut o = RangeOpts { withscores: false, limit: None };
+    let mut i = 0;
+    while i < args.len() {
+        if is(args[i], "WITHSCORES") {
+            o.withscores = true;
+            i += 1;
+        } else if allow_limit && is(args[i], "LIMIT") && i + 2 < args.len() {
+            o.limit = Some((int(args[i + 1])?, int(args[i + 2])?));
+            i += 3;
+        } else {
+            return Err(err(SYNTAX));
+        }
+    }
+    Ok(o)
+}
+
+fn emit_scored(cx: &mut Cx<'_>, items: Vec<(Bytes, f64)>, withscores: bool) {
+    if withscores {
+        cx.r.scored_header(items.len());
+        for (m, s) in &items {
+            cx.r.scored(m, *s);
+        }
+    } else {
+        cx.r.array(items.len());
+        for (m, _) in &items {
+            cx.r.bulk(m);
+        }
+    }
+}
+
+fn apply_limit(items: Vec<(Bytes, f64)>, limit: Option<(i64, i64)>) -> Vec<(Bytes, f64)> {
+    match limit {
+        None => items,
+        Some((off, _)) if off < 0 => Vec::new(),
+        Some((off, count)) => {
+            let it = items.into_iter().skip(off as usize);
+            if count < 0 {
+                it.collect()
+            } else {
+                it.take(count as usize).collect()
+            }
+        }
+    }
+}
+
+fn by_rank(cx: &mut Cx<'_>, start: i64, stop: i64, rev: bool) -> Result<Vec<(Bytes, f64)>, CmdErr> {
+    cx.read(1, |e| {
+        let Some(z) = zset_of(&e.value)? else { return Ok(Vec::new()) };
+        let Some((s, t)) = range(start, stop, z.len()) else { return Ok(Vec::new()) };
+        let items: Vec<_> = if rev {
+            z.iter().rev().skip(s).take(t - s + 1).map(|(m, sc)| (m.clone(), sc)).collect()
+        } else {
+            z.iter().skip(s).take(t - s + 1).map(|(m, sc)| (m.clone(), sc)).collect()
+        };
+        Ok(items)
+    })
+}
+
+fn by_score(cx: &mut Cx<'_>, min: Bound, max: Bound, rev: bool) -> Result<Vec<(Bytes, f64)>, CmdErr> {
+    cx.read(1, |e| {
+        let Some(z) = zset_of(&e.value)? else { return Ok(Vec::new()) };
+        let it = z.iter().filter(|(_, s)| in_range(*s, min, max)).map(|(m, s)| (m.clone(), s));
+        Ok(if rev { it.rev().collect() } else { it.collect() })
+    })
+}
+
+fn zrange(cx: &mut Cx<'_>) -> Res {
+    let mut byscore = false;
+    let mut rev = false;
+    let mut rest: Vec<&[u8]> = Vec::new();
+    for a in &cx.args[4..] {
+        if is(a, "BYSCORE") {
+            byscore = true;
+        } else if is(a, "REV") {
+            rev = true;
+        } else if is(a, "BYLEX") {
+            return Err(CmdErr::Unsupported("ZRANGE BYLEX"));
+        } else {
+            rest.push(a);
+        }
+    }
+    let o = range_opts(&rest, byscore)?;
+    let items = if byscore {
+        // With REV the bounds come max first.
+        let (a, b) = (bound(cx.args[2])?, bound(cx.args[3])?);
+        let (min, max) = if rev { (b, a) } else { (a, b) };
+        apply_limit(by_score(cx, min, max, rev)?, o.limit)
+    } else {
+        by_rank(cx, int(cx.args[2])?, int(cx.args[3])?, rev)?
+    };
+    emit_scored(cx, items, o.withscores);
+    Ok(())
+}
+
+fn zrangebyscore(cx: &mut Cx<'_>) -> Res {
+    let (min, max) = (bound(cx.args[2])?, bound(cx.args[3])?);
+    let o = range_opts(&cx.args[4..], true)?;
+    let items = apply_limit(by_score(cx, min, max, false)?, o.limit);
+    emit_scored(cx, items, o.withscores);
+    Ok(())
+}
+
+fn zrevrangebyscore(cx: &mut Cx<'_>) -> Res {
+    let (max, min) = (bound(cx.args[2])?, bound(cx.args[3])?);
+    let o = range_opts(&cx.args[4..], true)?;
+    let items = apply_limit(by_score(cx, min, max, true)?, o.limit);
+    emit_scored(cx, items, o.withscores);
+    Ok(())
+}
+
+fn zrevrange(cx: &mut Cx<'_>) -> Res {
+    let o = range_opts(&cx.args[4..], false)?;
+    let items = by_rank(cx, int(cx.args[2])?, int(cx.args[3])?, true)?;
+    emit_scored(cx, items, o.withscores);
+    Ok(())
+}
+
+fn zscore(cx: &mut Cx<'_>) -> Res {
+    let m = cx.args[2];
+    let s = cx.read(1, |e| Ok(zset_of(&e.value)?.and_then(|z| z.scores.get(m).copied())))?;
+    match s {
+        Some(s) => cx.r.double(s),
+        None => cx.r.nil(),
+    }
+    Ok(())
+}
+
+fn zmscore(cx: &mut Cx<'_>) -> Res {
+    let ms = &cx.args[2..];
+    let scores: Vec<Option<f64>> = cx.read(1, |e| {
+        let z = zset_of(&e.value)?;
+        Ok(ms.iter().map(|m| z.and_then(|z| z.scores.get(*m).copied())).collect())
+    })?;
+    cx.r.array(scores.len());
+    for s in scores {
+        match s {
+            Some(s) => cx.r.double(s),
+            None => cx.r.nil(),
+        }
+    }
+    Ok(())
+}
+
+fn zcard(cx: &mut Cx<'_>) -> Res {
+    let n = cx.read(1, |e| Ok(zset_of(&e.value)?.map_or(0, |z| z.len())))?;
+    cx.r.int(n as i64);
+    Ok(())
+}
+
+fn zcount(cx: &mut Cx<'_>) -> Res {
+    let (min, max) = (bound(cx.args[2])?, bound(cx.args[3])?);
+    let n =
+        cx.read(1, |e| Ok(zset_of(&e.value)?.map_or(0, |z| z.iter().filter(|(_, s)| in_range(*s, min, max)).count())))?;
+    cx.r.int(n as i64);
+    Ok(())
+}
+
+fn zrank_impl(cx: &mut Cx<'_>, rev: bool) -> Res {
+    if cx.args.len() != 3 {
+        return Err(CmdErr::Unsupported("ZRANK WITHSCORE"));
+    }
+    let m = cx.args[2];
+    let rank =
+        cx.read(1, |e| Ok(zset_of(&e.value)?.and_then(|z| z.rank(m).map(|r| if rev { z.len() - 1 - r } else { r }))))?;
+    match rank {
+        Some(r) => cx.r.int(r as i64),
+        None => cx.r.nil(),
+    }
+    Ok(())
+}
+
+fn zrank(cx: &mut Cx<'_>) -> Res {
+    zrank_impl(cx, false)
+}
+
+fn zrevrank(cx: &mut Cx<'_>) -> Res {
+    zrank_impl(cx, true)
+}
+
+// ---- string and key writes ----
+
+/// Parsed SET options.
+struct SetOpts {
+    /// New absolute expiry (ms), or keep the old one.
+    expiry: Option<u64>,
+    keepttl: bool,
+    get: bool,
+    nx: bool,
+    xx: bool,
+}
+
+fn parse_set_opts(cx: &Cx<'_>) -> Result<SetOpts, CmdErr> {
+    let mut o = SetOpts { expiry: None, keepttl: false, get: false, nx: false, xx: false };
+    let a = &cx.args[3..];
+    let mut i = 0;
+    let invalid = || CmdErr::Redis("ERR invalid expire time in 'set' command".into());
+    while i < a.len() {
+        let opt = a[i];
+        let unit = if is(opt, "EX") {
+            Some((1000, false))
+        } else if is(opt, "PX") {
+            Some((1, false))
+        } else if is(opt, "EXAT") {
+            Some((1000, true))
+        } else if is(opt, "PXAT") {
+            Some((1, true))
+        } else {
+            None
+        };
+        if let Some((mult, absolute)) = unit {
+            if o.expiry.is_some() || o.keepttl || i + 1 >= a.len() {
+                return Err(err(SYNTAX));
+            }
+            let v = int(a[i + 1])?;
+            if v <= 0 {
+                return Err(invalid());
+            }
+            let ms = (v as u64).checked_mul(mult).ok_or_else(invalid)?;
+            o.expiry = Some(if absolute { ms } else { cx.now_ms.saturating_add(ms) });
+            i += 2;
+            continue;
+        }
+        if is(opt, "KEEPTTL") && o.expiry.is_none() {
+            o.keepttl = true;
+        } else if is(opt, "GET") {
+            o.get = true;
+        } else if is(opt, "NX") && !o.xx {
+            o.nx = true;
+        } else if is(opt, "XX") && !o.nx {
+            o.xx = true;
+        } else {
+            return Err(err(SYNTAX));
+        }
+        i += 1;
+    }
+    Ok(o)
+}
+
+fn set(cx: &mut Cx<'_>) -> Res {
+    let o = parse_set_opts(cx)?;
+    if (o.nx || o.xx) && !cx.allow_conditional {
+        return Err(CmdErr::Conditional(if o.nx { "SET NX" } else { "SET XX" }));
+    }
+    let value = Bytes::copy_from_slice(cx.args[2]);
+    let (old, done) = cx.write(1, |e| {
+        let old = if o.get { str_of(&e.value)?.cloned() } else { None };
+        let exists = !matches!(e.value, Value::Absent);
+        if (o.nx && exists) || (o.xx && !exists) {
+            return Ok((old, false));
+        }
+        e.value = Value::Str(value);
+        if !o.keepttl {
+            e.expires_at_ms = o.expiry;
+            e.ttl_known = true;
+        }
+        Ok((old, true))
+    })?;
+    if o.get {
+        match old {
+            Some(b) => cx.r.bulk(&b),
+            None => cx.r.nil(),
+        }
+    } else if done {
+        cx.r.ok();
+    } else {
+        cx.r.nil();
+    }
+    // Journal with the absolute expiry, so replay never extends the TTL.
+    if let Some(t) = o.expiry {
+        let mut args: Vec<Vec<u8>> = vec![b"SET".to_vec(), cx.args[1].to_vec(), cx.args[2].to_vec()];
+        args.push(b"PXAT".to_vec());
+        args.push(t.to_string().into_bytes());
+        for (flag, word) in [(o.nx, "NX"), (o.xx, "XX"), (o.get, "GET")] {
+            if flag {
+                args.push(word.as_bytes().to_vec());
+            }
+        }
+        cx.rewrite = Some(args);
+    }
+    Ok(())
+}
+
+fn set_with_ttl(cx: &mut Cx<'_>, mult: u64, name: &str) -> Res {
+    let v = int(cx.args[2])?;
+    if v <= 0 {
+        return Err(CmdErr::Redis(format!("ERR invalid expire time in '{name}' command")));
+    }
+    let t = cx.now_ms.saturating_add((v as u64).saturating_mul(mult));
+    let value = Bytes::copy_from_slice(cx.args[3]);
+    cx.write(1, |e| {
+        e.value = Value::Str(value);
+        e.expires_at_ms = Some(t);
+        e.ttl_known = true;
+        Ok(())
+    })?;
+    cx.r.ok();
+    cx.rewrite = Some(vec![
+        b"SET".to_vec(),
+        cx.args[1].to_vec(),
+        cx.args[3].to_vec(),
+        b"PXAT".to_vec(),
+        t.to_string().into_bytes(),
+    ]);
+    Ok(())
+}
+
+fn setex(cx: &mut Cx<'_>) -> Res {
+    set_with_ttl(cx, 1000, "setex")
+}
+
+fn psetex(cx: &mut Cx<'_>) -> Res {
+    set_with_ttl(cx, 1, "psetex")
+}
+
+fn mset(cx: &mut Cx<'_>) -> Res {
+    if cx.args.len() % 2 != 1 {
+        return Err(wrong_args(cx));
+    }
+    for i in (1..cx.args.len()).step_by(2) {
+        let value = Bytes::copy_from_slice(cx.args[i + 1]);
+        cx.write(i, |e| {
+            e.value = Value::Str(value);
+            e.expires_at_ms = None;
+            e.ttl_known = true;
+            Ok(())
+        })?;
+    }
+    cx.r.ok();
+    Ok(())
+}
+
+fn append(cx: &mut Cx<'_>) -> Res {
+    let add = cx.args[2];
+    let n = cx.write(1, |e| {
+        let mut v = str_of(&e.value)?.map(|b| b.to_vec()).unwrap_or_default();
+        v.extend_from_slice(add);
+        let n = v.len();
+        e.value = Value::Str(Bytes::from(v));
+        Ok(n)
+    })?;
+    cx.r.int(n as i64);
+    Ok(())
+}
+
+fn incr_by(cx: &mut Cx<'_>, by: i64) -> Res {
+    let n = cx.write(1, |e| {
+        let cur = match str_of(&e.value)? {
+            Some(b) => int(b)?,
+            None => 0,
+        };
+        let n = cur.checked_add(by).ok_or_else(|| err(OVERFLOW))?;
+        e.value = Value::Str(Bytes::from(n.to_string()));
+        Ok(n)
+    })?;
+    cx.r.int(n);
+    Ok(())
+}
+
+fn incr(cx: &mut Cx<'_>) -> Res {
+    incr_by(cx, 1)
+}
+
+fn decr(cx: &mut Cx<'_>) -> Res {
+    incr_by(cx, -1)
+}
+
+fn incrby(cx: &mut Cx<'_>) -> Res {
+    let by = int(cx.args[2])?;
+    incr_by(cx, by)
+}
+
+fn decrby(cx: &mut Cx<'_>) -> Res {
+    let by = int(cx.args[2])?;
+    if by == i64::MIN {
+        return Err(CmdErr::Redis("ERR decrement would overflow".into()));
+    }
+    incr_by(cx, -by)
+}
+
+fn incrbyfloat(cx: &mut Cx<'_>) -> Res {
+    let by = float(cx.args[2])?;
+    let s = cx.write(1, |e| {
+        let cur = match str_of(&e.value)? {
+            Some(b) => float(b)?,
+            None => 0.0,
+        };
+        let n = cur + by;
+        if !n.is_finite() {
+            return Err(err(NAN_INF));
+        }
+        let s = super::reply::format_double(n);
+        e.value = Value::Str(Bytes::from(s.clone()));
+        Ok(s)
+    })?;
+    cx.r.bulk(s.as_bytes());
+    Ok(())
+}
+
+fn getdel(cx: &mut Cx<'_>) -> Res {
+    let old = cx.write(1, |e| {
+        let old = str_of(&e.value)?.cloned();
+        e.value = Value::Absent;
+        e.expires_at_ms = None;
+        e.ttl_known = true;
+        Ok(old)
+    })?;
+    match old {
+        Some(b) => cx.r.bulk(&b),
+        None => cx.r.nil(),
+    }
+    Ok(())
+}
+
+fn getset(cx: &mut Cx<'_>) -> Res {
+    let value = Bytes::copy_from_slice(cx.args[2]);
+    let old = cx.write(1, |e| {
+        let old = str_of(&e.value)?.cloned();
+        e.value = Value::Str(value);
+        e.expires_at_ms = None;
+        e.ttl_known = true;
+        Ok(old)
+    })?;
+    match old {
+        Some(b) => cx.r.bulk(&b),
+        None => cx.r.nil(),
+    }
+    Ok(())
+}
+
+fn getex(cx: &mut Cx<'_>) -> Res {
+    // GETEX key [EX s | PX ms | EXAT s | PXAT ms | PERSIST]
+    let mut expiry: Option<Option<u64>> = None;
+    let a = &cx.args[2..];
+    match a.len() {
+        0 => {}
+        1 if is(a[0], "PERSIST") => expiry = Some(None),
+        2 => {
+            let v = int(a[1])?;
+            if v <= 0 {
+                return Err(CmdErr::Redis("ERR invalid expire time in 'getex' command".into()));
+            }
+            let v = v as u64;
+            let t = if is(a[0], "EX") {
+                cx.now_ms.saturating_add(v.saturating_mul(1000))
+            } else if is(a[0], "PX") {
+                cx.now_ms.saturating_add(v)
+            } else if is(a[0], "EXAT") {
+                v.saturating_mul(1000)
+            } else if is(a[0], "PXAT") {
+                v
+            } else {
+                return Err(err(SYNTAX));
+            };
+            expiry = Some(Some(t));
+        }
+        _ => return Err(err(SYNTAX)),
+    }
+    let v = cx.write(1, |e| {
+        let v = str_of(&e.value)?.cloned();
+        if v.is_some() {
+            if let Some(t) = expiry {
+                e.expires_at_ms = t;
+                e.ttl_known = true;
+            }
+        }
+        Ok(v)
+    })?;
+    match v {
+        Some(b) => cx.r.bulk(&b),
+        None => cx.r.nil(),
+    }
+    if let Some(Some(t)) = expiry {
+        cx.rewrite = Some(vec![b"GETEX".to_vec(), cx.args[1].to_vec(), b"PXAT".to_vec(), t.to_string().into_bytes()]);
+    }
+    Ok(())
+}
+
+fn del(cx: &mut Cx<'_>) -> Res {
+    let mut n = 0;
+    for i in 1..cx.args.len() {
+        n += cx.write(i, |e| {
+            let existed = !matches!(e.value, Value::Absent);
+            e.value = Value::Absent;
+            e.expires_at_ms = None;
+            e.ttl_known = true;
+            Ok(existed as i64)
+        })?;
+    }
+    cx.r.int(n);
+    Ok(())
+}
+
+/// Sets an absolute expiry (ms) on an existing key; journals `PEXPIREAT key t`.
+fn expire_at(cx: &mut Cx<'_>, t: u64) -> Res {
+    if cx.args.len() > 3 {
+        // NX / XX / GT / LT depend on the upstream's current TTL.
+        return Err(CmdErr::Conditional("EXPIRE with NX|XX|GT|LT"));
+    }
+    let now = cx.now_ms;
+    let n = cx.write(1, |e| {
+        if matches!(e.value, Value::Absent) {
+            return Ok(0);
+        }
+        if t <= now {
+            e.value = Value::Absent;
+            e.expires_at_ms = None;
+        } else {
+            e.expires_at_ms = Some(t);
+        }
+        e.ttl_known = true;
+        Ok(1)
+    })?;
+    cx.r.int(n);
+    cx.rewrite = Some(vec![b"PEXPIREAT".to_vec(), cx.args[1].to_vec(), t.to_string().into_bytes()]);
+    Ok(())
+}
+
+fn relative(cx: &Cx<'_>, mult: i64) -> Result<u64, CmdErr> {
+    let v = int(cx.args[2])?.checked_mul(mult).ok_or_else(|| err(NOT_INT))?;
+    Ok((cx.now_ms as i64).saturating_add(v).max(0) as u64)
+}
+
+fn expire(cx: &mut Cx<'_>) -> Res {
+    let t = relative(cx, 1000)?;
+    expire_at(cx, t)
+}
+
+fn pexpire(cx: &mut Cx<'_>) -> Res {
+    let t = relative(cx, 1)?;
+    expire_at(cx, t)
+}
+
+fn expireat(cx: &mut Cx<'_>) -> Res {
+    let t = int(cx.args[2])?.saturating_mul(1000).max(0) as u64;
+    expire_at(cx, t)
+}
+
+fn pexpireat(cx: &mut Cx<'_>) -> Res {
+    let t = int(cx.args[2])?.max(0) as u64;
+    expire_at(cx, t)
+}
+
+fn persist(cx: &mut Cx<'_>) -> Res {
+    let n = cx.write(1, |e| {
+        let had = !matches!(e.value, Value::Absent) && e.expires_at_ms.is_some();
+        e.expires_at_ms = None;
+        e.ttl_known = true;
+        Ok(had as i64)
+    })?;
+    cx.r.int(n);
+    Ok(())
+}
+
+// ---- hash writes ----
+
+fn hash_mut(e: &mut Entry) -> Result<&mut IndexMap<Bytes, Bytes>, CmdErr> {
+    if matches!(e.value, Value::Absent) {
+        e.value = Value::Hash(IndexMap::new());
+    }
+    match &mut e.value {
+        Value::Hash(h) => Ok(h),
+        _ => Err(err(WRONGTYPE)),
+    }
+}
+
+fn hset_impl(cx: &mut Cx<'_>) -> Result<i64, CmdErr> {
+    if cx.args.len() < 4 || cx.args.len() % 2 != 0 {
+        return Err(wrong_args(cx));
+    }
+    let pairs: Vec<(Bytes, Bytes)> =
+        cx.args[2..].chunks(2).map(|p| (Bytes::copy_from_slice(p[0]), Bytes::copy_from_slice(p[1]))).collect();
+    cx.write(1, |e| {
+        let h = hash_mut(e)?;
+        Ok(pairs.into_iter().filter(|(f, v)| h.insert(f.clone(), v.clone()).is_none()).count() as i64)
+    })
+}
+
+fn hset(cx: &mut Cx<'_>) -> Res {
+    let n = hset_impl(cx)?;
+    cx.r.int(n);
+    Ok(())
+}
+
+fn hmset(cx: &mut Cx<'_>) -> Res {
+    hset_impl(cx)?;
+    cx.r.ok();
+    Ok(())
+}
+
+fn hdel(cx: &mut Cx<'_>) -> Res {
+    let fields = &cx.args[2..];
+    let n = cx.write(1, |e| match &mut e.value {
+        Value::Absent => Ok(0),
+        Value::Hash(h) => Ok(fields.iter().filter(|f| h.shift_remove(**f).is_some()).count() as i64),
+        _ => Err(err(WRONGTYPE)),
+    })?;
+    cx.r.int(n);
+    Ok(())
+}
+
+fn hincrby(cx: &mut Cx<'_>) -> Res {
+    let by = int(cx.args[3])?;
+    let field = Bytes::copy_from_slice(cx.args[2]);
+    let n = cx.write(1, |e| {
+        if !matches!(e.value, Value::Absent | Value::Hash(_)) {
+            return Err(err(WRONGTYPE));
+        }
+        let cur = match &e.value {
+            Value::Hash(h) => {
+                h.get(&field).map(|v| crate::resp::parse_int(v).ok_or_else(|| err(HASH_NOT_INT))).transpose()?
+            }
+            _ => None,
+        };
+        let n = cur.unwrap_or(0).checked_add(by).ok_or_else(|| err(OVERFLOW))?;
+        hash_mut(e)?.insert(field, Bytes::from(n.to_string()));
+        Ok(n)
+    })?;
+    cx.r.int(n);
+    Ok(())
+}
+
+fn hincrbyfloat(cx: &mut Cx<'_>) -> Res {
+    let by = float(cx.args[3])?;
+    let field = Bytes::copy_from_slice(cx.args[2]);
+    let s = cx.write(1, |e| {
+        if !matches!(e.value, Value::Absent | Value::Hash(_)) {
+            return Err(err(WRONGTYPE));
+        }
+        let cur = match &e.value {
+            Value::Hash(h) => h.get(&field).map(|v| float(v).map_err(|_| err(HASH_NOT_FLOAT))).transpose()?,
+            _ => None,
+        };
+        let n = cur.unwrap_or(0.0) + by;
+        if !n.is_finite() {
+            return Err(err(NAN_INF));
+        }
+        let s = super::reply::format_double(n);
+        hash_mut(e)?.insert(field, Bytes::from(s.clone()));
+        Ok(s)
+    })?;
+    cx.r.bulk(s.as_bytes());
+    Ok(())
+}
+
+fn hsetnx(cx: &mut Cx<'_>) -> Res {
+    let (f, v) = (Bytes::copy_from_slice(cx.args[2]), Bytes::copy_from_slice(cx.args[3]));
+    let n = cx.write(1, |e| {
+        let h = hash_mut(e)?;
+        if h.contains_key(&f) {
+            Ok(0)
+        } else {
+            h.insert(f, v);
+            Ok(1)
+        }
+    })?;
+    cx.r.int(n);
+    Ok(())
+}
+
+// ---- list writes ----
+
+fn list_mut(e: &mut Entry) -> Result<&mut VecDeque<Bytes>, CmdErr> {
+    if matches!(e.value, Value::Absent) {
+        e.value = Value::List(VecDeque::new());
+    }
+    match &mut e.value {
+        Value::List(l) => Ok(l),
+        _ => Err(err(WRONGTYPE)),
+    }
+}
+
+fn push(cx: &mut Cx<'_>, left: bool) -> Res {
+    let items: Vec<Bytes> = cx.args[2..].iter().map(|a| Bytes::copy_from_slice(a)).collect();
+    let n = cx.write(1, |e| {
+        let l = list_mut(e)?;
+        for i in items {
+            if left {
+                l.push_front(i)
+            } else {
+                l.push_back(i)
+            }
+        }
+        Ok(l.len())
+    })?;
+    cx.r.int(n as i64);
+    Ok(())
+}
+
+fn lpush(cx: &mut Cx<'_>) -> Res {
+    push(cx, true)
+}
+
+fn rpush(cx: &mut Cx<'_>) -> Res {
+    push(cx, false)
+}
+
+fn pop(cx: &mut Cx<'_>, left: bool) -> Res {
+    let count = match cx.args.len() {
+        2 => None,
+        3 => {
+            let c = int(cx.args[2])?;
+            if c < 0 {
+                return Err(CmdErr::Redis("ERR value is out of range, must be positive".into()));
+            }
+            Some(c as usize)
+        }
+        _ => return Err(err(SYNTAX)),
+    };
+    let popped: Option<Vec<Bytes>> = cx.write(1, |e| match &mut e.value {
+        Value::Absent => Ok(None),
+        Value::List(l) => {
+            let n = count.unwrap_or(1).min(l.len());
+            Ok(Some((0..n).filter_map(|_| if left { l.pop_front() } else { l.pop_back() }).collect()))
+        }
+        _ => Err(err(WRONGTYPE)),
+    })?;
+    match (count, popped) {
+        (None, Some(v)) if !v.is_empty() => cx.r.bulk(&v[0]),
+        (None, _) => cx.r.nil(),
+        (Some(_), None) => cx.r.null_array(),
+        (Some(_), Some(v)) => {
+            cx.r.array(v.len());
+            for i in v {
+                cx.r.bulk(&i);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lpop(cx: &mut Cx<'_>) -> Res {
+    pop(cx, true)
+}
+
+fn rpop(cx: &mut Cx<'_>) -> Res {
+    pop(cx, false)
+}
+
+fn ltrim(cx: &mut Cx<'_>) -> Res {
+    let (start, stop) = (int(cx.args[2])?, int(cx.args[3])?);
+    cx.write(1, |e| match &mut e.value {
+        Value::Absent => Ok(()),
+        Value::List(l) => {
+            match range(start, stop, l.len()) {
+                Some((s, t)) => {
+                    l.truncate(t + 1);
+                    l.drain(..s);
+                }
+                None => l.clear(),
+            }
+            Ok(())
+        }
+        _ => Err(err(WRONGTYPE)),
+    })?;
+    cx.r.ok();
+    Ok(())
+}
+
+fn lrem(cx: &mut Cx<'_>) -> Res {
+    let count = int(cx.args[2])?;
+    let target = cx.args[3];
+    let n = cx.write(1, |e| match &mut e.value {
+        Value::Absent => Ok(0),
+        Value::List(l) => {
+            let limit = if count == 0 { usize::MAX } else { count.unsigned_abs() as usize };
+            let mut removed = 0;
+            if count >= 0 {
+                let mut i = 0;
+                while i < l.len() && removed < limit {
+                    if l[i] == target {
+                        l.remove(i);
+                        removed += 1;
+                    } else {
+                        i += 1;
+                    }
+                }
+            } else {
+                let mut i = l.len();
+                while i > 0 && removed < limit {
+                    i -= 1;
+                    if l[i] == target {
+                        l.remove(i);
+                        removed += 1;
+                    }
+                }
+            }
+            Ok(removed as i64)
+        }
+        _ => Err(err(WRONGTYPE)),
+    })?;
+    cx.r.int(n);
+    Ok(())
+}
+
+fn lset(cx: &mut Cx<'_>) -> Res {
+    let idx = int(cx.args[2])?;
+    let v = Bytes::copy_from_slice(cx.args[3]);
+    cx.write(1, |e| match &mut e.value {
+        Value::Absent => Err(err(NO_SUCH_KEY)),
+        Value::List(l) => {
+            let i = if idx < 0 { l.len() as i64 + idx } else { idx };
+            match (i >= 0).then(|| l.get_mut(i as usize)).flatten() {
+                Some(slot) => {
+                    *slot = v;
+                    Ok(())
+                }
+                None => Err(err(INDEX_RANGE)),
+            }
+        }
+        _ => Err(err(WRONGTYPE)),
+    })?;
+    cx.r.ok();
+    Ok(())
+}
+
+// ---- set writes ----
+
+fn sadd(cx: &mut Cx<'_>) -> Res {
+    let ms: Vec<Bytes> = cx.args[2..].iter().map(|a| Bytes::copy_from_slice(a)).collect();
+    let n = cx.write(1, |e| {
+        if matches!(e.value, Value::Absent) {
+            e.value = Value::Set(IndexSet::new());
+        }
+        match &mut e.value {
+            Value::Set(s) => Ok(ms.into_iter().filter(|m| s.insert(m.clone())).count() as i64),
+            _ => Err(err(WRONGTYPE)),
+        }
+    })?;
+    cx.r.int(n);
+    Ok(())
+}
+
+fn srem(cx: &mut Cx<'_>) -> Res {
+    let ms = &cx.args[2..];
+    let n = cx.write(1, |e| match &mut e.value {
+        Value::Absent => Ok(0),
+        Value::Set(s) => Ok(ms.iter().filter(|m| s.shift_remove(**m)).count() as i64),
+        _ => Err(err(WRONGTYPE)),
+    })?;
+    cx.r.int(n);
+    Ok(())
+}
+
+// ---- sorted set writes ----
+
+fn zset_mut(e: &mut Entry) -> Result<&mut ZSet, CmdErr> {
+    if matches!(e.value, Value::Absent) {
+        e.value = Value::ZSet(ZSet::default());
+    }
+    match &mut e.value {
+        Value::ZSet(z) => Ok(z),
+        _ => Err(err(WRONGTYPE)),
+    }
+}
+
+fn zadd(cx: &mut Cx<'_>) -> Res {
+    let mut i = 2;
+    let (mut ch, mut incr) = (false, false);
+    while i < cx.args.len() {
+        let a = cx.args[i];
+        if is(a, "NX") || is(a, "XX") || is(a, "GT") || is(a, "LT") {
+            return Err(CmdErr::Conditional("ZADD NX|XX|GT|LT"));
+        } else if is(a, "CH") {
+            ch = true;
+        } else if is(a, "INCR") {
+            incr = true;
+        } else {
+            break;
+        }
+        i += 1;
+    }
+    let rest = &cx.args[i..];
+    if rest.is_empty() || rest.len() % 2 != 0 {
+        return Err(err(SYNTAX));
+    }
+    if incr && rest.len() != 2 {
+        return Err(CmdErr::Redis("ERR INCR option supports a single increment-element pair".into()));
+    }
+    let mut pairs = Vec::with_capacity(rest.len() / 2);
+    for p in rest.chunks(2) {
+        pairs.push((float(p[0])?, Bytes::copy_from_slice(p[1])));
+    }
+    let result = cx.write(1, |e| {
+        let z = zset_mut(e)?;
+        if incr {
+            let (by, m) = pairs.pop().expect("one pair");
+            let n = z.scores.get(&m).copied().unwrap_or(0.0) + by;
+            if n.is_nan() {
+                return Err(CmdErr::Redis("ERR resulting score is not a number (NaN)".into()));
+            }
+            z.insert(m, n);
+            return Ok(Err(n));
+        }
+        let mut added = 0;
+        let mut changed = 0;
+        for (s, m) in pairs {
+            let old = z.scores.get(&m).copied();
+            if z.insert(m, s) {
+                added += 1;
+            } else if old != Some(s) {
+                changed += 1;
+            }
+        }
+        Ok(Ok(if ch { added + changed } else { added }))
+    })?;
+    match result {
+        Ok(n) => cx.r.int(n),
+        Err(score) => cx.r.double(score),
+    }
+    Ok(())
+}
+
+fn zrem(cx: &mut Cx<'_>) -> Res {
+    let ms = &cx.args[2..];
+    let n = cx.write(1, |e| match &mut e.value {
+        Value::Absent => Ok(0),
+        Value::ZSet(z) => Ok(ms.iter().filter(|m| z.remove(m)).count() as i64),
+        _ => Err(err(WRONGTYPE)),
+    })?;
+    cx.r.int(n);
+    Ok(())
+}
+
+fn zincrby(cx: &mut Cx<'_>) -> Res {
+    let by = float(cx.args[2])?;
+    let m = Bytes::copy_from_slice(cx.args[3]);
+    let n = cx.write(1, |e| {
+        let z = zset_mut(e)?;
+        let n = z.scores.get(&m).copied().unwrap_or(0.0) + by;
+        if n.is_nan() {
+            return Err(CmdErr::Redis("ERR resulting score is not a number (NaN)".into()));
+        }
+        z.insert(m, n);
+        Ok(n)
+    })?;
+    cx.r.double(n);
+    Ok(())
+}
+
+fn zremrangebyscore(cx: &mut Cx<'_>) -> Res {
+    let (min, max) = (bound(cx.args[2])?, bound(cx.args[3])?);
+    let n = cx.write(1, |e| match &mut e.value {
+        Value::Absent => Ok(0),
+        Value::ZSet(z) => {
+            let gone: Vec<Bytes> = z.iter().filter(|(_, s)| in_range(*s, min, max)).map(|(m, _)| m.clone()).collect();
+            for m in &gone {
+                z.remove(m);
+            }
+            Ok(gone.len() as i64)
+        }
+        _ => Err(err(WRONGTYPE)),
+    })?;
+    cx.r.int(n);
+    Ok(())
+}
+
+fn zremrangebyrank(cx: &mut Cx<'_>) -> Res {
+    let (start, stop) = (int(cx.args[2])?, int(cx.args[3])?);
+    let n = cx.write(1, |e| match &mut e.value {
+        Value::Absent => Ok(0),
+        Value::ZSet(z) => {
+            let Some((s, t)) = range(start, stop, z.len()) else { return Ok(0) };
+            let gone: Vec<Bytes> = z.iter().skip(s).take(t - s + 1).map(|(m, _)| m.clone()).collect();
+            for m in &gone {
+                z.remove(m);
+            }
+            Ok(gone.len() as i64)
+        }
+        _ => Err(err(WRONGTYPE)),
+    })?;
+    cx.r.int(n);
+    Ok(())
+}
+
+// ---- conditional writes (opt-in) ----
+
+fn setnx(cx: &mut Cx<'_>) -> Res {
+    let value = Bytes::copy_from_slice(cx.args[2]);
+    let n = cx.write(1, |e| {
+        if matches!(e.value, Value::Absent) {
+            e.value = Value::Str(value);
+            e.expires_at_ms = None;
+            e.ttl_known = true;
+            Ok(1)
+        } else {
+            Ok(0)
+        }
+    })?;
+    cx.r.int(n);
+    Ok(())
+}
+
+fn msetnx(cx: &mut Cx<'_>) -> Res {
+    if cx.args.len() % 2 != 1 {
+        return Err(wrong_args(cx));
+    }
+    let mut any = false;
+    for i in (1..cx.args.len()).step_by(2) {
+        any |= cx.read(i, |e| Ok(!matches!(e.value, Value::Absent))).unwrap_or(false);
+    }
+    if !any {
+        for i in (1..cx.args.len()).step_by(2) {
+            let value = Bytes::copy_from_slice(cx.args[i + 1]);
+            cx.write(i, |e| {
+                e.value = Value::Str(value);
+                e.expires_at_ms = None;
+                e.ttl_known = true;
+                Ok(())
+            })?;
+        }
+    }
+    cx.r.int(!any as i64);
+    Ok(())
+}

@@ -1,0 +1,411 @@
+//! Outage mode: while the upstream is down (or the journal is still replaying), commands
+//! are served from the local store and writes are journaled for replay.
+//!
+//! - [`commands`]: the table of what is served and how (data, one function per command).
+//! - [`warm`]: keeping the store warm from healthy-path replies and writes.
+//! - [`reply`]: encoding replies in the client's protocol.
+//!
+//! Every write takes the engine's lock, is applied to the store, then appended to the
+//! journal: store order equals journal order equals acceptance order. Relative expiries
+//! are rewritten as absolute ones before journaling. Commands whose meaning depends on
+//! state across all clients (locks, WATCH, scripts, blocking pops) are refused.
+
+pub mod commands;
+pub mod reply;
+pub mod warm;
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+use tokio::time::Instant;
+
+use crate::command::{flags, CommandSpec};
+use crate::health::{Health, State};
+use crate::journal::{Journal, JournalError};
+use crate::metrics::{Metrics, Outcome};
+use crate::store::{now_ms, Entry, Lookup, Slot, Store, StoreKey, Value};
+use commands::Kind;
+use reply::Reply;
+
+/// Why a command was not served locally.
+#[derive(Debug)]
+pub enum CmdErr {
+    /// An error Redis itself would give (WRONGTYPE, not an integer, syntax).
+    Redis(String),
+    /// A key this sidecar never saw (the answer would be a guess).
+    Miss,
+    /// A conditional write, refused unless opted in.
+    Conditional(&'static str),
+    /// A form of a command that the local store does not serve.
+    Unsupported(&'static str),
+}
+
+pub type Res = Result<(), CmdErr>;
+
+/// What a command handler works with.
+pub struct Cx<'a> {
+    pub store: &'a Store,
+    pub db: u32,
+    pub args: &'a [&'a [u8]],
+    pub now_ms: u64,
+    pub r: Reply<'a>,
+    /// Journal these arguments instead of the request as received (absolute expiries).
+    pub rewrite: Option<Vec<Vec<u8>>>,
+    pub miss_nil: bool,
+    pub allow_conditional: bool,
+    /// Keys written that were never seen (applied as if absent, SPEC §3.7).
+    pub unseen: u32,
+    touched: SmallVec<[(StoreKey, Arc<Slot>); 2]>,
+}
+
+impl Cx<'_> {
+    fn key(&self, i: usize) -> StoreKey {
+        StoreKey { db: self.db, key: Bytes::copy_from_slice(self.args[i]) }
+    }
+
+    /// Reads argument `i`'s key: a miss unless seen (or `[store] miss = "nil"`).
+    pub fn read<T>(&mut self, i: usize, f: impl FnOnce(&Entry) -> Result<T, CmdErr>) -> Result<T, CmdErr> {
+        match self.store.get(&self.key(i)) {
+            Lookup::Found(slot) => {
+                let e = slot.entry.lock();
+                f(&e)
+            }
+            Lookup::Unseen if self.miss_nil => {
+                f(&Entry { value: Value::Absent, expires_at_ms: None, ttl_known: true, seen_at: Instant::now() })
+            }
+            Lookup::Unseen => Err(CmdErr::Miss),
+        }
+    }
+
+    /// Changes argument `i`'s key in place. `f` must not change anything when it fails.
+    /// An unseen key starts as absent; an emptied collection becomes absent (as in Redis).
+    pub fn write<T>(&mut self, i: usize, f: impl FnOnce(&mut Entry) -> Result<T, CmdErr>) -> Result<T, CmdErr> {
+        let key = self.key(i);
+        let (slot, created) = self.store.slot_for_write(&key);
+        let result = {
+            let mut e = slot.entry.lock();
+            let r = f(&mut e);
+            if r.is_ok() {
+                if e.value.is_empty_collection() {
+                    e.value = Value::Absent;
+                    e.expires_at_ms = None;
+                }
+                e.seen_at = Instant::now();
+            }
+            r
+        };
+        match &result {
+            Err(_) if created => self.store.invalidate(&key),
+            Err(_) => {}
+            Ok(_) => {
+                self.unseen += created as u32;
+                self.touched.push((key, slot));
+            }
+        }
+        result
+    }
+}
+
+/// Outage-mode settings (`[store]` and `[outage]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Answer a never-seen key as absent (nil) instead of an error.
+    pub miss_nil: bool,
+    /// Serve SET NX/XX, SETNX, HSETNX, MSETNX from local state.
+    pub allow_conditional: bool,
+}
+
+/// The outage engine.
+pub struct Outage {
+    pub store: Store,
+    pub journal: Arc<dyn Journal>,
+    lock: Mutex<()>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+/// The result of serving one command locally.
+pub enum Served {
+    /// Answered (reply appended); `seq`: the journal record to wait for before acknowledging.
+    Done { outcome: Outcome, seq: Option<u64> },
+    /// Outage mode ended before the write could be journaled: forward it instead.
+    Forward,
+}
+
+/// A command queued inside MULTI during an outage.
+pub struct Queued {
+    pub spec: &'static CommandSpec,
+    pub raw: Bytes,
+    pub args: Vec<Bytes>,
+}
+
+impl Outage {
+    pub fn new(
+        store: Store,
+        journal: Arc<dyn Journal>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Outage {
+        Outage { store, journal, lock: Mutex::new(()), settings, metrics, health }
+    }
+
+    /// Whether commands are served locally now: the upstream is down, or the journal is
+    /// not yet drained (new writes must queue behind it).
+    #[inline]
+    pub fn active(&self) -> bool {
+        matches!(self.health.state(), State::Down | State::Replaying)
+    }
+
+    /// The lock that orders journal appends; the replayer takes it to end outage mode.
+    pub fn lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.lock.lock()
+    }
+
+    /// Why a command is refused during an outage, if it is (metric label, client message).
+    pub fn refusal(spec: Option<&CommandSpec>) -> Option<(&'static str, String)> {
+        let Some(spec) = spec else {
+            return Some(("unsupported", "this command is not served during an outage".to_string()));
+        };
+        let name = spec.name;
+        let (reason, why) = match name {
+            "WATCH" => ("coordination", "WATCH needs the upstream's view of all clients"),
+            "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO" | "SCRIPT" | "FUNCTION" => {
+                ("script", "scripts and functions run on the upstream")
+            }
+            _ if spec.flags & flags::B != 0 => ("blocking", "blocking commands wait on other clients' writes"),
+            _ => match commands::lookup(name) {
+                Some(_) => return None,
+                None => ("unsupported", "it is not served during an outage"),
+            },
+        };
+        Some((reason, format!("UNAVAILABLE upstream down: {name} is not served during an outage ({why})")))
+    }
+
+    /// Serves one command from the store (and the journal, for a write).
+    pub fn execute(
+        &self,
+        db: u32,
+        resp3: bool,
+        spec: Option<&'static CommandSpec>,
+        args: &[&[u8]],
+        raw: &[u8],
+        out: &mut BytesMut,
+    ) -> Served {
+        if let Some((reason, msg)) = Self::refusal(spec) {
+            return self.refuse(out, reason, &msg);
+        }
+        let spec = spec.expect("refusal() handles unknown commands");
+        if !spec.arity_ok(args.len()) {
+            crate::error::write_error_line(
+                out,
+                &format!("ERR wrong number of arguments for '{}' command", spec.name.to_ascii_lowercase()),
+            );
+            return Served::Done { outcome: Outcome::Error, seq: None };
+        }
+        let entry = commands::lookup(spec.name).expect("refusal() checked the table");
+        if entry.kind == Kind::Conditional && !self.settings.allow_conditional {
+            return self.refuse(out, "coordination", &conditional_message(spec.name));
+        }
+        let writes = matches!(entry.kind, Kind::Write | Kind::Conditional);
+        if !writes {
+            let mark = out.len();
+            let mut cx = self.cx(db, resp3, args, out);
+            let result = (entry.run)(&mut cx);
+            // While replaying, a key never seen has no pending write: the upstream knows it.
+            if matches!(result, Err(CmdErr::Miss)) && self.health.state() == State::Replaying {
+                out.truncate(mark);
+                return Served::Forward;
+            }
+            return self.finish_read(result, spec.name, out);
+        }
+        let _order = self.lock.lock();
+        if !self.active() {
+            return Served::Forward;
+        }
+        if !self.journal.has_room(raw.len()) {
+            return self.journal_full(out, None);
+        }
+        let mark = out.len();
+        let mut cx = self.cx(db, resp3, args, out);
+        let result = (entry.run)(&mut cx);
+        let (rewrite, touched, unseen) = (cx.rewrite.take(), std::mem::take(&mut cx.touched), cx.unseen);
+        if let Err(e) = result {
+            return self.finish_read(Err(e), spec.name, out);
+        }
+        let payload = match rewrite {
+            Some(a) => encode(&a),
+            None => Bytes::copy_from_slice(raw),
+        };
+        match self.journal.append(db, 1, payload) {
+            Ok(seq) => {
+                self.after_write(&touched, unseen);
+                Served::Done { outcome: Outcome::Local, seq: Some(seq) }
+            }
+            Err(e) => {
+                // Not journaled, so not acknowledged: forget what was applied locally.
+                for (k, _) in &touched {
+                    self.store.invalidate(k);
+                }
+                out.truncate(mark);
+                self.journal_full(out, Some(e))
+            }
+        }
+    }
+
+    /// Runs a MULTI/EXEC block as one atomic journal record.
+    pub fn execute_block(&self, db: u32, resp3: bool, block: &[Queued], out: &mut BytesMut) -> Served {
+        let _order = self.lock.lock();
+        if !self.active() {
+            return Served::Forward;
+        }
+        let total: usize = block.iter().map(|q| q.raw.len()).sum();
+        if !self.journal.has_room(total) {
+            return self.journal_full(out, None);
+        }
+        let mut replies = BytesMut::new();
+        let mut payload = BytesMut::new();
+        let mut writes = 0u32;
+        let mut touched_all = Vec::new();
+        let mut unseen_all = 0;
+        for q in block {
+            let args: SmallVec<[&[u8]; 8]> = q.args.iter().map(|a| &a[..]).collect();
+            let entry = commands::lookup(q.spec.name).expect("checked when queued");
+            let mut cx = self.cx(db, resp3, &args, &mut replies);
+            let result = (entry.run)(&mut cx);
+            let (rewrite, touched, unseen) = (cx.rewrite.take(), std::mem::take(&mut cx.touched), cx.unseen);
+            match result {
+                Ok(()) if matches!(entry.kind, Kind::Write | Kind::Conditional) => {
+                    writes += 1;
+                    match rewrite {
+                        Some(a) => payload.extend_from_slice(&encode(&a)),
+                        None => payload.extend_from_slice(&q.raw),
+                    }
+                    touched_all.extend(touched);
+                    unseen_all += unseen;
+                }
+                Ok(()) => {}
+                // As in Redis, an error inside EXEC does not stop the other commands.
+                Err(e) => {
+                    self.finish_read(Err(e), q.spec.name, &mut replies);
+                }
+            }
+        }
+        let seq = if writes > 0 {
+            match self.journal.append(db, writes, payload.freeze()) {
+                Ok(seq) => Some(seq),
+                Err(e) => {
+                    for (k, _) in &touched_all {
+                        self.store.invalidate(k);
+                    }
+                    return self.journal_full(out, Some(e));
+                }
+            }
+        } else {
+            None
+        };
+        self.after_write(&touched_all, unseen_all);
+        let mut r = Reply { out, resp3 };
+        r.array(block.len());
+        out.extend_from_slice(&replies);
+        Served::Done { outcome: Outcome::Local, seq }
+    }
+
+    /// Whether a command may be queued in an outage MULTI (an error now aborts the EXEC).
+    pub fn queueable(&self, spec: Option<&'static CommandSpec>) -> Result<(), (&'static str, String)> {
+        if let Some(r) = Self::refusal(spec) {
+            return Err(r);
+        }
+        let spec = spec.expect("checked");
+        match commands::lookup(spec.name).map(|e| e.kind) {
+            Some(Kind::Conditional) if !self.settings.allow_conditional => {
+                Err(("coordination", conditional_message(spec.name)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn cx<'a>(&'a self, db: u32, resp3: bool, args: &'a [&'a [u8]], out: &'a mut BytesMut) -> Cx<'a> {
+        Cx {
+            store: &self.store,
+            db,
+            args,
+            now_ms: now_ms(),
+            r: Reply { out, resp3 },
+            rewrite: None,
+            miss_nil: self.settings.miss_nil,
+            allow_conditional: self.settings.allow_conditional,
+            unseen: 0,
+            touched: SmallVec::new(),
+        }
+    }
+
+    fn after_write(&self, touched: &[(StoreKey, Arc<Slot>)], unseen: u32) {
+        for (k, slot) in touched {
+            self.store.reweigh(k, slot);
+        }
+        if unseen > 0 {
+            self.metrics.store_unseen_writes.inc_by(unseen as u64);
+        }
+        self.metrics.journal_appends.inc();
+        self.health.set_journal_pending();
+    }
+
+    fn finish_read(&self, result: Res, name: &str, out: &mut BytesMut) -> Served {
+        match result {
+            Ok(()) => Served::Done { outcome: Outcome::Local, seq: None },
+            Err(CmdErr::Redis(msg)) => {
+                crate::error::write_error_line(out, &msg);
+                Served::Done { outcome: Outcome::Error, seq: None }
+            }
+            Err(CmdErr::Miss) => self.refuse(
+                out,
+                "miss",
+                &format!(
+                    "UNAVAILABLE upstream down: {name} needs a key this sidecar has not seen (set [store] miss = \"nil\" to answer nil)"
+                ),
+            ),
+            Err(CmdErr::Conditional(what)) => self.refuse(out, "coordination", &conditional_message(what)),
+            Err(CmdErr::Unsupported(what)) => {
+                self.refuse(out, "unsupported", &format!("UNAVAILABLE upstream down: {what} is not served during an outage"))
+            }
+        }
+    }
+
+    fn refuse(&self, out: &mut BytesMut, reason: &'static str, msg: &str) -> Served {
+        self.metrics.outage_refused.with_label_values(&[reason]).inc();
+        crate::error::write_error_line(out, msg);
+        Served::Done { outcome: Outcome::Refused, seq: None }
+    }
+
+    fn journal_full(&self, out: &mut BytesMut, e: Option<JournalError>) -> Served {
+        self.metrics.outage_refused.with_label_values(&["journal_full"]).inc();
+        let why = match e {
+            Some(e) => e.to_string(),
+            None => {
+                let s = self.journal.stats();
+                JournalError::Full { entries: s.entries, bytes: s.bytes }.to_string()
+            }
+        };
+        crate::error::write_error_line(out, &format!("OOM respite: {why}"));
+        Served::Done { outcome: Outcome::Refused, seq: None }
+    }
+}
+
+fn conditional_message(what: &str) -> String {
+    format!(
+        "UNAVAILABLE upstream down: {what} depends on the upstream's current state and is refused during an outage \
+         (a lock taken from a sidecar's memory is one two pods can both hold; opt in with [outage] allow_conditional = true)"
+    )
+}
+
+/// Encodes arguments as a RESP command.
+pub fn encode(args: &[Vec<u8>]) -> Bytes {
+    let mut out = BytesMut::new();
+    let refs: SmallVec<[&[u8]; 8]> = args.iter().map(|a| &a[..]).collect();
+    crate::upstream::encode_command(&mut out, &refs);
+    out.freeze()
+}

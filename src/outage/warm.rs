@@ -1,0 +1,346 @@
+//! Keeping the local store warm while the upstream is healthy, and never older than this
+//! sidecar's own last write.
+//!
+//! - Full-value reads (GET, MGET, HGETALL, SMEMBERS, `LRANGE k 0 -1`, `ZRANGE k 0 -1
+//!   WITHSCORES`) store the value the upstream returned; TTL/PTTL record the expiry.
+//! - Writes that determine the whole value (SET, SETEX, MSET, DEL, INCR's result, …) store
+//!   it. Other writes to a cached key are applied to the cached copy, and kept only if the
+//!   local reply equals the upstream's (otherwise another client changed the value
+//!   meanwhile and the key is dropped). Writes to uncached keys, and every write respite
+//!   cannot follow (RENAME, SORT … STORE, scripts, FLUSHDB, …), invalidate.
+
+use bytes::{Bytes, BytesMut};
+use indexmap::{IndexMap, IndexSet};
+use smallvec::SmallVec;
+
+use super::{commands, Outage};
+use crate::command::{flags, CommandSpec};
+use crate::resp::parse_int;
+use crate::store::{now_ms, Lookup, StoreKey, Value, ZSet};
+
+/// A decoded reply, as much as warming needs.
+#[derive(Debug, Clone, PartialEq)]
+enum Frame {
+    Bulk(Bytes),
+    Int(i64),
+    Double(f64),
+    Nil,
+    Simple,
+    Error,
+    Array(Vec<Frame>),
+    /// RESP3 map, flattened to key, value, key, value.
+    Map(Vec<Frame>),
+}
+
+fn decode(buf: &Bytes) -> Option<Frame> {
+    let (f, _) = decode_at(buf, 0, 0)?;
+    Some(f)
+}
+
+fn decode_at(buf: &Bytes, pos: usize, depth: u32) -> Option<(Frame, usize)> {
+    if depth > 8 {
+        return None;
+    }
+    let t = *buf.get(pos)?;
+    let cr = pos + 1 + memchr::memchr(b'\r', &buf[pos + 1..])?;
+    let line = &buf[pos + 1..cr];
+    let after = cr + 2;
+    match t {
+        b'+' => Some((Frame::Simple, after)),
+        b'-' | b'!' => Some((Frame::Error, after)),
+        b':' => Some((Frame::Int(parse_int(line)?), after)),
+        b'_' => Some((Frame::Nil, after)),
+        b',' => Some((Frame::Double(std::str::from_utf8(line).ok()?.parse().ok()?), after)),
+        b'$' | b'=' => {
+            let n = parse_int(line)?;
+            if n < 0 {
+                return Some((Frame::Nil, after));
+            }
+            let end = after + n as usize;
+            let mut body = buf.slice(after..end);
+            if t == b'=' && body.len() >= 4 {
+                body = body.slice(4..);
+            }
+            Some((Frame::Bulk(body), end + 2))
+        }
+        b'*' | b'~' | b'%' => {
+            let n = parse_int(line)?;
+            if n < 0 {
+                return Some((Frame::Nil, after));
+            }
+            let count = if t == b'%' { 2 * n as usize } else { n as usize };
+            let mut items = Vec::with_capacity(count.min(1 << 16));
+            let mut p = after;
+            for _ in 0..count {
+                let (f, next) = decode_at(buf, p, depth + 1)?;
+                items.push(f);
+                p = next;
+            }
+            Some((if t == b'%' { Frame::Map(items) } else { Frame::Array(items) }, p))
+        }
+        _ => None,
+    }
+}
+
+fn bulk(f: &Frame) -> Option<Bytes> {
+    match f {
+        Frame::Bulk(b) => Some(b.clone()),
+        _ => None,
+    }
+}
+
+fn flat(f: Frame) -> Option<Vec<Frame>> {
+    match f {
+        Frame::Array(v) | Frame::Map(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// The request whose reply is being learned from.
+pub struct Request<'a> {
+    pub spec: &'static CommandSpec,
+    pub args: &'a [&'a [u8]],
+    pub db: u32,
+    pub resp3: bool,
+}
+
+impl Outage {
+    /// Learns from a successful (non-error) upstream reply to `req`.
+    pub fn learn(&self, req: &Request<'_>, reply: &Bytes) {
+        let name = req.spec.name;
+        let args = req.args;
+        let key = |i: usize| StoreKey { db: req.db, key: Bytes::copy_from_slice(args[i]) };
+        let store = &self.store;
+        match name {
+            "GET" => match decode(reply) {
+                Some(Frame::Bulk(v)) => store.put(key(1), Value::Str(v), None),
+                Some(Frame::Nil) => store.put(key(1), Value::Absent, Some(None)),
+                _ => store.invalidate(&key(1)),
+            },
+            "MGET" => {
+                if let Some(items) = decode(reply).and_then(flat) {
+                    for (i, f) in items.iter().enumerate() {
+                        match bulk(f) {
+                            Some(v) => store.put(key(i + 1), Value::Str(v), None),
+                            // nil: absent, or a value of another type; not knowable here.
+                            None => store.invalidate(&key(i + 1)),
+                        }
+                    }
+                }
+            }
+            "HGETALL" => match decode(reply).and_then(flat) {
+                Some(items) if items.len() % 2 == 0 => {
+                    let mut h = IndexMap::with_capacity(items.len() / 2);
+                    for p in items.chunks(2) {
+                        match (bulk(&p[0]), bulk(&p[1])) {
+                            (Some(k), Some(v)) => {
+                                h.insert(k, v);
+                            }
+                            _ => return store.invalidate(&key(1)),
+                        }
+                    }
+                    let v = if h.is_empty() { Value::Absent } else { Value::Hash(h) };
+                    store.put(key(1), v, None);
+                }
+                _ => store.invalidate(&key(1)),
+            },
+            "SMEMBERS" => match decode(reply).and_then(flat) {
+                Some(items) => {
+                    let s: Option<IndexSet<Bytes>> = items.iter().map(bulk).collect();
+                    match s {
+                        Some(s) if s.is_empty() => store.put(key(1), Value::Absent, None),
+                        Some(s) => store.put(key(1), Value::Set(s), None),
+                        None => store.invalidate(&key(1)),
+                    }
+                }
+                None => store.invalidate(&key(1)),
+            },
+            "LRANGE" if args[2] == b"0" && args[3] == b"-1" => match decode(reply).and_then(flat) {
+                Some(items) => match items.iter().map(bulk).collect::<Option<std::collections::VecDeque<_>>>() {
+                    Some(l) if l.is_empty() => store.put(key(1), Value::Absent, None),
+                    Some(l) => store.put(key(1), Value::List(l), None),
+                    None => store.invalidate(&key(1)),
+                },
+                None => store.invalidate(&key(1)),
+            },
+            "ZRANGE"
+                if args.len() == 5
+                    && args[2] == b"0"
+                    && args[3] == b"-1"
+                    && args[4].eq_ignore_ascii_case(b"WITHSCORES") =>
+            {
+                match decode(reply).and_then(flat).and_then(|items| zset_from(items, req.resp3)) {
+                    Some(z) if z.is_empty() => store.put(key(1), Value::Absent, None),
+                    Some(z) => store.put(key(1), Value::ZSet(z), None),
+                    None => store.invalidate(&key(1)),
+                }
+            }
+            "PTTL" | "TTL" => {
+                if let Some(Frame::Int(n)) = decode(reply) {
+                    let k = key(1);
+                    if let Lookup::Found(slot) = store.get(&k) {
+                        let mut e = slot.entry.lock();
+                        match n {
+                            -2 => {
+                                e.value = Value::Absent;
+                                e.expires_at_ms = None;
+                            }
+                            -1 => e.expires_at_ms = None,
+                            // TTL is rounded to seconds: keep the earlier bound, never later.
+                            n if name == "TTL" => e.expires_at_ms = Some(now_ms() + (n.max(1) as u64 - 1) * 1000),
+                            n => e.expires_at_ms = Some(now_ms() + n as u64),
+                        }
+                        e.ttl_known = true;
+                    }
+                }
+            }
+            _ if req.spec.is_write() => self.learn_write(req, reply),
+            _ => {}
+        }
+    }
+
+    fn learn_write(&self, req: &Request<'_>, reply: &Bytes) {
+        let name = req.spec.name;
+        let args = req.args;
+        let key = |i: usize| StoreKey { db: req.db, key: Bytes::copy_from_slice(args[i]) };
+        match name {
+            "FLUSHALL" | "SWAPDB" => return self.store.clear(),
+            "FLUSHDB" => return self.store.invalidate_db(req.db),
+            "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
+                if let Some(Frame::Int(n)) = decode(reply) {
+                    return self.set_keeping_ttl(key(1), Value::Str(Bytes::from(n.to_string())));
+                }
+            }
+            "INCRBYFLOAT" => {
+                if let Some(Frame::Bulk(b)) = decode(reply) {
+                    return self.set_keeping_ttl(key(1), Value::Str(b));
+                }
+            }
+            _ => {}
+        }
+        let keys = write_keys(req.spec, args);
+        let Some(keys) = keys else {
+            // Keys unknown (movable): forget the whole database.
+            return self.store.invalidate_db(req.db);
+        };
+        let local = commands::lookup(name);
+        // Writes that determine the whole new value apply even to keys never seen.
+        let conditional = args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"NX") || a.eq_ignore_ascii_case(b"XX"));
+        let determined = matches!(name, "SETEX" | "PSETEX" | "MSET" | "GETSET" | "DEL" | "UNLINK" | "GETDEL")
+            || (name == "SET" && !conditional);
+        let cached = keys.iter().all(|&i| matches!(self.store.get(&key(i)), Lookup::Found(_)));
+        if let Some(entry) = local.filter(|_| determined || cached) {
+            let mut scratch = BytesMut::new();
+            let mut cx = self.cx(req.db, req.resp3, args, &mut scratch);
+            cx.allow_conditional = true;
+            cx.miss_nil = true;
+            let ok = (entry.run)(&mut cx).is_ok();
+            let touched = std::mem::take(&mut cx.touched);
+            // Otherwise another client changed the value meanwhile (the replies differ).
+            if ok && (determined || scratch[..] == reply[..]) {
+                for (k, slot) in &touched {
+                    self.store.reweigh(k, slot);
+                }
+                return;
+            }
+        }
+        for i in keys {
+            self.store.invalidate(&key(i));
+        }
+    }
+
+    /// A write's outcome is unknown (or it failed oddly): forget its keys.
+    pub fn forget(&self, spec: &CommandSpec, args: &[&[u8]], db: u32) {
+        match write_keys(spec, args) {
+            Some(keys) => {
+                for i in keys {
+                    self.store.invalidate(&StoreKey { db, key: Bytes::copy_from_slice(args[i]) });
+                }
+            }
+            None => self.store.invalidate_db(db),
+        }
+    }
+
+    fn set_keeping_ttl(&self, key: StoreKey, value: Value) {
+        match self.store.get(&key) {
+            Lookup::Found(slot) => {
+                slot.entry.lock().value = value;
+                self.store.reweigh(&key, &slot);
+            }
+            Lookup::Unseen => self.store.put(key, value, None),
+        }
+    }
+}
+
+/// Argument positions of the keys a write touches; `None` when they cannot be known.
+fn write_keys(spec: &CommandSpec, args: &[&[u8]]) -> Option<SmallVec<[usize; 4]>> {
+    match spec.name {
+        "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO" => {
+            let n = parse_int(args.get(2)?)?;
+            if n < 0 || 3 + n as usize > args.len() {
+                return None;
+            }
+            return Some((3..3 + n as usize).collect());
+        }
+        "MOVE" | "COPY" | "MIGRATE" | "RESTORE" | "RESTORE-ASKING" => return None,
+        _ => {}
+    }
+    if spec.flags & flags::M != 0 || spec.first_key <= 0 {
+        return None;
+    }
+    Some(spec.key_positions(args.len()).collect())
+}
+
+fn zset_from(items: Vec<Frame>, resp3: bool) -> Option<ZSet> {
+    let mut z = ZSet::default();
+    let score = |f: &Frame| -> Option<f64> {
+        match f {
+            Frame::Double(d) => Some(*d),
+            Frame::Bulk(b) => commands_float(b),
+            Frame::Int(i) => Some(*i as f64),
+            _ => None,
+        }
+    };
+    if resp3 && items.first().is_some_and(|f| matches!(f, Frame::Array(_))) {
+        for pair in items {
+            let p = flat(pair)?;
+            z.insert(bulk(p.first()?)?, score(p.get(1)?)?);
+        }
+    } else {
+        if items.len() % 2 != 0 {
+            return None;
+        }
+        for p in items.chunks(2) {
+            z.insert(bulk(&p[0])?, score(&p[1])?);
+        }
+    }
+    Some(z)
+}
+
+fn commands_float(b: &[u8]) -> Option<f64> {
+    match b {
+        b"inf" | b"+inf" => Some(f64::INFINITY),
+        b"-inf" => Some(f64::NEG_INFINITY),
+        _ => std::str::from_utf8(b).ok()?.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_resp2_and_resp3_frames() {
+        let f = decode(&Bytes::from_static(b"*2\r\n$1\r\na\r\n%1\r\n+k\r\n,1.5\r\n")).unwrap();
+        assert_eq!(
+            f,
+            Frame::Array(vec![
+                Frame::Bulk(Bytes::from_static(b"a")),
+                Frame::Map(vec![Frame::Simple, Frame::Double(1.5)])
+            ])
+        );
+        assert_eq!(decode(&Bytes::from_static(b"$-1\r\n")), Some(Frame::Nil));
+        assert_eq!(decode(&Bytes::from_static(b"_\r\n")), Some(Frame::Nil));
+        assert_eq!(decode(&Bytes::from_static(b"*1\r\n")), None, "truncated");
+    }
+}

@@ -1,0 +1,238 @@
+//! The local store: what respite serves reads from when the upstream is down.
+//!
+//! A moka LRU bounded in bytes (each entry weighs its key and value). Entries are typed
+//! Redis values, or `Absent` when the upstream said the key does not exist. Each entry
+//! knows when it was last confirmed (`seen_at`, for `store.max_staleness`) and its Redis
+//! expiry as an absolute wall-clock time where known (`expires_at_ms`), so a served value
+//! never outlives the upstream TTL. Filled while healthy from full-value read replies and
+//! successful writes ([`crate::outage::warm`]); changed by writes accepted during an outage.
+
+mod value;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+pub use value::{Value, ZSet};
+
+use crate::metrics::Metrics;
+
+/// A key in a database.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StoreKey {
+    pub db: u32,
+    pub key: Bytes,
+}
+
+/// A stored value with what is known of its freshness and expiry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub value: Value,
+    /// Redis expiry, unix milliseconds; `None`: no expiry, or unknown (see `ttl_known`).
+    pub expires_at_ms: Option<u64>,
+    /// Whether `expires_at_ms` is known (a value warmed from GET has an unknown TTL, which
+    /// `store.max_staleness` bounds; one written by SET has a known one).
+    pub ttl_known: bool,
+    /// When the upstream (or this sidecar's own write) last confirmed the value.
+    pub seen_at: Instant,
+}
+
+/// A slot in the cache: the entry behind a lock (writes change it in place), and its weight
+/// as last measured (the cache re-weighs on re-insert).
+pub struct Slot {
+    pub entry: Mutex<Entry>,
+    weight: AtomicU32,
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    /// The key was never seen (or its value is too stale to serve).
+    Unseen,
+    /// The value (`Value::Absent` for a key known not to exist, or expired).
+    Found(Arc<Slot>),
+}
+
+/// The byte-bounded LRU of typed values.
+pub struct Store {
+    cache: moka::sync::Cache<StoreKey, Arc<Slot>>,
+    max_staleness: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// Wall-clock now, unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Store {
+    pub fn new(max_bytes: u64, max_staleness: Duration, metrics: Arc<Metrics>) -> Store {
+        let evictions = metrics.store_evictions.clone();
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .eviction_policy(EvictionPolicy::lru())
+            .weigher(|k: &StoreKey, v: &Arc<Slot>| {
+                (k.key.len() as u32).saturating_add(48).saturating_add(v.weight.load(Ordering::Relaxed))
+            })
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
+            .build();
+        Store { cache, max_staleness, metrics }
+    }
+
+    /// Looks a key up. Expired values read as `Absent`; values older than the maximum
+    /// staleness read as unseen (and are dropped).
+    pub fn get(&self, key: &StoreKey) -> Lookup {
+        match self.cache.get(key) {
+            None => {
+                self.metrics.store_misses.inc();
+                Lookup::Unseen
+            }
+            Some(slot) => {
+                {
+                    let mut e = slot.entry.lock();
+                    if e.seen_at.elapsed() > self.max_staleness {
+                        drop(e);
+                        self.cache.invalidate(key);
+                        self.metrics.store_misses.inc();
+                        return Lookup::Unseen;
+                    }
+                    if e.expires_at_ms.is_some_and(|t| t <= now_ms()) {
+                        e.value = Value::Absent;
+                        e.expires_at_ms = None;
+                        e.ttl_known = true;
+                    }
+                }
+                self.metrics.store_hits.inc();
+                Lookup::Found(slot)
+            }
+        }
+    }
+
+    /// Stores a value confirmed now; `ttl`: `Some(expiry)` when known, `None` when unknown.
+    pub fn put(&self, key: StoreKey, value: Value, ttl: Option<Option<u64>>) {
+        let weight = value.weight();
+        let entry = Entry { value, expires_at_ms: ttl.flatten(), ttl_known: ttl.is_some(), seen_at: Instant::now() };
+        let slot = Arc::new(Slot { entry: Mutex::new(entry), weight: AtomicU32::new(weight) });
+        self.cache.insert(key, slot);
+    }
+
+    /// The slot for `key`, created as `Absent` if unseen (`created` says which).
+    pub fn slot_for_write(&self, key: &StoreKey) -> (Arc<Slot>, bool) {
+        match self.get(key) {
+            Lookup::Found(slot) => (slot, false),
+            Lookup::Unseen => {
+                let slot = Arc::new(Slot {
+                    entry: Mutex::new(Entry {
+                        value: Value::Absent,
+                        expires_at_ms: None,
+                        ttl_known: true,
+                        seen_at: Instant::now(),
+                    }),
+                    weight: AtomicU32::new(0),
+                });
+                self.cache.insert(key.clone(), slot.clone());
+                (slot, true)
+            }
+        }
+    }
+
+    /// Re-weighs a slot after its entry changed (the lock must not be held).
+    pub fn reweigh(&self, key: &StoreKey, slot: &Arc<Slot>) {
+        let w = slot.entry.lock().value.weight();
+        if slot.weight.swap(w, Ordering::Relaxed) != w {
+            self.cache.insert(key.clone(), slot.clone());
+        }
+    }
+
+    /// Forgets a key (its upstream value changed in a way this sidecar cannot follow).
+    pub fn invalidate(&self, key: &StoreKey) {
+        self.cache.invalidate(key);
+    }
+
+    /// Forgets everything in one database (FLUSHDB, or a write whose keys are unknown).
+    pub fn invalidate_db(&self, db: u32) {
+        let _ = self.cache.invalidate_entries_if(move |k, _| k.db == db);
+    }
+
+    /// Forgets everything.
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Entries currently stored (approximate, as moka counts).
+    pub fn entries(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
+    /// Bytes currently stored (the weighted size).
+    pub fn bytes(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
+    }
+
+    /// Number of keys of a database that are known to exist (DBSIZE of the local view).
+    pub fn dbsize(&self, db: u32) -> usize {
+        let now = now_ms();
+        self.cache
+            .iter()
+            .filter(|(k, slot)| {
+                k.db == db && {
+                    let e = slot.entry.lock();
+                    !matches!(e.value, Value::Absent) && e.expires_at_ms.is_none_or(|t| t > now)
+                }
+            })
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str) -> StoreKey {
+        StoreKey { db: 0, key: Bytes::copy_from_slice(k.as_bytes()) }
+    }
+
+    #[test]
+    fn the_byte_bound_holds_when_ten_times_as_much_is_written() {
+        let metrics = Arc::new(Metrics::new());
+        let bound = 1 << 20;
+        let store = Store::new(bound, Duration::from_secs(3600), metrics.clone());
+        let value = Bytes::from(vec![b'x'; 1000]);
+        for i in 0..10_000 {
+            store.put(key(&format!("k{i}")), Value::Str(value.clone()), Some(None));
+        }
+        assert!(store.bytes() <= bound, "{} > {bound}", store.bytes());
+        assert!(store.entries() < 10_000);
+        assert!(metrics.store_evictions.get() > 0);
+    }
+
+    #[test]
+    fn expired_values_read_as_absent_and_unseen_keys_as_unseen() {
+        let store = Store::new(1 << 20, Duration::from_secs(3600), Arc::new(Metrics::new()));
+        store.put(key("gone"), Value::Str(Bytes::from_static(b"v")), Some(Some(now_ms() - 1)));
+        match store.get(&key("gone")) {
+            Lookup::Found(slot) => assert!(matches!(slot.entry.lock().value, Value::Absent)),
+            Lookup::Unseen => panic!("expired key must read as absent"),
+        }
+        assert!(matches!(store.get(&key("never")), Lookup::Unseen));
+    }
+
+    #[test]
+    fn stale_values_are_not_served() {
+        let store = Store::new(1 << 20, Duration::ZERO, Arc::new(Metrics::new()));
+        store.put(key("old"), Value::Str(Bytes::from_static(b"v")), Some(None));
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(matches!(store.get(&key("old")), Lookup::Unseen));
+    }
+}
