@@ -69,6 +69,9 @@ pub enum Parsed {
 pub struct RequestParser {
     /// Progress through a partially received array request.
     partial: Option<Partial>,
+    /// Arguments of the partial request so far (offsets from its first byte). Kept here,
+    /// not in the caller's vector, so they survive the caller clearing it between reads.
+    partial_args: Vec<Arg>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -77,8 +80,6 @@ struct Partial {
     pos: usize,
     /// Arguments still to come.
     remaining: usize,
-    /// Length of `args` when this request started, to roll back nothing on resume.
-    args_at_start: usize,
 }
 
 impl RequestParser {
@@ -113,31 +114,32 @@ impl RequestParser {
                 // `*0` and `*-1` are empty requests: Redis ignores them silently.
                 return Ok(Parsed::Inline { len: after });
             }
-            self.partial = Some(Partial { pos: after, remaining: n as usize, args_at_start: args.len() });
+            self.partial = Some(Partial { pos: after, remaining: n as usize });
+            self.partial_args.clear();
         }
         let mut p = self.partial.expect("set above");
         while p.remaining > 0 {
             let Some(&first) = buf.get(p.pos) else { break };
             if first != b'$' {
-                self.reset(args, p);
+                self.reset();
                 return Err(ProtocolError::ExpectedBulk(printable(first)));
             }
             let header = match read_line_int(buf, p.pos + 1) {
                 Ok(h) => h,
                 Err(_) => {
-                    self.reset(args, p);
+                    self.reset();
                     return Err(ProtocolError::InvalidBulkLength);
                 }
             };
             let Some((len, body)) = header else {
                 if buf.len() - p.pos > 32 {
-                    self.reset(args, p);
+                    self.reset();
                     return Err(ProtocolError::InvalidBulkLength);
                 }
                 break;
             };
             if len < 0 || len as u64 > limits.max_bulk as u64 || len > u32::MAX as i64 {
-                self.reset(args, p);
+                self.reset();
                 return Err(ProtocolError::InvalidBulkLength);
             }
             let end = body + len as usize;
@@ -145,15 +147,16 @@ impl RequestParser {
                 break;
             }
             if &buf[end..end + 2] != b"\r\n" {
-                self.reset(args, p);
+                self.reset();
                 return Err(ProtocolError::MissingCrlf);
             }
-            args.push((body as u32, len as u32));
+            self.partial_args.push((body as u32, len as u32));
             p.pos = end + 2;
             p.remaining -= 1;
         }
         if p.remaining == 0 {
             self.partial = None;
+            args.append(&mut self.partial_args);
             Ok(Parsed::Request { len: p.pos })
         } else {
             self.partial = Some(p);
@@ -166,8 +169,8 @@ impl RequestParser {
         self.partial.is_some()
     }
 
-    fn reset(&mut self, args: &mut Vec<Arg>, p: Partial) {
-        args.truncate(p.args_at_start);
+    fn reset(&mut self) {
+        self.partial_args.clear();
         self.partial = None;
     }
 }
@@ -513,6 +516,21 @@ mod tests {
         }
         assert_eq!(p.parse(input, &limits, &mut args, &mut enc).unwrap(), Parsed::Request { len: input.len() });
         assert_eq!(args.len(), 3);
+    }
+
+    #[test]
+    fn a_request_split_across_reads_keeps_its_arguments_when_the_caller_clears_between_reads() {
+        let input = b"*2\r\n$4\r\nECHO\r\n$5\r\nhello\r\n";
+        let mut p = RequestParser::default();
+        let limits = Limits::default();
+        let mut enc = BytesMut::new();
+        let mut args = Vec::new();
+        assert_eq!(p.parse(&input[..16], &limits, &mut args, &mut enc).unwrap(), Parsed::Incomplete);
+        assert!(args.is_empty(), "a partial request's arguments are not handed out");
+        args.clear();
+        assert_eq!(p.parse(input, &limits, &mut args, &mut enc).unwrap(), Parsed::Request { len: input.len() });
+        let got: Vec<&[u8]> = args.iter().map(|&(s, l)| &input[s as usize..(s + l) as usize]).collect();
+        assert_eq!(got, vec![&b"ECHO"[..], b"hello"]);
     }
 
     #[test]

@@ -117,8 +117,29 @@ impl Store {
         }
     }
 
-    /// Stores a value confirmed now; `ttl`: `Some(expiry)` when known, `None` when unknown.
+    /// Stores a value confirmed now; `ttl`: `Some(expiry)` when known, `None` when unknown
+    /// (an unchanged value then keeps what was known of its expiry). An existing slot is
+    /// updated in place, so a hot key read again and again costs a lookup, not an insert.
     pub fn put(&self, key: StoreKey, value: Value, ttl: Option<Option<u64>>) {
+        if let Some(slot) = self.cache.get(&key) {
+            let weight = {
+                let mut e = slot.entry.lock();
+                if e.value != value {
+                    e.value = value;
+                    e.ttl_known = ttl.is_some();
+                    e.expires_at_ms = ttl.flatten();
+                } else if let Some(t) = ttl {
+                    e.ttl_known = true;
+                    e.expires_at_ms = t;
+                }
+                e.seen_at = Instant::now();
+                e.value.weight()
+            };
+            if slot.weight.swap(weight, Ordering::Relaxed) != weight {
+                self.cache.insert(key, slot);
+            }
+            return;
+        }
         let weight = value.weight();
         let entry = Entry { value, expires_at_ms: ttl.flatten(), ttl_known: ttl.is_some(), seen_at: Instant::now() };
         let slot = Arc::new(Slot { entry: Mutex::new(entry), weight: AtomicU32::new(weight) });
