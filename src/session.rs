@@ -430,11 +430,12 @@ impl Session {
                 }
                 _ => err(out, "ERR value is not an integer or out of range"),
             },
-            (_, Some(multi)) => match outage.queueable(spec) {
-                Ok(()) => {
+            (_, Some(multi)) => match outage.queueable(req.id, spec, args[0]) {
+                Ok(entry) => {
                     let spec = spec.expect("queueable() refuses unknown commands");
                     multi.queued.push(Queued {
                         spec,
+                        entry,
                         raw,
                         args: args.iter().map(|a| Bytes::copy_from_slice(a)).collect(),
                     });
@@ -447,7 +448,7 @@ impl Session {
                     err(out, &msg)
                 }
             },
-            (_, None) => match outage.execute(self.db, self.resp3, spec, &args, &raw, out) {
+            (_, None) => match outage.execute(self.db, self.resp3, req.id, spec, &args, &raw, out) {
                 Served::Done { outcome, seq } => {
                     self.journal_seq = seq.or(self.journal_seq);
                     outcome

@@ -6,7 +6,6 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{Durable, Journal, JournalError, JournalStats, Record};
-use crate::store::now_ms;
 
 pub struct MemJournal {
     inner: Mutex<Inner>,
@@ -33,7 +32,7 @@ impl MemJournal {
 }
 
 impl Journal for MemJournal {
-    fn append(&self, db: u32, commands: u32, payload: Bytes) -> Result<u64, JournalError> {
+    fn append(&self, db: u32, commands: u32, payload: Bytes, accepted_ms: u64) -> Result<u64, JournalError> {
         let mut g = self.inner.lock();
         let len = payload.len() as u64;
         if g.records.len() as u64 >= self.max_entries || g.bytes + len > self.max_bytes {
@@ -42,7 +41,7 @@ impl Journal for MemJournal {
         g.last_seq += 1;
         let seq = g.last_seq;
         g.bytes += len;
-        g.records.push_back(Record { seq, db, commands, payload, accepted_ms: now_ms() });
+        g.records.push_back(Record { seq, db, commands, payload, accepted_ms });
         Ok(seq)
     }
 
@@ -101,7 +100,7 @@ mod tests {
     fn appends_in_order_reads_after_and_confirms() {
         let j = MemJournal::new(100, 1 << 20, "t".into());
         for i in 0..10u8 {
-            assert_eq!(j.append(0, 1, Bytes::from(vec![i; 10])).unwrap(), i as u64 + 1);
+            assert_eq!(j.append(0, 1, Bytes::from(vec![i; 10]), 0).unwrap(), i as u64 + 1);
         }
         let r = j.read_after(3, 4, usize::MAX);
         assert_eq!(r.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5, 6, 7]);
@@ -116,13 +115,13 @@ mod tests {
     #[test]
     fn limits_refuse_without_dropping_anything() {
         let j = MemJournal::new(3, 25, "t".into());
-        j.append(0, 1, Bytes::from_static(b"0123456789")).unwrap();
-        j.append(0, 1, Bytes::from_static(b"0123456789")).unwrap();
-        assert!(matches!(j.append(0, 1, Bytes::from_static(b"0123456789")), Err(JournalError::Full { .. })));
+        j.append(0, 1, Bytes::from_static(b"0123456789"), 0).unwrap();
+        j.append(0, 1, Bytes::from_static(b"0123456789"), 0).unwrap();
+        assert!(matches!(j.append(0, 1, Bytes::from_static(b"0123456789"), 0), Err(JournalError::Full { .. })));
         assert!(!j.has_room(10));
         assert!(j.has_room(5));
-        j.append(0, 1, Bytes::from_static(b"01234")).unwrap();
-        assert!(matches!(j.append(0, 1, Bytes::new()), Err(JournalError::Full { .. })));
+        j.append(0, 1, Bytes::from_static(b"01234"), 0).unwrap();
+        assert!(matches!(j.append(0, 1, Bytes::new(), 0), Err(JournalError::Full { .. })));
         assert_eq!(j.stats().entries, 3);
     }
 }

@@ -55,7 +55,8 @@ pub type Durable<'a> = Pin<Box<dyn Future<Output = Result<(), JournalError>> + S
 pub trait Journal: Send + Sync {
     /// Appends a record and returns its sequence number. Called under the outage lock, so
     /// records are in acceptance order. Fails when full; then nothing was appended.
-    fn append(&self, db: u32, commands: u32, payload: Bytes) -> Result<u64, JournalError>;
+    /// `accepted_ms`: acceptance time, unix milliseconds.
+    fn append(&self, db: u32, commands: u32, payload: Bytes, accepted_ms: u64) -> Result<u64, JournalError>;
 
     /// Completes once `seq` is durable under the configured policy (at once in memory); a
     /// write is acknowledged only after this.

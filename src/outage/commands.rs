@@ -147,6 +147,12 @@ pub fn lookup(name: &str) -> Option<&'static OutageSpec> {
     TABLE.iter().find(|s| s.name == name)
 }
 
+/// The outage entry of a command-table id, in O(1) (built once from [`TABLE`]).
+pub fn by_id(id: crate::command::CommandId) -> Option<&'static OutageSpec> {
+    static INDEX: std::sync::OnceLock<Vec<Option<&'static OutageSpec>>> = std::sync::OnceLock::new();
+    INDEX.get_or_init(|| crate::command::TABLE.iter().map(|c| lookup(c.name)).collect()).get(id).copied().flatten()
+}
+
 pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 pub const NOT_INT: &str = "ERR value is not an integer or out of range";
 pub const NOT_FLOAT: &str = "ERR value is not a valid float";
@@ -1570,4 +1576,32 @@ fn msetnx(cx: &mut Cx<'_>) -> Res {
     }
     cx.r.int(!any as i64);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command;
+
+    #[test]
+    fn every_entry_is_a_known_command_found_by_id_with_a_kind_matching_its_flags() {
+        let mut names = std::collections::HashSet::new();
+        for e in TABLE {
+            assert!(names.insert(e.name), "duplicate {}", e.name);
+            let (id, spec) = command::lookup(e.name.as_bytes()).unwrap_or_else(|| panic!("{} unknown", e.name));
+            assert!(std::ptr::eq(by_id(id).unwrap(), e), "{}", e.name);
+            match e.kind {
+                Kind::Read => assert!(spec.flags & command::flags::R != 0, "{} served as a read", e.name),
+                Kind::Write | Kind::Conditional => assert!(spec.is_write(), "{} served as a write", e.name),
+                Kind::Local => assert!(!spec.is_write(), "{}", e.name),
+            }
+        }
+        // Everything else is refused: e.g. no blocking command and no script is in the table.
+        for spec in command::TABLE {
+            if spec.flags & command::flags::B != 0 || spec.name.starts_with("EVAL") || spec.name == "WATCH" {
+                assert!(lookup(spec.name).is_none(), "{} must be refused during an outage", spec.name);
+            }
+        }
+        assert!(by_id(command::other_id()).is_none());
+    }
 }

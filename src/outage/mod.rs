@@ -19,13 +19,13 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use smallvec::SmallVec;
-use tokio::time::Instant;
 
+use crate::command::CommandId;
 use crate::command::{flags, CommandSpec};
 use crate::health::{Health, State};
 use crate::journal::{Journal, JournalError};
 use crate::metrics::{Metrics, Outcome};
-use crate::store::{now_ms, Entry, Lookup, Slot, Store, StoreKey, Value};
+use crate::store::{Entry, Lookup, Now, Slot, Store, StoreKey, Value};
 use commands::Kind;
 use reply::Reply;
 
@@ -49,7 +49,9 @@ pub struct Cx<'a> {
     pub store: &'a Store,
     pub db: u32,
     pub args: &'a [&'a [u8]],
+    /// Wall clock, unix ms (expiries), from `now`.
     pub now_ms: u64,
+    pub now: Now,
     pub r: Reply<'a>,
     /// Journal these arguments instead of the request as received (absolute expiries).
     pub rewrite: Option<Vec<Vec<u8>>>,
@@ -67,13 +69,13 @@ impl Cx<'_> {
 
     /// Reads argument `i`'s key: a miss unless seen (or `[store] miss = "nil"`).
     pub fn read<T>(&mut self, i: usize, f: impl FnOnce(&Entry) -> Result<T, CmdErr>) -> Result<T, CmdErr> {
-        match self.store.get(&self.key(i)) {
+        match self.store.get(&self.key(i), self.now) {
             Lookup::Found(slot) => {
                 let e = slot.entry.lock();
                 f(&e)
             }
             Lookup::Unseen if self.miss_nil => {
-                f(&Entry { value: Value::Absent, expires_at_ms: None, ttl_known: true, seen_at: Instant::now() })
+                f(&Entry { value: Value::Absent, expires_at_ms: None, ttl_known: true, seen_at: self.now.at })
             }
             Lookup::Unseen => Err(CmdErr::Miss),
         }
@@ -83,7 +85,7 @@ impl Cx<'_> {
     /// An unseen key starts as absent; an emptied collection becomes absent (as in Redis).
     pub fn write<T>(&mut self, i: usize, f: impl FnOnce(&mut Entry) -> Result<T, CmdErr>) -> Result<T, CmdErr> {
         let key = self.key(i);
-        let (slot, created) = self.store.slot_for_write(&key);
+        let (slot, created) = self.store.slot_for_write(&key, self.now);
         let result = {
             let mut e = slot.entry.lock();
             let r = f(&mut e);
@@ -92,7 +94,7 @@ impl Cx<'_> {
                     e.value = Value::Absent;
                     e.expires_at_ms = None;
                 }
-                e.seen_at = Instant::now();
+                e.seen_at = self.now.at;
             }
             r
         };
@@ -138,6 +140,7 @@ pub enum Served {
 /// A command queued inside MULTI during an outage.
 pub struct Queued {
     pub spec: &'static CommandSpec,
+    pub entry: &'static commands::OutageSpec,
     pub raw: Bytes,
     pub args: Vec<Bytes>,
 }
@@ -166,9 +169,14 @@ impl Outage {
     }
 
     /// Why a command is refused during an outage, if it is (metric label, client message).
-    pub fn refusal(spec: Option<&CommandSpec>) -> Option<(&'static str, String)> {
+    /// `name` is the command as the client sent it (used when the table does not know it).
+    pub fn refusal(spec: Option<&CommandSpec>, name: &[u8]) -> Option<(&'static str, String)> {
         let Some(spec) = spec else {
-            return Some(("unsupported", "this command is not served during an outage".to_string()));
+            let shown: String = String::from_utf8_lossy(&name[..name.len().min(64)])
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c.to_ascii_uppercase() })
+                .collect();
+            return Some(("unsupported", format!("UNAVAILABLE upstream down: {shown} is not served during an outage")));
         };
         let name = spec.name;
         let (reason, why) = match name {
@@ -186,16 +194,18 @@ impl Outage {
     }
 
     /// Serves one command from the store (and the journal, for a write).
+    #[allow(clippy::too_many_arguments)]
     pub fn execute(
         &self,
         db: u32,
         resp3: bool,
+        id: CommandId,
         spec: Option<&'static CommandSpec>,
         args: &[&[u8]],
-        raw: &[u8],
+        raw: &Bytes,
         out: &mut BytesMut,
     ) -> Served {
-        if let Some((reason, msg)) = Self::refusal(spec) {
+        if let Some((reason, msg)) = Self::refusal(spec, args[0]) {
             return self.refuse(out, reason, &msg);
         }
         let spec = spec.expect("refusal() handles unknown commands");
@@ -206,7 +216,7 @@ impl Outage {
             );
             return Served::Done { outcome: Outcome::Error, seq: None };
         }
-        let entry = commands::lookup(spec.name).expect("refusal() checked the table");
+        let entry = commands::by_id(id).expect("refusal() checked the table");
         if entry.kind == Kind::Conditional && !self.settings.allow_conditional {
             return self.refuse(out, "coordination", &conditional_message(spec.name));
         }
@@ -231,6 +241,7 @@ impl Outage {
         }
         let mark = out.len();
         let mut cx = self.cx(db, resp3, args, out);
+        let now_ms = cx.now_ms;
         let result = (entry.run)(&mut cx);
         let (rewrite, touched, unseen) = (cx.rewrite.take(), std::mem::take(&mut cx.touched), cx.unseen);
         if let Err(e) = result {
@@ -238,9 +249,9 @@ impl Outage {
         }
         let payload = match rewrite {
             Some(a) => encode(&a),
-            None => Bytes::copy_from_slice(raw),
+            None => raw.clone(),
         };
-        match self.journal.append(db, 1, payload) {
+        match self.journal.append(db, 1, payload, now_ms) {
             Ok(seq) => {
                 self.after_write(&touched, unseen);
                 Served::Done { outcome: Outcome::Local, seq: Some(seq) }
@@ -271,9 +282,10 @@ impl Outage {
         let mut writes = 0u32;
         let mut touched_all = Vec::new();
         let mut unseen_all = 0;
+        let now_ms = Now::current().ms;
         for q in block {
             let args: SmallVec<[&[u8]; 8]> = q.args.iter().map(|a| &a[..]).collect();
-            let entry = commands::lookup(q.spec.name).expect("checked when queued");
+            let entry = q.entry;
             let mut cx = self.cx(db, resp3, &args, &mut replies);
             let result = (entry.run)(&mut cx);
             let (rewrite, touched, unseen) = (cx.rewrite.take(), std::mem::take(&mut cx.touched), cx.unseen);
@@ -295,7 +307,7 @@ impl Outage {
             }
         }
         let seq = if writes > 0 {
-            match self.journal.append(db, writes, payload.freeze()) {
+            match self.journal.append(db, writes, payload.freeze(), now_ms) {
                 Ok(seq) => Some(seq),
                 Err(e) => {
                     for (k, _) in &touched_all {
@@ -315,25 +327,33 @@ impl Outage {
     }
 
     /// Whether a command may be queued in an outage MULTI (an error now aborts the EXEC).
-    pub fn queueable(&self, spec: Option<&'static CommandSpec>) -> Result<(), (&'static str, String)> {
-        if let Some(r) = Self::refusal(spec) {
+    pub fn queueable(
+        &self,
+        id: CommandId,
+        spec: Option<&'static CommandSpec>,
+        name: &[u8],
+    ) -> Result<&'static commands::OutageSpec, (&'static str, String)> {
+        if let Some(r) = Self::refusal(spec, name) {
             return Err(r);
         }
         let spec = spec.expect("checked");
-        match commands::lookup(spec.name).map(|e| e.kind) {
-            Some(Kind::Conditional) if !self.settings.allow_conditional => {
+        let entry = commands::by_id(id).expect("refusal() checked the table");
+        match entry.kind {
+            Kind::Conditional if !self.settings.allow_conditional => {
                 Err(("coordination", conditional_message(spec.name)))
             }
-            _ => Ok(()),
+            _ => Ok(entry),
         }
     }
 
     fn cx<'a>(&'a self, db: u32, resp3: bool, args: &'a [&'a [u8]], out: &'a mut BytesMut) -> Cx<'a> {
+        let now = Now::current();
         Cx {
             store: &self.store,
             db,
             args,
-            now_ms: now_ms(),
+            now_ms: now.ms,
+            now,
             r: Reply { out, resp3 },
             rewrite: None,
             miss_nil: self.settings.miss_nil,

@@ -16,7 +16,7 @@ use smallvec::SmallVec;
 use super::{commands, Outage};
 use crate::command::{flags, CommandSpec};
 use crate::resp::parse_int;
-use crate::store::{now_ms, Lookup, StoreKey, Value, ZSet};
+use crate::store::{Lookup, Now, StoreKey, Value, ZSet};
 
 /// A decoded reply, as much as warming needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,17 +111,18 @@ impl Outage {
         let args = req.args;
         let key = |i: usize| StoreKey { db: req.db, key: Bytes::copy_from_slice(args[i]) };
         let store = &self.store;
+        let now = Now::current();
         match name {
             "GET" => match decode(reply) {
-                Some(Frame::Bulk(v)) => store.put(key(1), Value::Str(v), None),
-                Some(Frame::Nil) => store.put(key(1), Value::Absent, Some(None)),
+                Some(Frame::Bulk(v)) => store.put(key(1), Value::Str(v), None, now),
+                Some(Frame::Nil) => store.put(key(1), Value::Absent, Some(None), now),
                 _ => store.invalidate(&key(1)),
             },
             "MGET" => {
                 if let Some(items) = decode(reply).and_then(flat) {
                     for (i, f) in items.iter().enumerate() {
                         match bulk(f) {
-                            Some(v) => store.put(key(i + 1), Value::Str(v), None),
+                            Some(v) => store.put(key(i + 1), Value::Str(v), None, now),
                             // nil: absent, or a value of another type; not knowable here.
                             None => store.invalidate(&key(i + 1)),
                         }
@@ -140,7 +141,7 @@ impl Outage {
                         }
                     }
                     let v = if h.is_empty() { Value::Absent } else { Value::Hash(h) };
-                    store.put(key(1), v, None);
+                    store.put(key(1), v, None, now);
                 }
                 _ => store.invalidate(&key(1)),
             },
@@ -148,8 +149,8 @@ impl Outage {
                 Some(items) => {
                     let s: Option<IndexSet<Bytes>> = items.iter().map(bulk).collect();
                     match s {
-                        Some(s) if s.is_empty() => store.put(key(1), Value::Absent, None),
-                        Some(s) => store.put(key(1), Value::Set(s), None),
+                        Some(s) if s.is_empty() => store.put(key(1), Value::Absent, None, now),
+                        Some(s) => store.put(key(1), Value::Set(s), None, now),
                         None => store.invalidate(&key(1)),
                     }
                 }
@@ -157,8 +158,8 @@ impl Outage {
             },
             "LRANGE" if args[2] == b"0" && args[3] == b"-1" => match decode(reply).and_then(flat) {
                 Some(items) => match items.iter().map(bulk).collect::<Option<std::collections::VecDeque<_>>>() {
-                    Some(l) if l.is_empty() => store.put(key(1), Value::Absent, None),
-                    Some(l) => store.put(key(1), Value::List(l), None),
+                    Some(l) if l.is_empty() => store.put(key(1), Value::Absent, None, now),
+                    Some(l) => store.put(key(1), Value::List(l), None, now),
                     None => store.invalidate(&key(1)),
                 },
                 None => store.invalidate(&key(1)),
@@ -170,15 +171,15 @@ impl Outage {
                     && args[4].eq_ignore_ascii_case(b"WITHSCORES") =>
             {
                 match decode(reply).and_then(flat).and_then(|items| zset_from(items, req.resp3)) {
-                    Some(z) if z.is_empty() => store.put(key(1), Value::Absent, None),
-                    Some(z) => store.put(key(1), Value::ZSet(z), None),
+                    Some(z) if z.is_empty() => store.put(key(1), Value::Absent, None, now),
+                    Some(z) => store.put(key(1), Value::ZSet(z), None, now),
                     None => store.invalidate(&key(1)),
                 }
             }
             "PTTL" | "TTL" => {
                 if let Some(Frame::Int(n)) = decode(reply) {
                     let k = key(1);
-                    if let Lookup::Found(slot) = store.get(&k) {
+                    if let Lookup::Found(slot) = store.get(&k, now) {
                         let mut e = slot.entry.lock();
                         match n {
                             -2 => {
@@ -187,8 +188,8 @@ impl Outage {
                             }
                             -1 => e.expires_at_ms = None,
                             // TTL is rounded to seconds: keep the earlier bound, never later.
-                            n if name == "TTL" => e.expires_at_ms = Some(now_ms() + (n.max(1) as u64 - 1) * 1000),
-                            n => e.expires_at_ms = Some(now_ms() + n as u64),
+                            n if name == "TTL" => e.expires_at_ms = Some(now.ms + (n.max(1) as u64 - 1) * 1000),
+                            n => e.expires_at_ms = Some(now.ms + n as u64),
                         }
                         e.ttl_known = true;
                     }
@@ -228,7 +229,8 @@ impl Outage {
         let conditional = args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"NX") || a.eq_ignore_ascii_case(b"XX"));
         let determined = matches!(name, "SETEX" | "PSETEX" | "MSET" | "GETSET" | "DEL" | "UNLINK" | "GETDEL")
             || (name == "SET" && !conditional);
-        let cached = keys.iter().all(|&i| matches!(self.store.get(&key(i)), Lookup::Found(_)));
+        let now = Now::current();
+        let cached = keys.iter().all(|&i| matches!(self.store.get(&key(i), now), Lookup::Found(_)));
         if let Some(entry) = local.filter(|_| determined || cached) {
             let mut scratch = BytesMut::new();
             let mut cx = self.cx(req.db, req.resp3, args, &mut scratch);
@@ -262,12 +264,13 @@ impl Outage {
     }
 
     fn set_keeping_ttl(&self, key: StoreKey, value: Value) {
-        match self.store.get(&key) {
+        let now = Now::current();
+        match self.store.get(&key, now) {
             Lookup::Found(slot) => {
                 slot.entry.lock().value = value;
                 self.store.reweigh(&key, &slot);
             }
-            Lookup::Unseen => self.store.put(key, value, None),
+            Lookup::Unseen => self.store.put(key, value, None, now),
         }
     }
 }
