@@ -10,6 +10,9 @@
 //!   dedicated ones for stateful clients ([`upstream::dedicated`]), backoff, the probe.
 //! - [`health`]: the circuit breaker (`healthy` / `degraded` / `down` / `replaying`).
 //! - [`error`]: upstream failures and the one place they become RESP errors.
+//! - [`store`], [`outage`], [`journal`], [`replay`], [`pubsub`]: outage mode — the local
+//!   store, the commands served from it, the journal of accepted writes, the exactly-once
+//!   replayer, local pub/sub.
 //! - [`metrics`]: every Prometheus family.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`, `POST /admin/drill`.
 //! - [`config`]: TOML schema, flags, environment, validation, redaction.
@@ -24,6 +27,7 @@ pub mod health;
 pub mod journal;
 pub mod metrics;
 pub mod outage;
+pub mod pubsub;
 pub mod replay;
 pub mod resp;
 pub mod server;

@@ -30,6 +30,7 @@ use crate::upstream::backoff;
 use crate::upstream::dedicated::{Dedicated, StateKey};
 use crate::upstream::mux::{BatchFailure, BatchReply, BatchResult};
 use crate::upstream::{Mux, UpstreamStream};
+use indexmap::IndexSet;
 use smallvec::SmallVec;
 
 /// One parsed request of the current round.
@@ -94,6 +95,30 @@ pub struct Session {
     journal_seq: Option<u64>,
     /// Keys written inside an upstream MULTI: forgotten from the local store at EXEC.
     txn_keys: Vec<(&'static CommandSpec, Vec<Bytes>)>,
+    /// Channels and patterns the client is subscribed to (upstream or locally).
+    subs: Subs,
+    /// Local subscriptions while the upstream is down.
+    local: Option<LocalSub>,
+    /// Subscription confirmations to drop from the relayed stream after re-subscribing.
+    swallow: usize,
+}
+
+#[derive(Default)]
+struct Subs {
+    channels: IndexSet<Bytes>,
+    patterns: IndexSet<Bytes>,
+}
+
+impl Subs {
+    fn count(&self) -> usize {
+        self.channels.len() + self.patterns.len()
+    }
+}
+
+struct LocalSub {
+    id: u64,
+    tx: tokio::sync::mpsc::Sender<crate::pubsub::Msg>,
+    rx: tokio::sync::mpsc::Receiver<crate::pubsub::Msg>,
 }
 
 /// A transaction queued locally during an outage.
@@ -146,6 +171,9 @@ impl Session {
             outage_multi: None,
             journal_seq: None,
             txn_keys: Vec::new(),
+            subs: Subs::default(),
+            local: None,
+            swallow: 0,
         }
     }
 
@@ -153,11 +181,20 @@ impl Session {
     pub async fn run(mut self) {
         let end = self.serve().await;
         tracing::debug!(?end, "client session ended");
+        if let Some(l) = self.local.take() {
+            self.ctx.outage.broker.remove(l.id);
+        }
         let _ = self.write.shutdown().await;
     }
 
     async fn serve(&mut self) -> End {
         loop {
+            if self.stream.is_some() {
+                if let Some(end) = self.relay().await {
+                    return end;
+                }
+                continue;
+            }
             if let Some(end) = self.read_more().await {
                 return end;
             }
@@ -186,11 +223,6 @@ impl Session {
             if self.closing {
                 return End::Quit;
             }
-            if self.stream.is_some() {
-                if let Some(end) = self.relay().await {
-                    return end;
-                }
-            }
         }
     }
 
@@ -199,12 +231,32 @@ impl Session {
         if std::mem::take(&mut self.backlog) {
             return None;
         }
-        let idle = self.ctx.cfg.raw.client.idle_timeout.0;
-        let read = self.read.read_buf(&mut self.rbuf);
-        let result = tokio::select! {
-            r = read => r,
-            _ = self.ctx.shutdown.cancelled() => return Some(End::Shutdown),
-            _ = sleep_or_never(idle) => return Some(End::Idle),
+        // Subscribed clients are never idle.
+        let idle = if self.local.is_some() { Duration::ZERO } else { self.ctx.cfg.raw.client.idle_timeout.0 };
+        let result = loop {
+            let read = self.read.read_buf(&mut self.rbuf);
+            let local = async {
+                match &mut self.local {
+                    Some(l) => tokio::time::timeout(Duration::from_millis(100), l.rx.recv()).await.ok().flatten(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = read => break r,
+                _ = self.ctx.shutdown.cancelled() => return Some(End::Shutdown),
+                _ = sleep_or_never(idle) => return Some(End::Idle),
+                msg = local => {
+                    if let Some(msg) = msg {
+                        msg.encode(self.resp3, &mut self.out);
+                        if let Err(e) = self.flush().await {
+                            return Some(End::Io(e));
+                        }
+                    }
+                    if !self.ctx.outage.active() && self.resubscribe_upstream().await {
+                        return None;
+                    }
+                }
+            }
         };
         match result {
             Ok(0) => Some(End::ClientClosed),
@@ -318,7 +370,7 @@ impl Session {
                     i += 1;
                     continue;
                 }
-                _ if self.ctx.outage.active() && self.serve_local(frozen, i) => {
+                _ if (self.ctx.outage.active() || self.local.is_some()) && self.serve_local(frozen, i) => {
                     i += 1;
                     continue;
                 }
@@ -335,6 +387,7 @@ impl Session {
                         Ok((stream, buf)) => {
                             self.stream = Some((stream, buf));
                             let rest = self.join(frozen, i..n);
+                            self.track_subscriptions(frozen, i..n);
                             self.relay_input(rest, i..n).await;
                         }
                         Err(e) => self.fail(frozen, i..n, &e),
@@ -378,9 +431,20 @@ impl Session {
             self.answer_lost_txn(frozen, i);
             return true;
         }
+        let name = self.reqs[i].name();
+        if matches!(name, "SUBSCRIBE" | "PSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "PUBLISH")
+            || (name == "PING" && self.local.is_some())
+        {
+            let req = &self.reqs[i];
+            let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
+            let args: Vec<Bytes> =
+                req_args(&self.args, base, req.args.clone()).iter().map(|a| Bytes::copy_from_slice(a)).collect();
+            let outcome = self.serve_pubsub(name, &args);
+            self.count(i, outcome);
+            return true;
+        }
         let req = &self.reqs[i];
         let spec = req.spec;
-        let name = req.name();
         let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
         let raw = match &req.inline {
             Some(b) => b.clone(),
@@ -471,6 +535,135 @@ impl Session {
                 self.out.clear();
                 write_error_line(&mut self.out, &format!("MISCONF respite: journal write failed: {e}"));
                 self.closing = true;
+            }
+        }
+    }
+
+    /// Pub/sub during an outage, between this sidecar's own clients.
+    fn serve_pubsub(&mut self, name: &str, args: &[Bytes]) -> Outcome {
+        let broker = &self.ctx.outage.broker;
+        let resp3 = self.resp3;
+        if name == "PUBLISH" {
+            if args.len() != 3 {
+                return err(&mut self.out, "ERR wrong number of arguments for 'publish' command");
+            }
+            let n = broker.publish(&args[1], &args[2]);
+            self.out.extend_from_slice(format!(":{n}\r\n").as_bytes());
+            return Outcome::Local;
+        }
+        if name == "PING" {
+            // PING in subscribed mode answers ["pong", message] (RESP2).
+            if resp3 {
+                self.out.extend_from_slice(b"+PONG\r\n");
+            } else {
+                self.out.extend_from_slice(b"*2\r\n$4\r\npong\r\n");
+                crate::pubsub::bulk(&mut self.out, args.get(1).map_or(&b""[..], |a| &a[..]));
+            }
+            return Outcome::Local;
+        }
+        let subscribing = matches!(name, "SUBSCRIBE" | "PSUBSCRIBE");
+        if subscribing && args.len() < 2 {
+            return err(
+                &mut self.out,
+                &format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()),
+            );
+        }
+        let local = self.local.get_or_insert_with(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(crate::pubsub::QUEUE);
+            LocalSub { id: broker.subscriber(), tx, rx }
+        });
+        let patterns = name.starts_with('P');
+        let kind = name.to_ascii_lowercase();
+        let targets: Vec<Bytes> = if args.len() > 1 {
+            args[1..].to_vec()
+        } else if patterns {
+            self.subs.patterns.iter().cloned().collect()
+        } else {
+            self.subs.channels.iter().cloned().collect()
+        };
+        if targets.is_empty() {
+            crate::pubsub::confirmation(&mut self.out, resp3, kind.as_bytes(), None, self.subs.count());
+        }
+        for t in targets {
+            match (subscribing, patterns) {
+                (true, false) => {
+                    broker.subscribe(local.id, t.clone(), local.tx.clone());
+                    self.subs.channels.insert(t.clone());
+                }
+                (true, true) => {
+                    broker.psubscribe(local.id, t.clone(), local.tx.clone());
+                    self.subs.patterns.insert(t.clone());
+                }
+                (false, false) => {
+                    broker.unsubscribe(local.id, &t);
+                    self.subs.channels.shift_remove(&t);
+                }
+                (false, true) => {
+                    broker.punsubscribe(local.id, &t);
+                    self.subs.patterns.shift_remove(&t);
+                }
+            }
+            crate::pubsub::confirmation(&mut self.out, resp3, kind.as_bytes(), Some(&t), self.subs.count());
+        }
+        if self.subs.count() == 0 {
+            if let Some(l) = self.local.take() {
+                broker.remove(l.id);
+            }
+        }
+        Outcome::Local
+    }
+
+    /// After an outage: moves local subscriptions back to the upstream (SUBSCRIBE again on a
+    /// dedicated connection, dropping the confirmations the client already had).
+    async fn resubscribe_upstream(&mut self) -> bool {
+        self.pin();
+        let dedicated = self.dedicated.as_mut().expect("pinned above");
+        let Ok((mut stream, buf)) = dedicated.take_stream().await else { return false };
+        let mut req = BytesMut::new();
+        for (cmd, set) in [(&b"SUBSCRIBE"[..], &self.subs.channels), (b"PSUBSCRIBE", &self.subs.patterns)] {
+            if !set.is_empty() {
+                let mut args: Vec<&[u8]> = vec![cmd];
+                args.extend(set.iter().map(|c| &c[..]));
+                crate::upstream::encode_command(&mut req, &args);
+            }
+        }
+        if stream.write_all(&req).await.is_err() {
+            return false;
+        }
+        if let Some(l) = self.local.take() {
+            self.ctx.outage.broker.remove(l.id);
+        }
+        self.swallow = self.subs.count();
+        self.stream = Some((stream, buf));
+        tracing::debug!(subscriptions = self.swallow, "local subscriptions moved back to the upstream");
+        true
+    }
+
+    /// Follows SUBSCRIBE/UNSUBSCRIBE on a relayed connection, to restore them after a loss.
+    fn track_subscriptions(&mut self, frozen: &Bytes, run: Range<usize>) {
+        for i in run {
+            let req = &self.reqs[i];
+            let Some(spec) = req.spec else { continue };
+            let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
+            let args = req_args(&self.args, base, req.args.clone());
+            let set = match spec.name {
+                "SUBSCRIBE" | "UNSUBSCRIBE" => &mut self.subs.channels,
+                "PSUBSCRIBE" | "PUNSUBSCRIBE" => &mut self.subs.patterns,
+                "RESET" => {
+                    self.subs = Subs::default();
+                    continue;
+                }
+                _ => continue,
+            };
+            if spec.name.contains("UNSUB") {
+                if args.len() == 1 {
+                    set.clear();
+                }
+                for a in &args[1..] {
+                    set.shift_remove(*a);
+                }
+            } else {
+                set.extend(args[1..].iter().map(|a| Bytes::copy_from_slice(a)));
             }
         }
     }
@@ -826,6 +1019,7 @@ impl Session {
                         let n = self.reqs.len();
                         if n > 0 {
                             let all = self.join(&frozen, 0..n);
+                            self.track_subscriptions(&frozen, 0..n);
                             self.relay_input(all, 0..n).await;
                         }
                         self.reqs.clear();
@@ -840,6 +1034,19 @@ impl Session {
                 },
                 r = up.read_buf(ubuf) => match r {
                     Ok(n) if n > 0 => {
+                        // After re-subscribing, the client already has these confirmations.
+                        while self.swallow > 0 {
+                            match crate::resp::ReplyScanner::default().next(ubuf) {
+                                Ok(Some(info)) => {
+                                    let _ = ubuf.split_to(info.len);
+                                    self.swallow -= 1;
+                                }
+                                _ => break,
+                            }
+                        }
+                        if self.swallow > 0 {
+                            continue;
+                        }
                         let chunk = ubuf.split();
                         if let Err(e) = self.write.write_all(&chunk).await {
                             return Some(End::Io(e));
@@ -851,6 +1058,10 @@ impl Session {
                         }
                         self.stream = None;
                         self.ctx.health.record_failure("pub/sub connection closed by the upstream");
+                        if self.subs.count() > 0 {
+                            self.go_local();
+                            return None;
+                        }
                         write_error_line(
                             &mut self.out,
                             "ERR respite: the upstream connection was lost; subscriptions and MONITOR ended, subscribe again",
@@ -862,8 +1073,32 @@ impl Session {
                     }
                 },
                 _ = self.ctx.shutdown.cancelled() => return Some(End::Shutdown),
+                // An outage that leaves this connection open (a drill, a partition) is
+                // still an outage: subscribers move to local delivery.
+                _ = tokio::time::sleep(Duration::from_millis(100)), if self.subs.count() > 0 => {
+                    if self.ctx.outage.active() {
+                        self.stream = None;
+                        self.go_local();
+                        return None;
+                    }
+                }
             }
         }
+    }
+
+    /// Keeps the client subscribed, locally, until the upstream is back.
+    fn go_local(&mut self) {
+        let broker = &self.ctx.outage.broker;
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::pubsub::QUEUE);
+        let id = broker.subscriber();
+        for c in &self.subs.channels {
+            broker.subscribe(id, c.clone(), tx.clone());
+        }
+        for p in &self.subs.patterns {
+            broker.psubscribe(id, p.clone(), tx.clone());
+        }
+        self.local = Some(LocalSub { id, tx, rx });
+        tracing::debug!(subscriptions = self.subs.count(), "outage: subscriptions served locally");
     }
 
     /// Writes client requests to the relayed connection.

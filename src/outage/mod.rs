@@ -122,6 +122,8 @@ pub struct Settings {
 /// The outage engine.
 pub struct Outage {
     pub store: Store,
+    /// Pub/sub between this sidecar's clients during an outage.
+    pub broker: crate::pubsub::Broker,
     pub journal: Arc<dyn Journal>,
     lock: Mutex<()>,
     settings: Settings,
@@ -153,7 +155,7 @@ impl Outage {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Outage {
-        Outage { store, journal, lock: Mutex::new(()), settings, metrics, health }
+        Outage { store, journal, broker: Default::default(), lock: Mutex::new(()), settings, metrics, health }
     }
 
     /// Whether commands are served locally now: the upstream is down, or the journal is
