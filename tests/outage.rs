@@ -1,0 +1,1463 @@
+//! Outage mode against real redis-server processes (SPEC §2 "keeps the local store warm",
+//! §3 "serve, buffer, replay"): the local store filled while healthy, reads and writes served
+//! locally while the upstream is down (by an operator drill or a killed process) with the
+//! replies Redis gives, refusals of what cannot be answered honestly, the bounded journal, and
+//! its exactly-once replay — compared, wherever possible, with a reference redis-server that
+//! ran the same commands directly.
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::MultiplexedConnection;
+use respite::config::{Config, Miss, Size};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+const HEALTHY_WITHIN: Duration = Duration::from_secs(10);
+
+// `Raw`'s futures hold a 64 KiB read buffer; boxing them keeps the test futures small
+// enough for the default test-thread stack in debug builds.
+async fn call(raw: &mut Raw, args: &[&[u8]]) -> Vec<u8> {
+    Box::pin(raw.call(args)).await
+}
+
+async fn reply(raw: &mut Raw) -> Vec<u8> {
+    Box::pin(raw.reply()).await
+}
+
+async fn reply_within(raw: &mut Raw, d: Duration) -> Option<Vec<u8>> {
+    Box::pin(raw.reply_within(d)).await
+}
+
+fn words(c: &str) -> Vec<Vec<u8>> {
+    c.split_whitespace().map(|w| w.as_bytes().to_vec()).collect()
+}
+
+/// One command written as space-separated words, over a raw connection.
+async fn cmd(raw: &mut Raw, c: &str) -> Vec<u8> {
+    let w = words(c);
+    let refs: Vec<&[u8]> = w.iter().map(|a| &a[..]).collect();
+    call(raw, &refs).await
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn addr(redis: &RedisServer) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], redis.port))
+}
+
+/// Another client of the upstream, not going through respite.
+async fn direct(redis: &RedisServer) -> MultiplexedConnection {
+    redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+/// One command written as space-separated words, with the `redis` crate.
+async fn q<T: redis::FromRedisValue>(con: &mut MultiplexedConnection, c: &str) -> T {
+    let w = words(c);
+    let mut command = redis::cmd(std::str::from_utf8(&w[0]).unwrap());
+    for a in &w[1..] {
+        command.arg(&a[..]);
+    }
+    match Box::pin(command.query_async(con)).await {
+        Ok(v) => v,
+        Err(e) => panic!("{c}: {e:?}"),
+    }
+}
+
+fn drill_config(redis: &RedisServer) -> Config {
+    let mut cfg = test_config(&redis.url());
+    cfg.admin.token = "t".into();
+    cfg
+}
+
+async fn drill(respite: &Respite, state: &str) {
+    let body = format!("{{\"state\":\"{state}\"}}");
+    let (code, answer) = respite.http_post("/admin/drill", Some("t"), &body).await;
+    assert_eq!(code, 200, "drill {state}: {answer}");
+}
+
+/// Waits until the state is `healthy` and the journal is empty (replay finished).
+async fn wait_drained(respite: &Respite, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = respite.status().await;
+        if s["state"] == "healthy" && s["journal"]["entries"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "journal not replayed within {within:?}; status: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Ends a drill and waits for the replay to finish.
+async fn end_drill(respite: &Respite) {
+    drill(respite, "auto").await;
+    wait_drained(respite, HEALTHY_WITHIN).await;
+}
+
+async fn journal_entries(respite: &Respite) -> u64 {
+    respite.status().await["journal"]["entries"].as_u64().expect("journal.entries is a number")
+}
+
+async fn metrics_body(respite: &Respite) -> String {
+    let (code, body) = respite.http_get("/metrics").await;
+    assert_eq!(code, 200);
+    body
+}
+
+fn metric(body: &str, sample: &str) -> f64 {
+    metric_value(body, sample).unwrap_or(0.0)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn int_reply(r: &[u8]) -> Option<i64> {
+    std::str::from_utf8(r.strip_prefix(b":")?.strip_suffix(b"\r\n")?).ok()?.parse().ok()
+}
+
+/// The raw elements of an aggregate reply (`*`, `~`, `%`), each a complete reply.
+fn items(r: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let t = *r.first()?;
+    if !matches!(t, b'*' | b'~' | b'%') {
+        return None;
+    }
+    let nl = r.iter().position(|&b| b == b'\n')?;
+    let n: usize = std::str::from_utf8(&r[1..nl - 1]).ok()?.parse().ok()?;
+    let n = if t == b'%' { 2 * n } else { n };
+    let mut pos = nl + 1;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = reply_len(&r[pos..])?;
+        out.push(r[pos..pos + len].to_vec());
+        pos += len;
+    }
+    Some(out)
+}
+
+/// How a reply is compared with the reference server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmp {
+    /// Byte for byte.
+    Exact,
+    /// Same aggregate type and the same elements in any order (SMEMBERS after SADD: Redis
+    /// promises no order for sets).
+    Unordered,
+    /// An integer (TTL, PTTL): both the same negative code, or both >= 0 within this much.
+    Near(i64),
+}
+
+fn same_reply(cmp: Cmp, want: &[u8], got: &[u8]) -> bool {
+    match cmp {
+        Cmp::Exact => want == got,
+        Cmp::Unordered => match (items(want), items(got)) {
+            (Some(mut a), Some(mut b)) => {
+                a.sort();
+                b.sort();
+                want[0] == got[0] && a == b
+            }
+            _ => want == got,
+        },
+        Cmp::Near(tol) => match (int_reply(want), int_reply(got)) {
+            (Some(a), Some(b)) if a < 0 || b < 0 => a == b,
+            (Some(a), Some(b)) => (a - b).abs() <= tol,
+            _ => false,
+        },
+    }
+}
+
+type Script = Vec<(String, Cmp)>;
+
+fn exact(c: &str) -> (String, Cmp) {
+    (c.to_string(), Cmp::Exact)
+}
+
+fn ttl(c: &str) -> (String, Cmp) {
+    (c.to_string(), Cmp::Near(1))
+}
+
+fn pttl(c: &str) -> (String, Cmp) {
+    (c.to_string(), Cmp::Near(1500))
+}
+
+fn unordered(c: &str) -> (String, Cmp) {
+    (c.to_string(), Cmp::Unordered)
+}
+
+async fn run_script(raw: &mut Raw, script: &Script) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(script.len());
+    for (c, _) in script {
+        out.push(cmd(raw, c).await);
+    }
+    out
+}
+
+/// Records every reply that differs from the reference's.
+fn compare_replies(label: &str, script: &Script, want: &[Vec<u8>], got: &[Vec<u8>], problems: &mut Vec<String>) {
+    for (((c, cmp), w), g) in script.iter().zip(want).zip(got) {
+        if !same_reply(*cmp, w, g) {
+            problems.push(format!("{label}: `{c}`: redis-server answered {:?}, respite {:?}", text(w), text(g)));
+        }
+    }
+}
+
+/// What a key holds, as comparable text: type, value, PTTL.
+#[derive(Debug, Clone, PartialEq)]
+struct KeyState {
+    kind: String,
+    value: String,
+    pttl: i64,
+}
+
+async fn key_state(con: &mut MultiplexedConnection, key: &str) -> KeyState {
+    let kind: String = q(con, &format!("TYPE {key}")).await;
+    let value = match kind.as_str() {
+        "string" => format!("{:?}", q::<String>(con, &format!("GET {key}")).await),
+        "hash" => format!("{:?}", q::<BTreeMap<String, String>>(con, &format!("HGETALL {key}")).await),
+        "list" => format!("{:?}", q::<Vec<String>>(con, &format!("LRANGE {key} 0 -1")).await),
+        "set" => {
+            let mut v: Vec<String> = q(con, &format!("SMEMBERS {key}")).await;
+            v.sort();
+            format!("{v:?}")
+        }
+        "zset" => format!("{:?}", q::<Vec<(String, f64)>>(con, &format!("ZRANGE {key} 0 -1 WITHSCORES")).await),
+        "none" => String::new(),
+        other => panic!("{key}: unexpected type {other}"),
+    };
+    let pttl: i64 = q(con, &format!("PTTL {key}")).await;
+    KeyState { kind, value, pttl }
+}
+
+/// Compares the final upstream state with the reference server's, key by key.
+async fn compare_state(
+    upstream: &mut MultiplexedConnection,
+    reference: &mut MultiplexedConnection,
+    keys: &[&str],
+    ttl_tolerance_ms: i64,
+    problems: &mut Vec<String>,
+) {
+    for key in keys {
+        let want = key_state(reference, key).await;
+        let got = key_state(upstream, key).await;
+        let ttl_ok = if want.pttl < 0 || got.pttl < 0 {
+            want.pttl == got.pttl
+        } else {
+            (want.pttl - got.pttl).abs() <= ttl_tolerance_ms
+        };
+        if want.kind != got.kind || want.value != got.value || !ttl_ok {
+            problems.push(format!("final state of `{key}`: reference {want:?}, upstream after replay {got:?}"));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. The local store.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_value_reads_and_writes_fill_the_store_and_are_served_during_an_outage() {
+    let redis = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut other = direct(&redis).await;
+    let mut app = respite.client().await;
+
+    // Another client writes data; the app reads it through respite (full-value reads).
+    for c in [
+        "SET k1 v1",
+        "SET k2 v2",
+        "SET k3 v3",
+        "HSET h a 1 b 2",
+        "SADD st x y z",
+        "RPUSH l a b c",
+        "ZADD z 1 a 2.5 b 3 c",
+    ] {
+        let _: redis::Value = q(&mut other, c).await;
+    }
+    assert_eq!(q::<Option<String>>(&mut app, "GET k1").await.as_deref(), Some("v1"));
+    assert_eq!(q::<Vec<Option<String>>>(&mut app, "MGET k2 k3").await, vec![Some("v2".into()), Some("v3".into())]);
+    assert_eq!(q::<BTreeMap<String, String>>(&mut app, "HGETALL h").await.len(), 2);
+    assert_eq!(q::<Vec<String>>(&mut app, "SMEMBERS st").await.len(), 3);
+    assert_eq!(q::<Vec<String>>(&mut app, "LRANGE l 0 -1").await, ["a", "b", "c"]);
+    assert_eq!(q::<Vec<(String, f64)>>(&mut app, "ZRANGE z 0 -1 WITHSCORES").await.len(), 3);
+
+    // Successful writes through respite fill it too (whole values, and changes to cached ones).
+    for c in [
+        "SET w1 a",
+        "MSET w2 b w3 c",
+        "INCR w4",
+        "INCRBY w4 5",
+        "SETEX w5 1000 e",
+        "DEL k3",
+        "HSET h c 3",
+        "RPUSH l d",
+        "SADD st w",
+        "ZADD z 4 d",
+    ] {
+        let _: redis::Value = q(&mut app, c).await;
+    }
+
+    // Another client changes cached keys; the app's next read through respite (healthy)
+    // refreshes what the store holds.
+    for c in ["SET k1 v1b", "HSET h a 10", "RPUSH l e", "SADD st v", "ZADD z 0 zero"] {
+        let _: redis::Value = q(&mut other, c).await;
+    }
+    assert_eq!(q::<Option<String>>(&mut app, "GET k1").await.as_deref(), Some("v1b"));
+    let _: BTreeMap<String, String> = q(&mut app, "HGETALL h").await;
+    let _: Vec<String> = q(&mut app, "LRANGE l 0 -1").await;
+    let _: Vec<String> = q(&mut app, "SMEMBERS st").await;
+    let _: Vec<(String, f64)> = q(&mut app, "ZRANGE z 0 -1 WITHSCORES").await;
+
+    let hits_before = respite.metric("respite_store_hits_total").await.unwrap_or(0.0);
+    drill(&respite, "down").await;
+    assert_eq!(respite.status().await["state"], "down");
+
+    let mut problems = Vec::new();
+    macro_rules! expect {
+        ($t:ty, $c:expr, $want:expr) => {{
+            let w = words($c);
+            let mut command = redis::cmd(std::str::from_utf8(&w[0]).unwrap());
+            for a in &w[1..] {
+                command.arg(&a[..]);
+            }
+            match Box::pin(command.query_async::<$t>(&mut app)).await {
+                Ok(v) if v == $want => {}
+                Ok(v) => problems.push(format!("{}: got {:?}, want {:?}", $c, v, $want)),
+                Err(e) => problems.push(format!("{}: error {:?}, want {:?}", $c, e, $want)),
+            }
+        }};
+    }
+    expect!(Option<String>, "GET k1", Some("v1b".to_string()));
+    expect!(Vec<Option<String>>, "MGET k2 k3", vec![Some("v2".to_string()), None]);
+    let h: BTreeMap<String, String> = [("a", "10"), ("b", "2"), ("c", "3")].map(|(k, v)| (k.into(), v.into())).into();
+    expect!(BTreeMap<String, String>, "HGETALL h", h);
+    expect!(Option<String>, "HGET h a", Some("10".to_string()));
+    let mut members: Vec<String> = match Box::pin(redis::cmd("SMEMBERS").arg("st").query_async(&mut app)).await {
+        Ok(v) => v,
+        Err(e) => {
+            problems.push(format!("SMEMBERS st: {e:?}"));
+            Vec::new()
+        }
+    };
+    members.sort();
+    if members != ["v", "w", "x", "y", "z"] {
+        problems.push(format!("SMEMBERS st: got {members:?}"));
+    }
+    expect!(Vec<String>, "LRANGE l 0 -1", ["a", "b", "c", "d", "e"].map(String::from).to_vec());
+    let z: Vec<(String, f64)> =
+        vec![("zero".into(), 0.0), ("a".into(), 1.0), ("b".into(), 2.5), ("c".into(), 3.0), ("d".into(), 4.0)];
+    expect!(Vec<(String, f64)>, "ZRANGE z 0 -1 WITHSCORES", z);
+    expect!(Option<String>, "GET w1", Some("a".to_string()));
+    expect!(Vec<Option<String>>, "MGET w2 w3", vec![Some("b".to_string()), Some("c".to_string())]);
+    expect!(Option<String>, "GET w4", Some("6".to_string()));
+    expect!(Option<String>, "GET w5", Some("e".to_string()));
+    expect!(Option<String>, "GET k3", None::<String>);
+    // A plain CLI sees the same.
+    let port = respite.port();
+    let cli = tokio::task::spawn_blocking(move || redis_cli(port, &["GET", "k1"])).await.unwrap();
+    if cli.trim() != "v1b" {
+        problems.push(format!("redis-cli GET k1 printed {cli:?}"));
+    }
+    let hits = respite.metric("respite_store_hits_total").await.unwrap_or(0.0);
+    if hits <= hits_before {
+        problems.push(format!("respite_store_hits_total did not move: {hits_before} -> {hits}"));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    end_drill(&respite).await;
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_seen_keys_are_an_error_by_default_and_nil_when_configured() {
+    let redis = RedisServer::start();
+    let errors = Respite::start_with(drill_config(&redis)).await;
+    let mut cfg = drill_config(&redis);
+    cfg.store.miss = Miss::Nil;
+    let nils = Respite::start_with(cfg).await;
+    let mut other = direct(&redis).await;
+    // The upstream has the key, but neither sidecar ever saw it.
+    let _: () = q(&mut other, "SET exists-upstream v").await;
+    let mut e = Raw::connect(errors.addr).await;
+    let mut n = Raw::connect(nils.addr).await;
+    let mut n_client = nils.client().await;
+    drill(&errors, "down").await;
+    drill(&nils, "down").await;
+
+    for c in ["GET never", "GET exists-upstream", "HGETALL never", "LRANGE never 0 -1", "SMEMBERS never"] {
+        let name = c.split(' ').next().unwrap();
+        let r = text(&cmd(&mut e, c).await);
+        let want = format!("-UNAVAILABLE upstream down: {name} needs a key this sidecar has not seen");
+        assert!(r.starts_with(&want), "{c}: {r:?}");
+    }
+    let port = errors.port();
+    let cli = tokio::task::spawn_blocking(move || redis_cli(port, &["GET", "never"])).await.unwrap();
+    assert!(cli.contains("UNAVAILABLE upstream down: GET needs a key this sidecar has not seen"), "{cli:?}");
+
+    assert_eq!(text(&cmd(&mut n, "GET never").await), "$-1\r\n");
+    assert_eq!(text(&cmd(&mut n, "MGET never never2").await), "*2\r\n$-1\r\n$-1\r\n");
+    assert_eq!(text(&cmd(&mut n, "EXISTS never").await), ":0\r\n");
+    assert_eq!(text(&cmd(&mut n, "HGETALL never").await), "*0\r\n");
+    assert_eq!(text(&cmd(&mut n, "LRANGE never 0 -1").await), "*0\r\n");
+    let v: Option<String> = q(&mut n_client, "GET never").await;
+    assert_eq!(v, None);
+    assert_eq!(errors.metric("respite_outage_refused_total{reason=\"miss\"}").await, Some(6.0));
+
+    end_drill(&errors).await;
+    end_drill(&nils).await;
+    errors.shutdown().await;
+    nils.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_stays_within_its_byte_bound() {
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.store.max_bytes = "1MiB".parse().unwrap();
+    let respite = Respite::start_with(cfg).await;
+    let mut app = respite.client().await;
+    // 10 MiB of distinct keys through respite while healthy.
+    let value = vec![b'x'; 4096];
+    for chunk in 0..20 {
+        let mut p = redis::pipe();
+        for i in 0..128 {
+            p.cmd("SET").arg(format!("big:{chunk}:{i}")).arg(&value[..]).ignore();
+        }
+        let _: () = Box::pin(p.query_async(&mut app)).await.unwrap();
+    }
+    let bound = 1u64 << 20;
+    let status = respite.status().await;
+    let bytes = status["store"]["bytes"].as_u64().expect("store.bytes");
+    assert!(bytes > 0 && bytes <= bound, "store.bytes {bytes} (bound {bound}): {status}");
+    let body = metrics_body(&respite).await;
+    let gauge = metric_value(&body, "respite_store_bytes").expect("respite_store_bytes");
+    assert!(gauge > 0.0 && gauge <= bound as f64, "respite_store_bytes {gauge}");
+    let evictions = metric(&body, "respite_store_evictions_total");
+    assert!(evictions > 0.0, "respite_store_evictions_total {evictions}");
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_read_through_respite_does_not_outlive_its_known_expiry() {
+    // SPEC §2: the store's per-key expiry "never outlives the upstream TTL where it is
+    // known". respite learned the TTL from the SET … EX it forwarded; the GET that
+    // follows must not make it forget it.
+    let redis = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(cmd(&mut raw, "SET short v EX 1").await, b"+OK\r\n");
+    assert_eq!(cmd(&mut raw, "GET short").await, b"$1\r\nv\r\n");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let mut other = direct(&redis).await;
+    assert_eq!(q::<Option<String>>(&mut other, "GET short").await, None, "expired upstream");
+    drill(&respite, "down").await;
+    let mut problems = Vec::new();
+    let r = cmd(&mut raw, "GET short").await;
+    if r != b"$-1\r\n" {
+        problems.push(format!("GET of a key that expired upstream answered {:?}, want nil", text(&r)));
+    }
+    let r = cmd(&mut raw, "EXISTS short").await;
+    if r != b":0\r\n" {
+        problems.push(format!("EXISTS of a key that expired upstream answered {:?}, want :0", text(&r)));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    end_drill(&respite).await;
+    respite.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Reads during an outage, byte for byte.
+// ---------------------------------------------------------------------------------------
+
+fn read_script() -> Script {
+    let mut s: Script = [
+        "GET s",
+        "GET nokey",
+        "MGET s s2 nokey",
+        "EXISTS s",
+        "EXISTS s nokey h s",
+        "TYPE s",
+        "TYPE h",
+        "TYPE l",
+        "TYPE st",
+        "TYPE z",
+        "TYPE nokey",
+        "STRLEN s",
+        "STRLEN nokey",
+        "GETRANGE s 0 3",
+        "GETRANGE s -5 -1",
+        "GETRANGE s 3 100",
+        "GETRANGE nokey 0 -1",
+        "HGET h a",
+        "HGET h zz",
+        "HMGET h a zz c",
+        "HGETALL h",
+        "HKEYS h",
+        "HVALS h",
+        "HLEN h",
+        "HEXISTS h b",
+        "HEXISTS h zz",
+        "LRANGE l 0 -1",
+        "LRANGE l 1 2",
+        "LRANGE l -2 -1",
+        "LRANGE l 5 10",
+        "LLEN l",
+        "LINDEX l 0",
+        "LINDEX l -1",
+        "LINDEX l 99",
+        "SMEMBERS st",
+        "SISMEMBER st x",
+        "SISMEMBER st nope",
+        "SMISMEMBER st x nope z",
+        "SCARD st",
+        "ZRANGE z 0 -1",
+        "ZRANGE z 0 -1 WITHSCORES",
+        "ZRANGE z 1 2",
+        "ZRANGE z 2 10 BYSCORE",
+        "ZRANGE z (2 +inf BYSCORE WITHSCORES",
+        "ZRANGE z -inf +inf BYSCORE LIMIT 1 2",
+        "ZRANGE z 0 1 REV",
+        "ZRANGE z 0 -1 REV WITHSCORES",
+        "ZRANGE z +inf -inf BYSCORE REV LIMIT 0 2",
+        "ZRANGEBYSCORE z -inf +inf",
+        "ZRANGEBYSCORE z 2 10 WITHSCORES",
+        "ZRANGEBYSCORE z (1 10 LIMIT 1 2",
+        "ZREVRANGE z 0 -1",
+        "ZREVRANGE z 0 1 WITHSCORES",
+        "ZSCORE z c",
+        "ZSCORE z m",
+        "ZSCORE z nope",
+        "ZCARD z",
+        "ZCOUNT z 2 10",
+        "ZCOUNT z (2 +inf",
+        "ZCOUNT z -inf +inf",
+        "ZRANK z c",
+        "ZRANK z m",
+        "ZRANK z nope",
+        "GET h",
+        "HGET s f",
+        "LRANGE st 0 -1",
+        "ZSCORE l x",
+        "TTL ttl1",
+        "TTL plain",
+        "TTL nokey",
+        "PTTL plain",
+        "PTTL nokey",
+    ]
+    .map(exact)
+    .to_vec();
+    s.push(pttl("PTTL ttl1"));
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_reads_answer_what_redis_answered_byte_for_byte() {
+    let redis = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut other = direct(&redis).await;
+    for c in [
+        "SET s hello-world",
+        "SET s2 42",
+        "HSET h a 1 b hello c 3",
+        "RPUSH l x y z x",
+        "SADD st x y z",
+        "ZADD z 1 a 2 b 2.5 c 10 d -3 m",
+    ] {
+        let _: redis::Value = q(&mut other, c).await;
+    }
+    let script = read_script();
+    let mut problems = Vec::new();
+    // RESP2 and RESP3 (after HELLO 3), each against redis-server directly and through respite.
+    let mut conns = Vec::new();
+    for proto in [2, 3] {
+        let mut d = Raw::connect(addr(&redis)).await;
+        let mut r = Raw::connect(respite.addr).await;
+        if proto == 3 {
+            assert!(cmd(&mut d, "HELLO 3").await.starts_with(b"%"));
+            assert!(cmd(&mut r, "HELLO 3").await.starts_with(b"%"));
+        }
+        // Warm the store through respite: full-value reads, and writes with expiries.
+        for c in [
+            "GET s",
+            "GET s2",
+            "GET nokey",
+            "HGETALL h",
+            "LRANGE l 0 -1",
+            "SMEMBERS st",
+            "ZRANGE z 0 -1 WITHSCORES",
+            "SET ttl1 v EX 1000",
+            "SET plain v",
+        ] {
+            let reply = cmd(&mut r, c).await;
+            assert!(!reply.starts_with(b"-"), "{c}: {}", text(&reply));
+        }
+        conns.push((proto, d, r));
+    }
+    // The reference answers, right before the outage.
+    let mut want = Vec::new();
+    for (_, d, _) in &mut conns {
+        want.push(run_script(d, &script).await);
+    }
+    drill(&respite, "down").await;
+    assert_eq!(respite.status().await["state"], "down");
+    for ((proto, _, r), want) in conns.iter_mut().zip(&want) {
+        let got = run_script(r, &script).await;
+        compare_replies(&format!("RESP{proto}"), &script, want, &got, &mut problems);
+    }
+    assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
+    end_drill(&respite).await;
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_scores_are_printed_as_the_upstream_prints_them() {
+    // Scores that are not exact binary fractions: redis-server prints them its own way
+    // (`%.17g` before Redis 7.2, "1.1000000000000001"; the shortest round-trip form since).
+    // Served from the store, they must read the same as from the upstream right before.
+    let redis = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut other = direct(&redis).await;
+    let _: i64 = q(&mut other, "ZADD zs 1.1 a 0.1 b 2.5 c 3.3 d").await;
+    let script: Script = [
+        "ZSCORE zs a",
+        "ZSCORE zs b",
+        "ZMSCORE zs a d",
+        "ZRANGE zs 0 -1 WITHSCORES",
+        "ZRANGEBYSCORE zs 0 2 WITHSCORES",
+    ]
+    .map(exact)
+    .to_vec();
+    let mut conns = Vec::new();
+    for proto in [2, 3] {
+        let mut d = Raw::connect(addr(&redis)).await;
+        let mut r = Raw::connect(respite.addr).await;
+        if proto == 3 {
+            assert!(cmd(&mut d, "HELLO 3").await.starts_with(b"%"));
+            assert!(cmd(&mut r, "HELLO 3").await.starts_with(b"%"));
+        }
+        assert!(!cmd(&mut r, "ZRANGE zs 0 -1 WITHSCORES").await.starts_with(b"-"));
+        let want = run_script(&mut d, &script).await;
+        conns.push((proto, r, want));
+    }
+    drill(&respite, "down").await;
+    let mut problems = Vec::new();
+    for (proto, r, want) in &mut conns {
+        let got = run_script(r, &script).await;
+        compare_replies(&format!("RESP{proto}"), &script, want, &got, &mut problems);
+    }
+    assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
+    end_drill(&respite).await;
+    respite.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Writes during an outage: Redis's replies, then the same upstream state after replay.
+// ---------------------------------------------------------------------------------------
+
+const SETUP_WRITES: &[&str] = &[
+    "SET s1 hello",
+    "SET s2 10",
+    "SET s3 abc",
+    "SET f 0.1",
+    "SET f2 10.5",
+    "SET gd bye",
+    "SET gx val",
+    "SET ttlk t EX 1000",
+    "SET ttlk2 t EX 1000",
+    "SET ex1 old",
+    "SET e1 v",
+    "SET e2 v",
+    "SET e3 v",
+    "SET e4 v",
+    "SET d1 a",
+    "SET d2 b",
+    "SET d3 c",
+    "HSET h a 1 b 2 n 5 fl 1.5",
+    "RPUSH l a b c d c b a",
+    "SADD st x y z",
+    "ZADD z 1 a 2 b 3 c 4.5 d 5 e",
+];
+
+/// Full-value reads that put every key the script touches into the store (those with a TTL
+/// are known from the SET … EX respite forwarded).
+const WARM_READS: &[&str] = &[
+    "GET s1",
+    "GET s2",
+    "GET s3",
+    "GET f",
+    "GET f2",
+    "GET gd",
+    "GET gx",
+    "GET ex1",
+    "GET e1",
+    "GET e2",
+    "GET e3",
+    "GET e4",
+    "GET d1",
+    "GET d2",
+    "GET d3",
+    "HGETALL h",
+    "LRANGE l 0 -1",
+    "SMEMBERS st",
+    "ZRANGE z 0 -1 WITHSCORES",
+    "GET px1",
+    "GET exat1",
+    "GET pxat1",
+    "GET sx",
+    "GET psx",
+    "GET m1",
+    "GET m2",
+    "GET mc",
+    "GET mk",
+    "LRANGE ml 0 -1",
+    "HGETALL mh",
+];
+
+const SCRIPT_KEYS: &[&str] = &[
+    "s1", "s2", "s3", "f", "f2", "gd", "gx", "ttlk", "ttlk2", "ex1", "px1", "exat1", "pxat1", "sx", "psx", "m1", "m2",
+    "d1", "d2", "d3", "e1", "e2", "e3", "e4", "h", "l", "st", "z", "mc", "mk", "ml", "mh",
+];
+
+fn write_script(t_s: u64, t_ms: u64) -> Script {
+    vec![
+        exact("SET s1 world"),
+        exact("SET s1 v2 GET"),
+        exact("GET s1"),
+        exact("SET ex1 v EX 100"),
+        ttl("TTL ex1"),
+        exact("SET px1 v PX 100000"),
+        ttl("TTL px1"),
+        exact(&format!("SET exat1 v EXAT {t_s}")),
+        ttl("TTL exat1"),
+        exact(&format!("SET pxat1 v PXAT {t_ms}")),
+        ttl("TTL pxat1"),
+        exact("SET ttlk t2 KEEPTTL"),
+        ttl("TTL ttlk"),
+        exact("GET ttlk"),
+        exact("SETEX sx 100 v"),
+        ttl("TTL sx"),
+        exact("PSETEX psx 100000 v"),
+        ttl("TTL psx"),
+        exact("MSET m1 a m2 b"),
+        exact("MGET m1 m2"),
+        exact("APPEND s3 def"),
+        exact("GET s3"),
+        exact("INCR s2"),
+        exact("DECR s2"),
+        exact("INCRBY s2 5"),
+        exact("DECRBY s2 3"),
+        exact("GET s2"),
+        exact("INCRBYFLOAT f2 1.5"),
+        exact("INCRBYFLOAT f 0.2"),
+        exact("GETDEL gd"),
+        exact("GETDEL gd"),
+        exact("GETEX gx EX 100"),
+        ttl("TTL gx"),
+        exact("DEL d1 d2"),
+        exact("EXISTS d1 d2"),
+        exact("UNLINK d3"),
+        exact("EXISTS d3"),
+        exact("EXPIRE e1 100"),
+        ttl("TTL e1"),
+        exact("PEXPIRE e2 100000"),
+        ttl("TTL e2"),
+        exact(&format!("EXPIREAT e3 {t_s}")),
+        ttl("TTL e3"),
+        exact(&format!("PEXPIREAT e4 {t_ms}")),
+        ttl("TTL e4"),
+        exact("PERSIST ttlk2"),
+        exact("TTL ttlk2"),
+        exact("PERSIST ttlk2"),
+        exact("HSET h c 3 d 4"),
+        exact("HMSET h a 10"),
+        exact("HDEL h b"),
+        exact("HINCRBY h n 3"),
+        exact("HINCRBYFLOAT h fl 0.25"),
+        exact("HGETALL h"),
+        exact("LPUSH l z"),
+        exact("RPUSH l q r"),
+        exact("LPOP l"),
+        exact("RPOP l"),
+        exact("LPOP l 2"),
+        exact("LREM l 1 c"),
+        exact("LSET l 0 C"),
+        exact("LTRIM l 0 3"),
+        exact("LRANGE l 0 -1"),
+        exact("SADD st w x"),
+        exact("SREM st y"),
+        unordered("SMEMBERS st"),
+        exact("SCARD st"),
+        exact("ZADD z 6 f 1 a"),
+        exact("ZADD z CH 7 a"),
+        exact("ZADD z INCR 2 b"),
+        exact("ZREM z c"),
+        exact("ZINCRBY z 1.5 d"),
+        exact("ZRANGE z 0 -1 WITHSCORES"),
+        exact("ZREMRANGEBYSCORE z 6 6"),
+        exact("ZREMRANGEBYRANK z 0 0"),
+        exact("ZRANGE z 0 -1 WITHSCORES"),
+        // Errors Redis gives are given too (and nothing is journaled for them).
+        exact("INCR s1"),
+        exact("LPUSH s1 x"),
+        exact("HINCRBY h a x"),
+        exact("LSET l 99 x"),
+        // A transaction made only of supported writes.
+        exact("MULTI"),
+        exact("INCR mc"),
+        exact("SET mk v EX 100"),
+        exact("RPUSH ml a b"),
+        exact("HSET mh f v"),
+        exact("EXEC"),
+        ttl("TTL mk"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_writes_reply_like_redis_and_replay_to_the_state_redis_would_hold() {
+    let redis = RedisServer::start();
+    let reference = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut r = Raw::connect(respite.addr).await;
+    let mut d = Raw::connect(addr(&reference)).await;
+    for c in SETUP_WRITES {
+        let a = cmd(&mut r, c).await;
+        let b = cmd(&mut d, c).await;
+        assert_eq!(text(&a), text(&b), "{c}");
+    }
+    for c in WARM_READS {
+        let reply = cmd(&mut r, c).await;
+        assert!(!reply.starts_with(b"-"), "{c}: {}", text(&reply));
+    }
+    let t_s = now_ms() / 1000 + 100;
+    let t_ms = now_ms() + 100_000;
+    let script = write_script(t_s, t_ms);
+
+    drill(&respite, "down").await;
+    assert_eq!(respite.status().await["state"], "down");
+    let exec_at = script.iter().position(|(c, _)| c == "EXEC").unwrap();
+    let mut got = run_script(&mut r, &script[..exec_at].to_vec()).await;
+    let before_exec = journal_entries(&respite).await;
+    got.push(cmd(&mut r, "EXEC").await);
+    let after_exec = journal_entries(&respite).await;
+    got.extend(run_script(&mut r, &script[exec_at + 1..].to_vec()).await);
+    let want = run_script(&mut d, &script).await;
+
+    let mut problems = Vec::new();
+    compare_replies("outage write", &script, &want, &got, &mut problems);
+    if after_exec != before_exec + 1 {
+        problems.push(format!("MULTI/EXEC: journal.entries {before_exec} -> {after_exec}, want one record more"));
+    }
+    end_drill(&respite).await;
+    let mut upstream = direct(&redis).await;
+    let mut reference_con = direct(&reference).await;
+    compare_state(&mut upstream, &mut reference_con, SCRIPT_KEYS, 3000, &mut problems).await;
+    assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
+    respite.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Relative expiries become absolute at acceptance.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_expiries_count_from_acceptance_not_from_replay() {
+    let redis = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut r = Raw::connect(respite.addr).await;
+    for c in ["SET ex4 v", "SET px4 v", "GET ex4", "GET px4"] {
+        assert!(!cmd(&mut r, c).await.starts_with(b"-"), "{c}");
+    }
+    drill(&respite, "down").await;
+    let accepted = Instant::now();
+    for (c, want) in [
+        ("SET k v EX 2", "+OK\r\n"),
+        ("SETEX sx 2 v", "+OK\r\n"),
+        ("PSETEX psx 2000 v", "+OK\r\n"),
+        ("SET pk v PX 2000", "+OK\r\n"),
+        ("EXPIRE ex4 2", ":1\r\n"),
+        ("PEXPIRE px4 2000", ":1\r\n"),
+        ("SET gone v EX 1", "+OK\r\n"),
+    ] {
+        assert_eq!(text(&cmd(&mut r, c).await), want, "{c}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(accepted.elapsed())).await;
+    end_drill(&respite).await;
+    let mut up = direct(&redis).await;
+    let mut problems = Vec::new();
+    for key in ["k", "sx", "psx", "pk", "ex4", "px4"] {
+        let p: i64 = q(&mut up, &format!("PTTL {key}")).await;
+        let since = accepted.elapsed();
+        // 2 s from acceptance, 1.5 s of which passed before the replay: at most ~500 ms left.
+        // Gone is right only once the 2 s are over; no TTL, or ~2 s, is wrong.
+        let ok = match p {
+            -2 => since >= Duration::from_millis(1950),
+            p => p > 0 && p <= 600,
+        };
+        if !ok {
+            problems.push(format!(
+                "PTTL {key} after replay = {p} ms, {since:?} after acceptance of a 2 s expiry (want <= 600 ms left)"
+            ));
+        }
+    }
+    let exists: i64 = q(&mut up, "EXISTS gone").await;
+    if exists != 0 {
+        let p: i64 = q(&mut up, "PTTL gone").await;
+        problems.push(format!("`SET gone v EX 1` accepted 1.5 s before the replay exists upstream (PTTL {p})"));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    respite.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Refusals.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordination_scripts_blocking_and_unsupported_commands_are_refused_at_once() {
+    let redis = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut r = Raw::connect(respite.addr).await;
+    for c in ["SET k v", "GET absent", "HGETALL h", "ZRANGE z 0 -1 WITHSCORES", "LRANGE l 0 -1"] {
+        assert!(!cmd(&mut r, c).await.starts_with(b"-"), "{c}");
+    }
+    drill(&respite, "down").await;
+    let cases: &[(&str, &str, &str)] = &[
+        ("SET absent v NX", "SET", "coordination"),
+        ("SET k v XX", "SET", "coordination"),
+        ("SETNX absent v", "SETNX", "coordination"),
+        ("HSETNX h f v", "HSETNX", "coordination"),
+        ("MSETNX absent v", "MSETNX", "coordination"),
+        ("ZADD z NX 1 a", "ZADD", "coordination"),
+        ("ZADD z XX 1 a", "ZADD", "coordination"),
+        ("ZADD z GT 1 a", "ZADD", "coordination"),
+        ("ZADD z LT 1 a", "ZADD", "coordination"),
+        ("EXPIRE k 10 NX", "EXPIRE", "coordination"),
+        ("WATCH k", "WATCH", "coordination"),
+        ("EVAL return 0", "EVAL", "script"),
+        ("EVALSHA e0e1f9fabfc9d4800c877a703b823ac0578ff8db 0", "EVALSHA", "script"),
+        ("FCALL f 0", "FCALL", "script"),
+        ("BLPOP l 1", "BLPOP", "blocking"),
+        ("BRPOP l 1", "BRPOP", "blocking"),
+        ("BLMOVE l l2 LEFT RIGHT 1", "BLMOVE", "blocking"),
+        ("XREAD BLOCK 1000 STREAMS s $", "XREAD", ""),
+        ("RENAME k k2", "RENAME", "unsupported"),
+        ("SINTERSTORE d a b", "SINTERSTORE", "unsupported"),
+        ("OBJECT ENCODING k", "OBJECT", "unsupported"),
+    ];
+    let mut problems = Vec::new();
+    for (c, name, _) in cases {
+        let start = Instant::now();
+        let w = words(c);
+        let refs: Vec<&[u8]> = w.iter().map(|a| &a[..]).collect();
+        r.cmd(&refs).await;
+        let Some(reply) = reply_within(&mut r, Duration::from_secs(3)).await else {
+            problems.push(format!("{c}: no answer within 3 s"));
+            continue;
+        };
+        let took = start.elapsed();
+        let reply = text(&reply);
+        if !(reply.starts_with('-') && reply.contains(name) && reply.contains("upstream down")) {
+            problems.push(format!("{c}: {reply:?} does not name {name} and \"upstream down\""));
+        }
+        if took > Duration::from_millis(200) {
+            problems.push(format!("{c}: answered after {took:?}"));
+        }
+    }
+    // A command respite does not know at all still gets an error naming it.
+    let reply = text(&cmd(&mut r, "FOOBARCMD x").await);
+    if !(reply.starts_with('-') && reply.to_ascii_uppercase().contains("FOOBARCMD")) {
+        problems.push(format!("FOOBARCMD: {reply:?} does not name the command"));
+    }
+    // The connection is fine, and nothing was changed or journaled.
+    assert_eq!(cmd(&mut r, "PING").await, b"+PONG\r\n");
+    assert_eq!(cmd(&mut r, "GET k").await, b"$1\r\nv\r\n");
+    assert_eq!(cmd(&mut r, "GET absent").await, b"$-1\r\n");
+    assert_eq!(journal_entries(&respite).await, 0);
+    // A transaction with a refused command is aborted at EXEC, as Redis does with a
+    // command refused while queueing.
+    assert_eq!(cmd(&mut r, "MULTI").await, b"+OK\r\n");
+    assert_eq!(cmd(&mut r, "SET k w").await, b"+QUEUED\r\n");
+    assert!(cmd(&mut r, "EVAL return 0").await.starts_with(b"-"));
+    assert!(cmd(&mut r, "EXEC").await.starts_with(b"-EXECABORT"));
+    assert_eq!(cmd(&mut r, "GET k").await, b"$1\r\nv\r\n");
+
+    let body = metrics_body(&respite).await;
+    for (reason, at_least) in [("coordination", 11.0), ("script", 4.0), ("blocking", 3.0), ("unsupported", 3.0)] {
+        let v = metric(&body, &format!("respite_outage_refused_total{{reason=\"{reason}\"}}"));
+        if v < at_least {
+            problems.push(format!("respite_outage_refused_total{{reason=\"{reason}\"}} = {v}, want >= {at_least}"));
+        }
+    }
+    let coordination = metric(&body, "respite_outage_refused_total{reason=\"coordination\"}");
+    if coordination != 11.0 {
+        problems.push(format!("respite_outage_refused_total{{reason=\"coordination\"}} = {coordination}, want 11"));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    end_drill(&respite).await;
+    let mut up = direct(&redis).await;
+    assert_eq!(q::<Option<String>>(&mut up, "GET k").await.as_deref(), Some("v"));
+    assert_eq!(q::<Option<String>>(&mut up, "GET absent").await, None);
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_allow_conditional_set_nx_and_setnx_are_served_locally() {
+    let redis = RedisServer::start();
+    let mut cfg = drill_config(&redis);
+    cfg.outage.allow_conditional = true;
+    let respite = Respite::start_with(cfg).await;
+    let mut r = Raw::connect(respite.addr).await;
+    for c in ["SET taken v", "GET free1", "GET free2", "GET free3"] {
+        assert!(!cmd(&mut r, c).await.starts_with(b"-"), "{c}");
+    }
+    drill(&respite, "down").await;
+    for (c, want) in [
+        ("SET free1 a NX", "+OK\r\n"),
+        ("SET free1 b NX", "$-1\r\n"),
+        ("SET taken x NX", "$-1\r\n"),
+        ("SETNX free2 c", ":1\r\n"),
+        ("SETNX taken y", ":0\r\n"),
+        ("SET free3 d XX", "$-1\r\n"),
+        ("SET taken z XX", "+OK\r\n"),
+        ("GET free1", "$1\r\na\r\n"),
+        ("GET free2", "$1\r\nc\r\n"),
+        ("GET taken", "$1\r\nz\r\n"),
+    ] {
+        assert_eq!(text(&cmd(&mut r, c).await), want, "{c}");
+    }
+    assert_eq!(respite.metric("respite_outage_refused_total{reason=\"coordination\"}").await.unwrap_or(0.0), 0.0);
+    end_drill(&respite).await;
+    let mut up = direct(&redis).await;
+    assert_eq!(q::<Option<String>>(&mut up, "GET free1").await.as_deref(), Some("a"));
+    assert_eq!(q::<Option<String>>(&mut up, "GET free2").await.as_deref(), Some("c"));
+    assert_eq!(q::<Option<String>>(&mut up, "GET free3").await, None);
+    assert_eq!(q::<Option<String>>(&mut up, "GET taken").await.as_deref(), Some("z"));
+    respite.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Exactly once, across an upstream crash in the middle of the replay.
+// ---------------------------------------------------------------------------------------
+
+/// Sends `n` copies of one command pipelined in chunks, checking each reply with `want(i)`.
+async fn pipelined(raw: &mut Raw, c: &str, n: usize, chunk: usize, want: impl Fn(usize) -> String) {
+    let w = words(c);
+    let refs: Vec<&[u8]> = w.iter().map(|a| &a[..]).collect();
+    let one = encode(&refs);
+    let mut sent = 0;
+    while sent < n {
+        let k = chunk.min(n - sent);
+        raw.send(&one.repeat(k)).await;
+        for i in sent..sent + k {
+            let r = text(&reply(raw).await);
+            assert_eq!(r, want(i), "reply {i} to {c}");
+        }
+        sent += k;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_incrs_are_counted_exactly_once_across_a_crash_mid_replay() {
+    // `--appendfsync always`: what the upstream acknowledged survives its SIGKILL, so the
+    // count below depends on respite alone.
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut cfg = test_config(&redis.url());
+    // Small replay transactions: a wider window to crash the upstream in.
+    cfg.journal.replay_batch = 50;
+    let respite = Respite::start_with(cfg).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(cmd(&mut raw, "SET counter 0").await, b"+OK\r\n");
+
+    redis.kill();
+    respite.wait_state("down", Duration::from_secs(5)).await;
+    let start = Instant::now();
+    pipelined(&mut raw, "INCR counter", 10_000, 1000, |i| format!(":{}\r\n", i + 1)).await;
+    assert_eq!(journal_entries(&respite).await, 10_000);
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+
+    redis.restart();
+    // Crash it again as soon as the journal starts shrinking: replay transactions are then
+    // streaming, and one is likely in flight — applied (and in the AOF) but its reply not
+    // yet read. (The interrupt may miss: if the replay already finished, the count must be
+    // exact all the same.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut interrupted_at = None;
+    loop {
+        let s = respite.status().await;
+        let entries = s["journal"]["entries"].as_u64().unwrap_or(0);
+        if s["state"] == "replaying" && entries < 10_000 {
+            redis.kill();
+            interrupted_at = Some((s["state"].to_string(), entries));
+            break;
+        }
+        if s["state"] == "healthy" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replay did not start: {s}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.restart();
+    wait_drained(&respite, Duration::from_secs(20)).await;
+
+    let mut up = direct(&redis).await;
+    let counter: Option<String> = q(&mut up, "GET counter").await;
+    assert_eq!(counter.as_deref(), Some("10000"), "second kill at (state, journal entries) {interrupted_at:?}");
+    let marks: Vec<String> = q(&mut up, "KEYS respite:replay:*").await;
+    assert_eq!(marks.len(), 1, "watermark keys in db 0: {marks:?}");
+    // Through respite too, now forwarded again.
+    assert_eq!(cmd(&mut raw, "GET counter").await, b"$5\r\n10000\r\n");
+    respite.shutdown().await;
+}
+
+/// A TCP proxy in front of the upstream that, once armed, swallows the next reply to a
+/// replay transaction (the first chunk from the upstream holding `+QUEUED`) and closes that
+/// connection: the upstream has executed the EXEC, respite never learns it.
+struct LossyProxy {
+    port: u16,
+    arm: Arc<AtomicBool>,
+    fired: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LossyProxy {
+    async fn start(upstream: SocketAddr) -> LossyProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let arm = Arc::new(AtomicBool::new(false));
+        let fired = Arc::new(AtomicUsize::new(0));
+        let (a, f) = (arm.clone(), fired.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (a, f) = (a.clone(), f.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    });
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let chunk = &buf[..n];
+                        if chunk.windows(6).any(|w| w == b"QUEUED") && a.swap(false, Ordering::SeqCst) {
+                            f.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        if cw.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    up.abort();
+                });
+            }
+        });
+        LossyProxy { port, arm, fired, task }
+    }
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_transaction_whose_reply_is_lost_is_confirmed_by_the_watermark_not_applied_twice() {
+    let redis = RedisServer::start();
+    let proxy = LossyProxy::start(addr(&redis)).await;
+    let mut cfg = test_config(&format!("redis://127.0.0.1:{}", proxy.port));
+    cfg.admin.token = "t".into();
+    cfg.journal.replay_batch = 50;
+    let respite = Respite::start_with(cfg).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(cmd(&mut raw, "SET counter 0").await, b"+OK\r\n");
+    drill(&respite, "down").await;
+    pipelined(&mut raw, "INCR counter", 2000, 500, |i| format!(":{}\r\n", i + 1)).await;
+
+    proxy.arm.store(true, Ordering::SeqCst);
+    end_drill(&respite).await;
+    assert_eq!(proxy.fired.load(Ordering::SeqCst), 1, "the first replay transaction's reply was swallowed");
+    let mut up = direct(&redis).await;
+    assert_eq!(q::<Option<String>>(&mut up, "GET counter").await.as_deref(), Some("2000"));
+    let body = metrics_body(&respite).await;
+    // "Journal records applied upstream and confirmed": all 2,000, each once — those of the
+    // transaction whose reply was lost included (the watermark confirmed them).
+    assert_eq!(metric(&body, "respite_journal_replayed_total"), 2000.0, "respite_journal_replayed_total");
+    assert_eq!(metric(&body, "respite_journal_replay_errors_total"), 0.0);
+    let status = respite.status().await;
+    assert_eq!(status["replay"]["replayed_total"], 2000, "{status}");
+    respite.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. Interleaved writes replay in acceptance order.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_writes_replay_in_acceptance_order() {
+    let redis = RedisServer::start();
+    let reference = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut r = Raw::connect(respite.addr).await;
+    let mut d = Raw::connect(addr(&reference)).await;
+    for c in ["SET a 0", "RPUSH l init"] {
+        assert_eq!(cmd(&mut r, c).await, cmd(&mut d, c).await, "{c}");
+    }
+    assert_eq!(cmd(&mut r, "LRANGE l 0 -1").await, b"*1\r\n$4\r\ninit\r\n");
+    let script: Script =
+        ["SET a 1", "RPUSH l x y", "DEL a", "SET a 2", "EXPIRE a 100", "RPUSH l z", "DEL l", "RPUSH l w"]
+            .map(exact)
+            .to_vec();
+    drill(&respite, "down").await;
+    let got = run_script(&mut r, &script).await;
+    let want = run_script(&mut d, &script).await;
+    let mut problems = Vec::new();
+    compare_replies("interleaved", &script, &want, &got, &mut problems);
+    end_drill(&respite).await;
+    let mut up = direct(&redis).await;
+    let mut refc = direct(&reference).await;
+    compare_state(&mut up, &mut refc, &["a", "l"], 2000, &mut problems).await;
+    assert_eq!(q::<Option<String>>(&mut up, "GET a").await.as_deref(), Some("2"));
+    let p: i64 = q(&mut up, "PTTL a").await;
+    assert!(p > 0 && p <= 100_000, "PTTL a {p}");
+    assert_eq!(q::<Vec<String>>(&mut up, "LRANGE l 0 -1").await, ["w"]);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    respite.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. The journal's bounds.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_refuses_with_oom_and_keeps_what_it_acknowledged() {
+    let redis = RedisServer::start();
+    let mut cfg = drill_config(&redis);
+    cfg.journal.max_entries = 5;
+    let respite = Respite::start_with(cfg).await;
+    let mut r = Raw::connect(respite.addr).await;
+    assert_eq!(cmd(&mut r, "SET seen v").await, b"+OK\r\n");
+    drill(&respite, "down").await;
+    for i in 1..=5 {
+        assert_eq!(cmd(&mut r, &format!("SET b{i} v")).await, b"+OK\r\n", "write {i}");
+    }
+    let sixth = text(&cmd(&mut r, "SET b6 v").await);
+    assert!(sixth.starts_with("-OOM"), "{sixth:?}");
+    let seventh = text(&cmd(&mut r, "SET seen w").await);
+    assert!(seventh.starts_with("-OOM"), "{seventh:?}");
+    // Not applied locally either, and reads still work.
+    assert_eq!(cmd(&mut r, "GET seen").await, b"$1\r\nv\r\n");
+    assert!(!cmd(&mut r, "GET b6").await.starts_with(b"$1\r\nv"));
+    let status = respite.status().await;
+    assert_eq!(status["journal"]["entries"], 5, "{status}");
+    assert_eq!(respite.metric("respite_outage_refused_total{reason=\"journal_full\"}").await, Some(2.0));
+    end_drill(&respite).await;
+    let mut up = direct(&redis).await;
+    for i in 1..=5 {
+        assert_eq!(q::<Option<String>>(&mut up, &format!("GET b{i}")).await.as_deref(), Some("v"), "b{i}");
+    }
+    assert_eq!(q::<Option<String>>(&mut up, "GET b6").await, None);
+    assert_eq!(q::<Option<String>>(&mut up, "GET seen").await.as_deref(), Some("v"));
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_byte_bound_refuses_with_oom_and_keeps_what_it_acknowledged() {
+    let redis = RedisServer::start();
+    let value = "x".repeat(64);
+    let one = encode(&[b"SET", b"bb1", value.as_bytes()]).len() as u64;
+    let mut cfg = drill_config(&redis);
+    cfg.journal.max_bytes = Size(3 * one + one / 2);
+    let respite = Respite::start_with(cfg).await;
+    let mut r = Raw::connect(respite.addr).await;
+    drill(&respite, "down").await;
+    for i in 1..=3 {
+        assert_eq!(cmd(&mut r, &format!("SET bb{i} {value}")).await, b"+OK\r\n", "write {i}");
+    }
+    let fourth = text(&cmd(&mut r, &format!("SET bb4 {value}")).await);
+    assert!(fourth.starts_with("-OOM"), "{fourth:?}");
+    let status = respite.status().await;
+    assert_eq!(status["journal"]["entries"], 3, "{status}");
+    assert_eq!(status["journal"]["bytes"], 3 * one, "{status}");
+    end_drill(&respite).await;
+    let mut up = direct(&redis).await;
+    for i in 1..=3 {
+        assert_eq!(q::<Option<String>>(&mut up, &format!("GET bb{i}")).await.as_deref(), Some(&value[..]), "bb{i}");
+    }
+    assert_eq!(q::<Option<String>>(&mut up, "GET bb4").await, None);
+    respite.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. Visibility: /status and metrics.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_visible_in_status_and_metrics() {
+    let redis = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut r = Raw::connect(respite.addr).await;
+    assert_eq!(cmd(&mut r, "SET k v").await, b"+OK\r\n");
+    let before = metrics_body(&respite).await;
+
+    drill(&respite, "down").await;
+    assert_eq!(cmd(&mut r, "GET k").await, b"$1\r\nv\r\n");
+    assert!(cmd(&mut r, "GET never").await.starts_with(b"-UNAVAILABLE"));
+    // A counter never seen counts from 0 (fail-open rate limiting).
+    assert_eq!(cmd(&mut r, "INCR fresh").await, b":1\r\n");
+    assert_eq!(cmd(&mut r, "SET k w").await, b"+OK\r\n");
+    assert!(cmd(&mut r, "EVAL return 0").await.starts_with(b"-UNAVAILABLE"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let status = respite.status().await;
+    assert_eq!(status["state"], "down", "{status}");
+    assert_eq!(status["journal"]["entries"], 2, "{status}");
+    assert!(status["journal"]["bytes"].as_u64().unwrap_or(0) > 0, "{status}");
+    assert!(status["journal"]["oldest_age_seconds"].as_f64().unwrap_or(0.0) > 0.0, "{status}");
+    let during = metrics_body(&respite).await;
+    let delta = |name: &str| metric(&during, name) - metric(&before, name);
+    let mut problems = Vec::new();
+    for (name, want) in [
+        ("respite_journal_entries", 2.0),
+        ("respite_journal_appends_total", 2.0),
+        ("respite_store_unseen_writes_total", 1.0),
+        ("respite_outage_refused_total{reason=\"script\"}", 1.0),
+        ("respite_outage_refused_total{reason=\"miss\"}", 1.0),
+    ] {
+        if delta(name) != want {
+            problems.push(format!("{name} moved by {}, want {want}", delta(name)));
+        }
+    }
+    for name in ["respite_store_hits_total", "respite_store_misses_total"] {
+        if delta(name) < 1.0 {
+            problems.push(format!("{name} moved by {}, want >= 1", delta(name)));
+        }
+    }
+    for name in ["respite_journal_bytes", "respite_journal_oldest_age_seconds"] {
+        if metric_value(&during, name).unwrap_or(0.0) <= 0.0 {
+            problems.push(format!("{name} = {:?} during the outage", metric_value(&during, name)));
+        }
+    }
+    if metric_value(&during, "respite_journal_replayed_total").is_none() {
+        problems.push("respite_journal_replayed_total is not exposed".into());
+    }
+
+    drill(&respite, "auto").await;
+    // Poll fast to see the replay (it may be too quick to catch; the transition counters
+    // below are the proof).
+    let mut seen = vec!["down".to_string()];
+    let deadline = Instant::now() + HEALTHY_WITHIN;
+    loop {
+        let s = respite.status().await;
+        let state = s["state"].as_str().unwrap_or_default().to_string();
+        if seen.last() != Some(&state) {
+            seen.push(state.clone());
+        }
+        if state == "healthy" && s["journal"]["entries"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not healthy: {s}");
+    }
+    if seen.iter().any(|s| s != "down" && s != "replaying" && s != "healthy") {
+        problems.push(format!("states seen: {seen:?}"));
+    }
+    let after = metrics_body(&respite).await;
+    for (name, want) in [
+        ("respite_journal_entries", 0.0),
+        ("respite_journal_bytes", 0.0),
+        ("respite_journal_replayed_total", 2.0),
+        ("respite_upstream_state_transitions_total{from=\"down\",to=\"replaying\"}", 1.0),
+        ("respite_upstream_state_transitions_total{from=\"replaying\",to=\"healthy\"}", 1.0),
+        ("respite_upstream_state{state=\"healthy\"}", 1.0),
+    ] {
+        if metric(&after, name) != want {
+            problems.push(format!("after replay {name} = {}, want {want}", metric(&after, name)));
+        }
+    }
+    if metric(&after, "respite_upstream_state_transitions_total{from=\"down\",to=\"healthy\"}") != 0.0 {
+        problems.push("the state went from down to healthy with a non-empty journal".into());
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let mut up = direct(&redis).await;
+    assert_eq!(q::<Option<String>>(&mut up, "GET k").await.as_deref(), Some("w"));
+    assert_eq!(q::<Option<String>>(&mut up, "GET fresh").await.as_deref(), Some("1"));
+    respite.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. Writes during the replay join the journal's tail.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_a_slow_replay_join_the_tail_and_count_exactly() {
+    let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut cfg = drill_config(&redis);
+    cfg.journal.replay_batch = 10;
+    let respite = Respite::start_with(cfg).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(cmd(&mut raw, "SET counter 0").await, b"+OK\r\n");
+    drill(&respite, "down").await;
+    pipelined(&mut raw, "INCR counter", 2000, 500, |i| format!(":{}\r\n", i + 1)).await;
+    assert_eq!(journal_entries(&respite).await, 2000);
+
+    // A writer that keeps counting (about 500 INCRs a second) until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let mut w = Raw::connect(respite.addr).await;
+        tokio::spawn(async move {
+            let mut replies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let r = Box::pin(w.call(&[b"INCR", b"counter"])).await;
+                replies.push(text(&r));
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            replies
+        })
+    };
+    drill(&respite, "auto").await;
+    let replay_started = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut appends_when_replaying = None;
+    loop {
+        let s = respite.status().await;
+        if s["state"] == "replaying" && appends_when_replaying.is_none() {
+            appends_when_replaying = respite.metric("respite_journal_appends_total").await;
+        }
+        if s["state"] == "healthy" && s["journal"]["entries"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replay never finished: {s}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let appends_at_end = respite.metric("respite_journal_appends_total").await.unwrap_or(0.0);
+    let replay_took = replay_started.elapsed();
+    // A few more once direct forwarding resumed.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    let replies = tokio::time::timeout(Duration::from_secs(5), writer).await.expect("writer stops").unwrap();
+    let n = 2000 + replies.len();
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r, &format!(":{}\r\n", 2001 + i), "writer's reply {i} of {}", replies.len());
+    }
+    let mut up = direct(&redis).await;
+    assert_eq!(q::<Option<String>>(&mut up, "GET counter").await, Some(n.to_string()));
+    let appends_when_replaying = appends_when_replaying.expect("the replay of 2,000 records was never seen");
+    assert!(
+        appends_at_end > appends_when_replaying,
+        "no write joined the journal while it replayed ({appends_when_replaying} -> {appends_at_end} appends; \
+         the replay took {replay_took:?})"
+    );
+    respite.shutdown().await;
+}
