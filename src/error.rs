@@ -24,6 +24,10 @@ pub enum UpstreamError {
     /// The circuit breaker says down: nothing was sent.
     #[error("upstream is down")]
     Down,
+    /// The connection that held the client's MULTI or WATCH is gone: nothing was sent, and
+    /// no new connection may stand in for it.
+    #[error("the upstream connection holding this client's MULTI/WATCH was lost")]
+    TransactionLost,
     /// The upstream sent bytes that are not RESP.
     #[error("upstream protocol error: {0}")]
     Protocol(String),
@@ -33,7 +37,7 @@ impl UpstreamError {
     /// Whether the request may have been executed by the upstream.
     pub fn maybe_executed(&self) -> bool {
         match self {
-            UpstreamError::Connect { .. } | UpstreamError::Down => false,
+            UpstreamError::Connect { .. } | UpstreamError::Down | UpstreamError::TransactionLost => false,
             UpstreamError::Broken { sent, .. } => *sent,
             UpstreamError::Timeout(_) | UpstreamError::Protocol(_) => true,
         }

@@ -42,6 +42,8 @@ pub enum ProtocolError {
     UnbalancedQuotes,
     #[error("Protocol error: bulk string not terminated by CRLF")]
     MissingCrlf,
+    #[error("Protocol error: query buffer limit exceeded (client.max_query_buffer)")]
+    QueryBufferLimit,
     #[error("Protocol error: invalid reply type byte 0x{0:02x}")]
     InvalidReplyType(u8),
     #[error("Protocol error: invalid length in reply")]

@@ -288,7 +288,7 @@ impl Session {
             match self.parser.parse(&self.rbuf[consumed..], &limits, &mut self.args, &mut encoded)? {
                 Parsed::Incomplete => {
                     if self.rbuf.len() - consumed > self.ctx.cfg.raw.client.max_query_buffer.0 as usize {
-                        return Err(ProtocolError::InvalidBulkLength);
+                        return Err(ProtocolError::QueryBufferLimit);
                     }
                     break;
                 }
@@ -817,7 +817,7 @@ impl Session {
 
     async fn send(&mut self, bytes: Bytes, count: usize, deadline: Option<Instant>) -> BatchResult {
         match &mut self.dedicated {
-            Some(d) => d.round(&bytes, count, deadline).await,
+            Some(d) => d.round(&bytes, count, deadline, matches!(self.txn, Txn::Multi | Txn::Watching)).await,
             None => {
                 let send = self.mux.send(bytes, count);
                 match deadline {
@@ -898,6 +898,7 @@ impl Session {
             error.write_reply(req.name(), read_only, &mut self.out);
             self.count(i, error.outcome(read_only));
         }
+        let lost_connection = lost_connection || *error == UpstreamError::TransactionLost;
         if lost_connection && matches!(self.txn, Txn::Multi | Txn::Watching) {
             self.txn = Txn::Lost;
         }

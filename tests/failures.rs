@@ -477,3 +477,48 @@ async fn blocking_command_on_a_frozen_upstream_ends_at_its_timeout_plus_margin()
     assert!(took >= Duration::from_millis(900), "{took:?}");
     respite.shutdown().await;
 }
+
+/// A pinned connection that the upstream closed while the client sat inside MULTI or WATCH
+/// is never silently replaced: the transaction's state lived on it. Queued commands must not
+/// run on a fresh connection, and EXEC must abort (regression: they used to run at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_connection_was_lost_is_aborted_not_replayed_on_a_new_one() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes"]);
+    let respite = Respite::start(&redis.url()).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(call(&mut raw, &[b"SET", b"n", b"0"]).await, b"+OK\r\n");
+
+    // MULTI, then the upstream restarts while the client is idle.
+    assert_eq!(call(&mut raw, &[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(call(&mut raw, &[b"INCR", b"n"]).await, b"+QUEUED\r\n");
+    redis.restart();
+    respite.wait_state("healthy", HEALTHY_WITHIN).await;
+    let r = text(&call(&mut raw, &[b"INCR", b"n"]).await);
+    assert!(
+        r.starts_with('-') && r.contains("MULTI/WATCH"),
+        "a queued command must not run on a new connection: {r:?}"
+    );
+    let r = text(&call(&mut raw, &[b"EXEC"]).await);
+    assert!(r.starts_with("-EXECABORT"), "{r:?}");
+    let direct = redis::Client::open(redis.url()).unwrap();
+    let mut direct = direct.get_multiplexed_async_connection().await.unwrap();
+    let n: String = redis::cmd("GET").arg("n").query_async(&mut direct).await.unwrap();
+    assert_eq!(n, "0", "neither INCR ran");
+
+    // WATCH, then the connection is lost: the EXEC must not succeed without the WATCH.
+    assert_eq!(call(&mut raw, &[b"WATCH", b"n"]).await, b"+OK\r\n");
+    redis.restart();
+    respite.wait_state("healthy", HEALTHY_WITHIN).await;
+    let direct = redis::Client::open(redis.url()).unwrap();
+    let mut direct = direct.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET").arg("n").arg("changed").query_async(&mut direct).await.unwrap();
+    let r = text(&call(&mut raw, &[b"MULTI"]).await);
+    assert!(r.starts_with('-'), "MULTI after a lost WATCH must not start a transaction that ignores it: {r:?}");
+    let r = text(&call(&mut raw, &[b"EXEC"]).await);
+    assert!(r.starts_with("-EXECABORT"), "{r:?}");
+    // The client can start over.
+    assert_eq!(call(&mut raw, &[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(call(&mut raw, &[b"GET", b"n"]).await, b"+QUEUED\r\n");
+    assert_eq!(call(&mut raw, &[b"EXEC"]).await, b"*1\r\n$7\r\nchanged\r\n");
+    respite.shutdown().await;
+}

@@ -25,6 +25,8 @@ pub struct Dedicated {
     buf: BytesMut,
     /// Raw requests that set connection state, replayed in order on reconnect.
     state: Vec<(StateKey, Bytes)>,
+    /// A connection was open before: a new one would not carry a MULTI or WATCH.
+    had_connection: bool,
 }
 
 /// Which piece of connection state a recorded request sets (a newer one replaces an older).
@@ -39,7 +41,13 @@ pub enum StateKey {
 
 impl Dedicated {
     pub fn new(connector: Arc<Connector>) -> Dedicated {
-        Dedicated { connector, stream: None, buf: BytesMut::with_capacity(16 << 10), state: Vec::new() }
+        Dedicated {
+            connector,
+            stream: None,
+            buf: BytesMut::with_capacity(16 << 10),
+            state: Vec::new(),
+            had_connection: false,
+        }
     }
 
     /// Records a request that set connection state (after the upstream accepted it).
@@ -64,10 +72,10 @@ impl Dedicated {
         self.buf.clear();
     }
 
-    async fn ensure_connected(&mut self) -> Result<(), UpstreamError> {
+    /// Drops a connection the upstream closed while the client was idle (restart, Redis
+    /// `timeout`), so that a request is never written into a dead connection.
+    fn drop_if_closed(&mut self) {
         if let Some(stream) = &self.stream {
-            // A connection the upstream closed while the client was idle (restart, idle
-            // timeout) is replaced before writing, so the request provably was not sent.
             let mut probe = [0u8; 1];
             match stream.try_read(&mut probe) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -75,6 +83,11 @@ impl Dedicated {
                 _ => self.disconnect(),
             }
         }
+    }
+
+    async fn ensure_connected(&mut self) -> Result<(), UpstreamError> {
+        // A closed connection is replaced before writing: the request provably was not sent.
+        self.drop_if_closed();
         if self.stream.is_none() {
             let mut stream = self.connector.connect().await?;
             if !self.state.is_empty() {
@@ -107,15 +120,33 @@ impl Dedicated {
                 }
             }
             self.stream = Some(stream);
+            self.had_connection = true;
         }
         Ok(())
     }
 
     /// Sends `count` requests and reads their replies, until `deadline` (`None`: no limit,
     /// for blocking commands with a zero timeout). Any failure drops the connection.
-    pub async fn round(&mut self, bytes: &[u8], count: usize, deadline: Option<Instant>) -> BatchResult {
+    ///
+    /// `in_transaction`: the client is inside MULTI or WATCH, whose state lives on this very
+    /// connection. If it is gone, a fresh one must not be used silently (queued commands
+    /// would run at once, a WATCH would be forgotten): the request fails as not sent.
+    pub async fn round(
+        &mut self,
+        bytes: &[u8],
+        count: usize,
+        deadline: Option<Instant>,
+        in_transaction: bool,
+    ) -> BatchResult {
         let budget = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let work = async {
+            if in_transaction && self.had_connection {
+                self.drop_if_closed();
+                if self.stream.is_none() {
+                    let error = UpstreamError::TransactionLost;
+                    return Err(Box::new(BatchFailure { done: BatchReply::default(), error }));
+                }
+            }
             if let Err(e) = self.ensure_connected().await {
                 return Err(Box::new(BatchFailure { done: BatchReply::default(), error: e }));
             }
