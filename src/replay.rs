@@ -82,7 +82,10 @@ impl Replayer {
         let key = watermark_key(journal.instance_id());
         let mut conn = Conn::open(&self.connector, self.timeout).await?;
         let watermark = conn.watermark(&key).await?;
+        // Records the upstream already applied (a lost EXEC reply) count as replayed.
+        let before = journal.stats().entries;
         journal.confirm(watermark);
+        self.metrics.journal_replayed.inc_by(before.saturating_sub(journal.stats().entries));
         let mut done = watermark;
         loop {
             if cancel.is_cancelled() || self.health.state() != State::Replaying {

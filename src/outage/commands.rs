@@ -944,8 +944,10 @@ fn decrby(cx: &mut Cx<'_>) -> Res {
 
 fn incrbyfloat(cx: &mut Cx<'_>) -> Res {
     let by = float(cx.args[2])?;
+    let cx_incr = cx.args[2];
     let s = cx.write(1, |e| {
-        let cur = match str_of(&e.value)? {
+        let cur_text = str_of(&e.value)?.cloned();
+        let cur = match &cur_text {
             Some(b) => float(b)?,
             None => 0.0,
         };
@@ -953,12 +955,25 @@ fn incrbyfloat(cx: &mut Cx<'_>) -> Res {
         if !n.is_finite() {
             return Err(err(NAN_INF));
         }
-        let s = super::reply::format_double(n);
+        let s = long_double_sum(cur_text.as_deref().unwrap_or(b"0"), cx_incr, n);
         e.value = Value::Str(Bytes::from(s.clone()));
         Ok(s)
     })?;
     cx.r.bulk(s.as_bytes());
     Ok(())
+}
+
+/// The text Redis gives for `current + increment` (long double, `%.17Lf`, no trailing
+/// zeros): exact for plain decimals, else from the binary sum `n`.
+fn long_double_sum(current: &[u8], increment: &[u8], n: f64) -> String {
+    super::reply::add_decimal(current, increment).unwrap_or_else(|| {
+        let s = format!("{n:.17}");
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    })
 }
 
 fn getdel(cx: &mut Cx<'_>) -> Res {
@@ -1186,6 +1201,7 @@ fn hincrby(cx: &mut Cx<'_>) -> Res {
 
 fn hincrbyfloat(cx: &mut Cx<'_>) -> Res {
     let by = float(cx.args[3])?;
+    let incr_text = cx.args[3];
     let field = Bytes::copy_from_slice(cx.args[2]);
     let s = cx.write(1, |e| {
         if !matches!(e.value, Value::Absent | Value::Hash(_)) {
@@ -1199,7 +1215,11 @@ fn hincrbyfloat(cx: &mut Cx<'_>) -> Res {
         if !n.is_finite() {
             return Err(err(NAN_INF));
         }
-        let s = super::reply::format_double(n);
+        let cur_text = match &e.value {
+            Value::Hash(h) => h.get(&field).cloned(),
+            _ => None,
+        };
+        let s = long_double_sum(cur_text.as_deref().unwrap_or(b"0"), incr_text, n);
         hash_mut(e)?.insert(field, Bytes::from(s.clone()));
         Ok(s)
     })?;

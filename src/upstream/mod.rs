@@ -183,7 +183,9 @@ pub async fn probe(
         let start = Instant::now();
         let result = tokio::time::timeout(timeout, async {
             if conn.is_none() {
-                conn = Some(connector.connect().await?);
+                let mut stream = connector.connect().await?;
+                learn_version(&mut stream, &mut buf).await?;
+                conn = Some(stream);
             }
             let stream = conn.as_mut().expect("connected above");
             ping(stream, &mut buf).await
@@ -199,6 +201,27 @@ pub async fn probe(
                 conn = None;
                 health.record_failure(&format!("probe: PING not answered within {timeout:?}"));
             }
+        }
+    }
+}
+
+/// Reads the upstream's `redis_version` (INFO server), which decides how scores print.
+async fn learn_version(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(), UpstreamError> {
+    let broken = |e: std::io::Error| UpstreamError::Broken { reason: e.to_string(), sent: true };
+    stream.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n").await.map_err(broken)?;
+    buf.clear();
+    let mut scanner = ReplyScanner::default();
+    loop {
+        if let Some(info) = scanner.next(buf).map_err(|e| UpstreamError::Protocol(e.to_string()))? {
+            let text = String::from_utf8_lossy(&buf[..info.len]);
+            if let Some(v) = text.lines().find_map(|l| l.strip_prefix("redis_version:")) {
+                crate::outage::reply::set_upstream_version(v.trim());
+            }
+            buf.clear();
+            return Ok(());
+        }
+        if stream.read_buf(buf).await.map_err(broken)? == 0 {
+            return Err(UpstreamError::Broken { reason: "connection closed".into(), sent: true });
         }
     }
 }
