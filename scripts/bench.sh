@@ -36,6 +36,18 @@ REDIS_PORT=$(port); RESPITE_PORT=$(port); ADMIN_PORT=$(port); NUT_PORT=$(port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
 pids+=($!)
 ./target/release/respite --listen "127.0.0.1:$RESPITE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+  --upstream "redis://127.0.0.1:$REDIS_PORT" --log-level error &
+pids+=($!)
+# A second respite for outage mode (drill) and the replay rate: admin token, large journal.
+OUT_PORT=$(port); OUT_ADMIN=$(port)
+cat > "$work/outage.toml" <<CFG
+[admin]
+token = "bench"
+[journal]
+max_entries = 2000000
+max_bytes = "1GiB"
+CFG
+./target/release/respite --config "$work/outage.toml" --listen "127.0.0.1:$OUT_PORT" --admin-listen "127.0.0.1:$OUT_ADMIN" \
   --upstream "redis://127.0.0.1:$REDIS_PORT" --log-level warn &
 pids+=($!)
 targets=("redis:$REDIS_PORT" "respite:$RESPITE_PORT")
@@ -86,3 +98,49 @@ for pipeline in 1 16; do
       "$(ratio "$resp" "$redis")" "$(ratio "$resp" "$twem")"
   done
 done
+
+# ---- outage mode: served from memory (drill), against redis direct, interleaved ----
+http() { # method path [body] -> body (bash /dev/tcp: no curl needed)
+  local body=${3:-}
+  exec 3<>"/dev/tcp/127.0.0.1/$OUT_ADMIN"
+  printf '%s %s HTTP/1.0\r\nAuthorization: Bearer bench\r\nContent-Length: %s\r\n\r\n%s' "$1" "$2" "${#body}" "$body" >&3
+  sed -e '1,/^\r$/d' <&3
+  exec 3<&-
+}
+status_field() { http GET /status | tr ',{}' '\n\n\n' | awk -F: -v k="\"$1\"" '$1==k {print $2; exit}'; }
+redis-cli -p "$OUT_PORT" SET key:__rand_int__ seed >/dev/null
+http POST /admin/drill '{"state":"down"}' >/dev/null
+: > "$work/outage"
+for r in $(seq 1 "$ROUNDS"); do
+  for pipeline in 1 16; do
+    for test in get set; do
+      for t in "redis:$REDIS_PORT" "outage:$OUT_PORT"; do
+        n=$REQUESTS; [ "$pipeline" -gt 1 ] && n=$((REQUESTS * 4))
+        rps=$(redis-benchmark -p "${t#*:}" -c "$CLIENTS" -n "$n" -P "$pipeline" -d "$SIZE" -t "$test" -q 2>/dev/null \
+          | tr '\r' '\n' | awk '/requests per second/ {print $2}' | tail -1)
+        echo "${t%%:*} $test $pipeline ${rps:-0}" >> "$work/outage"
+      done
+    done
+  done
+done
+printf '\nOutage mode (drill: served from the local store, writes journaled), median of %s rounds\n\n' "$ROUNDS"
+printf '| test | pipeline | redis | respite (outage) | ratio |\n|---|---|---|---|---|\n'
+for pipeline in 1 16; do
+  for test in get set; do
+    m() { awk -v n="$1" -v t="$test" -v p="$pipeline" '$1==n && $2==t && $3==p {print $4}' "$work/outage" | median; }
+    a=$(m redis); b=$(m outage)
+    printf '| %s | %s | %.0f | %.0f | %s |\n' "${test^^}" "$pipeline" "$a" "$b" "$(awk -v a="$b" -v b="$a" 'BEGIN { if (b > 0) printf "%.2f", a / b }')"
+  done
+done
+
+# ---- replay rate: 1,000,000 journaled writes drained to the upstream ----
+http POST /admin/drill '{"state":"auto"}' >/dev/null
+while [ "$(status_field state)" != '"healthy"' ]; do sleep 0.1; done
+http POST /admin/drill '{"state":"down"}' >/dev/null
+redis-benchmark -p "$OUT_PORT" -c 50 -n 1000000 -P 16 -r 100000 -d "$SIZE" -t set -q >/dev/null 2>&1
+entries=$(status_field entries)
+start=$(date +%s.%N)
+http POST /admin/drill '{"state":"auto"}' >/dev/null
+while [ "$(status_field state)" != '"healthy"' ]; do sleep 0.02; done
+end=$(date +%s.%N)
+awk -v n="$entries" -v s="$start" -v e="$end" 'BEGIN { printf "\nReplay: %d journaled writes drained in %.2f s = %.0f writes/s\n", n, e - s, n / (e - s) }'
