@@ -3,9 +3,10 @@
 //!
 //! Run: `cargo bench --bench hot_path -- --warm-up-time 1 --measurement-time 3`
 //!
-//! Measured with exactly that command, at commit f68f69f plus this file (release profile,
-//! rustc 1.95.0, 2-vCPU AMD EPYC VM shared with other work). Criterion's estimate and 95%
-//! interval per iteration; a pipeline iteration handles 16 requests or replies:
+//! Measured with exactly that command on a quiet 2-vCPU AMD EPYC VM (release profile, rustc
+//! 1.95.0), with the code of commit f68f69f (the measured functions were unchanged, apart
+//! from formatting, up to 04a69eb). Criterion's estimate and 95% interval per iteration; a
+//! pipeline iteration handles 16 requests or replies:
 //!
 //! | benchmark                    | time per iteration      | per request / reply |
 //! |------------------------------|-------------------------|---------------------|
@@ -17,8 +18,12 @@
 //! | command_lookup/zrangebyscore | 20.8 ns [20.3, 21.4]    |                     |
 //! | command_lookup/unknown       | 7.30 ns [7.28, 7.32]    |                     |
 //!
-//! An earlier run of the same inputs gave 621 ns, 296 ns and 18.4 ns (hgetall): expect
-//! about ±10% between runs on this machine.
+//! An earlier quiet run gave 621 ns, 296 ns and 18.4 ns (hgetall): expect about ±10%
+//! between runs. Commit d5cf54c then changed `RequestParser` (a partial request's
+//! arguments are kept in the parser and appended when it completes). The VM was busy from
+//! then on (load 1-3.5): interleaved runs gave 633-730 ns for parse_pipeline_16 with that
+//! parser and 757-922 ns with the one before, so no slowdown is visible, but those figures
+//! are not comparable with the table.
 //!
 //! These are single-thread CPU costs of the framing code only: no syscalls, no upstream.
 //! End-to-end throughput is measured by `scripts/bench.sh` (see README "Performance").
