@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod command;
 pub mod config;
 pub mod error;

@@ -80,6 +80,7 @@ pub struct Metrics {
     pub client_connections_accepted: IntCounter,
     pub client_connections_rejected: IntCounterVec,
     pub protocol_errors: IntCounter,
+    pub client_disconnects: IntCounterVec,
     pub store_hits: IntCounter,
     pub store_misses: IntCounter,
     pub store_evictions: IntCounter,
@@ -160,6 +161,14 @@ impl Metrics {
                 "Client connections closed for unparseable input.",
             )
             .expect("valid metric"),
+            client_disconnects: IntCounterVec::new(
+                Opts::new(
+                    "respite_client_disconnects_total",
+                    "Client connections closed by respite, by reason (idle, protocol, output_buffer, write_timeout).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
             store_hits: counter("respite_store_hits_total", "Outage-mode reads answered from the local store."),
             store_misses: counter(
                 "respite_store_misses_total",
@@ -222,6 +231,7 @@ impl Metrics {
             Box::new(self.client_connections_accepted.clone()),
             Box::new(self.client_connections_rejected.clone()),
             Box::new(self.protocol_errors.clone()),
+            Box::new(self.client_disconnects.clone()),
             Box::new(self.store_hits.clone()),
             Box::new(self.store_misses.clone()),
             Box::new(self.store_evictions.clone()),

@@ -101,6 +101,8 @@ pub struct Session {
     local: Option<LocalSub>,
     /// Subscription confirmations to drop from the relayed stream after re-subscribing.
     swallow: usize,
+    /// Whether the client passed `[client]` authentication (always, when none is set).
+    authed: bool,
 }
 
 #[derive(Default)]
@@ -151,6 +153,7 @@ impl Session {
         let (read, write) = stream.into_split();
         let mux = ctx.upstream.pick();
         let ctx_db = ctx.cfg.upstream.db;
+        let ctx_auth = ctx.auth.required();
         Session {
             ctx,
             read,
@@ -174,6 +177,7 @@ impl Session {
             subs: Subs::default(),
             local: None,
             swallow: 0,
+            authed: !ctx_auth,
         }
     }
 
@@ -181,6 +185,14 @@ impl Session {
     pub async fn run(mut self) {
         let end = self.serve().await;
         tracing::debug!(?end, "client session ended");
+        let reason = match end {
+            End::Idle => Some("idle"),
+            End::Protocol(_) => Some("protocol"),
+            _ => None,
+        };
+        if let Some(r) = reason {
+            self.ctx.metrics.client_disconnects.with_label_values(&[r]).inc();
+        }
         if let Some(l) = self.local.take() {
             self.ctx.outage.broker.remove(l.id);
         }
@@ -356,6 +368,10 @@ impl Session {
         let n = self.reqs.len();
         let mut i = 0;
         while i < n {
+            if self.ctx.auth.required() && self.auth_gate(frozen, i) {
+                i += 1;
+                continue;
+            }
             let route = self.reqs[i].route;
             match route {
                 Route::Local => {
@@ -488,7 +504,10 @@ impl Session {
                 Some(db) if (0..=u32::MAX as i64).contains(&db) && args.len() == 2 => {
                     self.db = db as u32;
                     out.extend_from_slice(b"+OK\r\n");
-                    let d = self.dedicated.get_or_insert_with(|| Dedicated::new(self.ctx.upstream.connector.clone()));
+                    let ctx = &self.ctx;
+                    let d = self.dedicated.get_or_insert_with(|| {
+                        Dedicated::new(ctx.upstream.connector.clone(), ctx.health.clone(), ctx.metrics.clone())
+                    });
                     d.record_state(StateKey::Select, raw);
                     Outcome::Local
                 }
@@ -522,6 +541,97 @@ impl Session {
         };
         self.count(i, outcome);
         true
+    }
+
+    /// Client authentication: answers AUTH itself, verifies and strips `HELLO … AUTH`, and
+    /// refuses everything else with `-NOAUTH` until the client is authenticated. Returns
+    /// whether the request was answered here.
+    fn auth_gate(&mut self, frozen: &Bytes, i: usize) -> bool {
+        let name = self.reqs[i].name();
+        if !matches!(name, "AUTH" | "HELLO") {
+            if self.authed || name == "QUIT" {
+                return false;
+            }
+            err(&mut self.out, "NOAUTH Authentication required.");
+            self.count(i, Outcome::Refused);
+            return true;
+        }
+        let req = &self.reqs[i];
+        let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
+        let args: Vec<Vec<u8>> = req_args(&self.args, base, req.args.clone()).iter().map(|a| a.to_vec()).collect();
+        let ctx = self.ctx.clone();
+        let auth = &ctx.auth;
+        let outcome = if name == "AUTH" {
+            let ok = match args.len() {
+                2 => auth.check(None, &args[1]),
+                3 => auth.check(Some(&args[1]), &args[2]),
+                _ => {
+                    err(&mut self.out, "ERR wrong number of arguments for 'auth' command");
+                    self.count(i, Outcome::Refused);
+                    return true;
+                }
+            };
+            if ok {
+                self.authed = true;
+                self.out.extend_from_slice(b"+OK\r\n");
+                Outcome::Local
+            } else {
+                wrongpass(&mut self.out)
+            }
+        } else {
+            // HELLO [protover [AUTH user pass] [SETNAME name]]
+            let mut k = 2;
+            let mut at = None;
+            while k < args.len() {
+                if args[k].eq_ignore_ascii_case(b"AUTH") && k + 2 < args.len() {
+                    at = Some(k);
+                    k += 3;
+                } else {
+                    k += if args[k].eq_ignore_ascii_case(b"SETNAME") { 2 } else { 1 };
+                }
+            }
+            match at {
+                Some(k) if !auth.check(Some(&args[k + 1]), &args[k + 2]) => wrongpass(&mut self.out),
+                Some(k) => {
+                    // Authenticated here: the upstream gets HELLO without respite's credentials.
+                    self.authed = true;
+                    let kept: Vec<Vec<u8>> =
+                        args.into_iter().enumerate().filter(|(j, _)| !(k..k + 3).contains(j)).map(|(_, a)| a).collect();
+                    self.replace_request(i, &kept);
+                    return false;
+                }
+                None if !self.authed => {
+                    err(
+                        &mut self.out,
+                        "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO \
+                         <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP \
+                         protocol version at the same time",
+                    );
+                    Outcome::Refused
+                }
+                None => return false,
+            }
+        };
+        self.count(i, outcome);
+        true
+    }
+
+    /// Replaces request `i` by the given arguments (re-encoded).
+    fn replace_request(&mut self, i: usize, args: &[Vec<u8>]) {
+        let bytes = crate::outage::encode(args);
+        let start = self.args.len();
+        let mut pos = 0usize;
+        // Offsets of each argument inside the encoding: after its `$len\r\n` header.
+        let header = format!("*{}\r\n", args.len()).len();
+        pos += header;
+        for a in args {
+            pos += format!("${}\r\n", a.len()).len();
+            self.args.push((pos as u32, a.len() as u32));
+            pos += a.len() + 2;
+        }
+        let req = &mut self.reqs[i];
+        req.inline = Some(bytes);
+        req.args = start..self.args.len();
     }
 
     /// Acknowledges journaled writes only once they are durable under the fsync policy.
@@ -678,7 +788,9 @@ impl Session {
 
     fn pin(&mut self) {
         if self.dedicated.is_none() {
-            self.dedicated = Some(Dedicated::new(self.ctx.upstream.connector.clone()));
+            let ctx = &self.ctx;
+            self.dedicated =
+                Some(Dedicated::new(ctx.upstream.connector.clone(), ctx.health.clone(), ctx.metrics.clone()));
         }
     }
 
@@ -753,7 +865,8 @@ impl Session {
                 return;
             }
             let bytes = self.bytes_of(frozen, next..run.end);
-            let result = self.send(bytes, run.end - next, deadline).await;
+            let blocking = (next..run.end).any(|i| matches!(self.reqs[i].route, Route::Blocking(_)));
+            let result = self.send(bytes, run.end - next, deadline, blocking).await;
             match result {
                 Ok(reply) => {
                     self.deliver(frozen, next, &reply);
@@ -793,7 +906,7 @@ impl Session {
             self.ctx.metrics.upstream_retries.inc();
             self.backoff(attempt, deadline).await;
             let bytes = self.bytes_of(frozen, i..i + 1);
-            match self.send(bytes, 1, deadline).await {
+            match self.send(bytes, 1, deadline, false).await {
                 Ok(reply) => return self.deliver(frozen, i, &reply),
                 Err(f) => {
                     let time_left = deadline.is_none_or(|d| Instant::now() < d);
@@ -815,14 +928,14 @@ impl Session {
         tokio::time::sleep_until(deadline.map_or(wake, |d| wake.min(d))).await;
     }
 
-    async fn send(&mut self, bytes: Bytes, count: usize, deadline: Option<Instant>) -> BatchResult {
-        match &mut self.dedicated {
-            Some(d) => d.round(&bytes, count, deadline, matches!(self.txn, Txn::Multi | Txn::Watching)).await,
+    /// Sends a batch on the client's connection (dedicated or shared); counts a timeout once.
+    async fn send(&mut self, bytes: Bytes, count: usize, deadline: Option<Instant>, blocking: bool) -> BatchResult {
+        let result = match &mut self.dedicated {
+            Some(d) => d.round(&bytes, count, deadline, matches!(self.txn, Txn::Multi | Txn::Watching), blocking).await,
             None => {
                 let send = self.mux.send(bytes, count);
                 match deadline {
                     Some(d) => tokio::time::timeout_at(d, send).await.unwrap_or_else(|_| {
-                        self.ctx.metrics.upstream_timeouts.inc();
                         Err(Box::new(BatchFailure {
                             done: BatchReply::default(),
                             error: UpstreamError::Timeout(self.ctx.cfg.raw.upstream.command_timeout.0),
@@ -831,7 +944,11 @@ impl Session {
                     None => send.await,
                 }
             }
+        };
+        if matches!(&result, Err(f) if matches!(f.error, UpstreamError::Timeout(_))) {
+            self.ctx.metrics.upstream_timeouts.inc();
         }
+        result
     }
 
     /// Appends the replies of requests `first..` and does the per-command bookkeeping.
@@ -895,7 +1012,8 @@ impl Session {
                 }
             }
             let read_only = req.read_only();
-            error.write_reply(req.name(), read_only, &mut self.out);
+            let name = display_name(req, &self.args, frozen);
+            error.write_reply(&name, read_only, &mut self.out);
             self.count(i, error.outcome(read_only));
         }
         let lost_connection = lost_connection || *error == UpstreamError::TransactionLost;
@@ -990,9 +1108,21 @@ impl Session {
         m.command_duration.observe(now.saturating_duration_since(req.received).as_secs_f64());
     }
 
+    /// Writes the pending replies. A client whose replies exceed `client.output_buffer_limit`,
+    /// or that accepts no bytes for `client.write_timeout`, is disconnected (Redis's
+    /// `client-output-buffer-limit`): a slow or hostile reader cannot hold memory forever.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            self.write.write_all(&self.out).await?;
+            let limit = self.ctx.cfg.raw.client.output_buffer_limit.0;
+            if limit > 0 && self.out.len() as u64 > limit {
+                self.ctx.metrics.client_disconnects.with_label_values(&["output_buffer"]).inc();
+                self.out = BytesMut::new();
+                return Err(std::io::Error::other("client output buffer limit reached"));
+            }
+            let out = std::mem::take(&mut self.out);
+            let written = self.write_client(&out).await;
+            self.out = out;
+            written?;
             self.out.clear();
             if self.out.capacity() > 1 << 20 {
                 self.out = BytesMut::with_capacity(4096);
@@ -1003,6 +1133,21 @@ impl Session {
 }
 
 impl Session {
+    /// Writes to the client within `client.write_timeout`.
+    async fn write_client(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let timeout = self.ctx.cfg.raw.client.write_timeout.0;
+        if timeout.is_zero() {
+            return self.write.write_all(bytes).await;
+        }
+        match tokio::time::timeout(timeout, self.write.write_all(bytes)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.ctx.metrics.client_disconnects.with_label_values(&["write_timeout"]).inc();
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client did not read its replies"))
+            }
+        }
+    }
+
     /// Relays a pub/sub, MONITOR or tracking connection: client requests go upstream as
     /// they arrive, upstream frames go to the client as they arrive. Returns `None` when
     /// the upstream connection was lost (the client was told, and goes back to rounds).
@@ -1049,7 +1194,7 @@ impl Session {
                             continue;
                         }
                         let chunk = ubuf.split();
-                        if let Err(e) = self.write.write_all(&chunk).await {
+                        if let Err(e) = self.write_client(&chunk).await {
                             return Some(End::Io(e));
                         }
                     }
@@ -1125,6 +1270,27 @@ async fn sleep_or_never(d: Duration) {
     } else {
         tokio::time::sleep(d).await
     }
+}
+
+/// A request's command name for error texts: the table's name, or what the client sent
+/// (upper-cased, printable, at most 32 bytes) for commands the table does not know.
+fn display_name(req: &Req, arena: &[Arg], frozen: &Bytes) -> String {
+    if let Some(spec) = req.spec {
+        return spec.name.to_string();
+    }
+    let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
+    let (s, l) = arena[req.args.start];
+    base[s as usize..(s + l) as usize]
+        .iter()
+        .take(32)
+        .map(|&b| if b.is_ascii_graphic() { b.to_ascii_uppercase() as char } else { '?' })
+        .collect()
+}
+
+/// The reply to a wrong password (Redis's words).
+fn wrongpass(out: &mut BytesMut) -> Outcome {
+    write_error_line(out, "WRONGPASS invalid username-password pair or user is disabled.");
+    Outcome::Refused
 }
 
 /// Appends an error reply; the outcome of a command answered with it.

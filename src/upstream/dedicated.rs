@@ -17,6 +17,8 @@ use tokio::time::Instant;
 use super::mux::{BatchFailure, BatchReply, BatchResult};
 use super::{Connector, UpstreamStream};
 use crate::error::UpstreamError;
+use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::resp::ReplyScanner;
 
 pub struct Dedicated {
@@ -27,6 +29,9 @@ pub struct Dedicated {
     state: Vec<(StateKey, Bytes)>,
     /// A connection was open before: a new one would not carry a MULTI or WATCH.
     had_connection: bool,
+    /// Dedicated traffic feeds the circuit breaker and the upstream latency histogram too.
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
 }
 
 /// Which piece of connection state a recorded request sets (a newer one replaces an older).
@@ -40,9 +45,11 @@ pub enum StateKey {
 }
 
 impl Dedicated {
-    pub fn new(connector: Arc<Connector>) -> Dedicated {
+    pub fn new(connector: Arc<Connector>, health: Arc<Health>, metrics: Arc<Metrics>) -> Dedicated {
         Dedicated {
             connector,
+            health,
+            metrics,
             stream: None,
             buf: BytesMut::with_capacity(16 << 10),
             state: Vec::new(),
@@ -137,8 +144,10 @@ impl Dedicated {
         count: usize,
         deadline: Option<Instant>,
         in_transaction: bool,
+        blocking: bool,
     ) -> BatchResult {
-        let budget = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let started = Instant::now();
+        let budget = deadline.map(|d| d.saturating_duration_since(started));
         let work = async {
             if in_transaction && self.had_connection {
                 self.drop_if_closed();
@@ -169,8 +178,21 @@ impl Dedicated {
             },
             None => work.await,
         };
-        if result.is_err() {
-            self.disconnect();
+        match &result {
+            // A blocking command's wait is the client's choice, not upstream latency.
+            Ok(_) if !blocking => {
+                let elapsed = started.elapsed();
+                self.metrics.upstream_duration.observe(elapsed.as_secs_f64());
+                self.health.record_success(elapsed);
+            }
+            Ok(_) => {}
+            Err(f) => {
+                self.disconnect();
+                match &f.error {
+                    UpstreamError::TransactionLost | UpstreamError::Down => {}
+                    e => self.health.record_failure(&e.to_string()),
+                }
+            }
         }
         result
     }

@@ -257,8 +257,8 @@ async fn reader(
                 None => return,
             },
             _ = dead.cancelled() => break UpstreamError::Broken { reason: "write to upstream failed".into(), sent: true },
+            // Counted in respite_upstream_timeouts_total by the session that waited.
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                ctx.metrics.upstream_timeouts.inc();
                 break UpstreamError::Timeout(ctx.timeout);
             }
         }

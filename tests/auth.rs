@@ -1,0 +1,203 @@
+//! Client authentication, secrets, and output limits (issue 5, SPEC §5).
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+use respite::config::UserConfig;
+
+fn sha256_hex(s: &str) -> String {
+    respite::auth::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn call(raw: &mut Raw, args: &[&[u8]]) -> Vec<u8> {
+    Box::pin(raw.call(args)).await
+}
+
+async fn with_auth(redis: &RedisServer) -> Respite {
+    let mut cfg = test_config(&redis.url());
+    cfg.client.requirepass = "sesame".into();
+    cfg.client.users = vec![UserConfig { name: "app".into(), password_sha256: sha256_hex("s3cret") }];
+    Respite::start_with(cfg).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requirepass_gates_every_command_until_auth() {
+    let redis = RedisServer::start();
+    let respite = with_auth(&redis).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(call(&mut raw, &[b"GET", b"k"]).await, b"-NOAUTH Authentication required.\r\n");
+    assert_eq!(call(&mut raw, &[b"PING"]).await, b"-NOAUTH Authentication required.\r\n");
+    assert_eq!(
+        call(&mut raw, &[b"AUTH", b"wrong"]).await,
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    assert_eq!(call(&mut raw, &[b"AUTH", b"sesame"]).await, b"+OK\r\n");
+    assert_eq!(call(&mut raw, &[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    assert_eq!(call(&mut raw, &[b"GET", b"k"]).await, b"$1\r\nv\r\n");
+    // Authentication is per connection.
+    let mut other = Raw::connect(respite.addr).await;
+    assert_eq!(call(&mut other, &[b"GET", b"k"]).await, b"-NOAUTH Authentication required.\r\n");
+    // AUTH default <requirepass> works too; arity is checked.
+    assert_eq!(call(&mut other, &[b"AUTH", b"default", b"sesame"]).await, b"+OK\r\n");
+    assert!(text(&call(&mut other, &[b"AUTH"]).await).starts_with("-ERR wrong number of arguments"));
+    // QUIT is allowed before AUTH.
+    let mut third = Raw::connect(respite.addr).await;
+    assert_eq!(call(&mut third, &[b"QUIT"]).await, b"+OK\r\n");
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_users_with_hashed_passwords_and_real_clients() {
+    let redis = RedisServer::start();
+    let respite = with_auth(&redis).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert!(text(&call(&mut raw, &[b"AUTH", b"app", b"sesame"]).await).starts_with("-WRONGPASS"));
+    assert!(text(&call(&mut raw, &[b"AUTH", b"nobody", b"s3cret"]).await).starts_with("-WRONGPASS"));
+    assert_eq!(call(&mut raw, &[b"AUTH", b"app", b"s3cret"]).await, b"+OK\r\n");
+    assert_eq!(call(&mut raw, &[b"INCR", b"n"]).await, b":1\r\n");
+    // The redis crate authenticates from the URL.
+    let url = format!("redis://app:s3cret@{}", respite.addr);
+    let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let n: i64 = redis::cmd("INCR").arg("n").query_async(&mut c).await.unwrap();
+    assert_eq!(n, 2);
+    // A wrong password in the URL fails to connect with WRONGPASS.
+    let bad = format!("redis://app:nope@{}", respite.addr);
+    let e = match redis::Client::open(bad).unwrap().get_multiplexed_async_connection().await {
+        Ok(_) => panic!("a wrong password must be refused"),
+        Err(e) => e,
+    };
+    assert_eq!(e.kind(), redis::ErrorKind::AuthenticationFailed, "{e}");
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_auth_authenticates_and_the_upstream_never_sees_respites_credentials() {
+    // The upstream has no password: a HELLO forwarded with AUTH would fail there.
+    let redis = RedisServer::start();
+    let respite = with_auth(&redis).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    let r = text(&call(&mut raw, &[b"HELLO", b"3"]).await);
+    assert!(r.starts_with("-NOAUTH HELLO must be called"), "{r}");
+    let r = text(&call(&mut raw, &[b"HELLO", b"3", b"AUTH", b"app", b"wrong"]).await);
+    assert!(r.starts_with("-WRONGPASS"), "{r}");
+    let r = call(&mut raw, &[b"HELLO", b"3", b"AUTH", b"app", b"s3cret", b"SETNAME", b"worker"]).await;
+    let r = text(&r);
+    assert!(r.starts_with('%'), "a RESP3 map from the upstream: {r}");
+    assert!(r.contains("proto\r\n:3"), "{r}");
+    assert_eq!(call(&mut raw, &[b"CLIENT", b"GETNAME"]).await, b"$6\r\nworker\r\n");
+    assert_eq!(call(&mut raw, &[b"HSET", b"h", b"f", b"v"]).await, b":1\r\n");
+    assert_eq!(call(&mut raw, &[b"HGETALL", b"h"]).await, b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n");
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_logs_status_metrics_or_check_config() {
+    let redis = RedisServer::start_with(&["--requirepass", "hunter-upstream-2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("config.toml");
+    let (port, admin) = (free_port(), free_port());
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[client]\nlisten = \"127.0.0.1:{port}\"\nrequirepass = \"hunter-client-1\"\n\
+             [upstream]\nurl = \"redis://:hunter-upstream-2@127.0.0.1:{}\"\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"hunter-admin-3\"\n\
+             [log]\nlevel = \"trace\"\n",
+            redis.port
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log.txt");
+    let mut child = std::process::Command::new(respite_bin())
+        .arg("--config")
+        .arg(&cfg_path)
+        .stdout(std::fs::File::create(dir.path().join("out.txt")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let mut raw = Raw::connect(addr).await;
+    assert!(text(&call(&mut raw, &[b"AUTH", b"hunter-wrong-9"]).await).starts_with("-WRONGPASS"));
+    assert_eq!(call(&mut raw, &[b"AUTH", b"hunter-client-1"]).await, b"+OK\r\n");
+    assert_eq!(call(&mut raw, &[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    let mut shown = String::new();
+    for path in ["/status", "/metrics", "/healthz"] {
+        shown.push_str(&http(admin, "GET", path, None, None).await.1);
+    }
+    shown.push_str(&http(admin, "POST", "/admin/drill", Some("hunter-wrong-8"), Some("{\"state\":\"down\"}")).await.1);
+    let check =
+        std::process::Command::new(respite_bin()).arg("check-config").arg("--config").arg(&cfg_path).output().unwrap();
+    shown.push_str(&String::from_utf8_lossy(&check.stdout));
+    shown.push_str(&String::from_utf8_lossy(&check.stderr));
+    let _ = std::process::Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    shown.push_str(&std::fs::read_to_string(&log).unwrap());
+    assert!(shown.contains("respite started"), "the log was captured");
+    for secret in ["hunter-client-1", "hunter-upstream-2", "hunter-admin-3", "hunter-wrong-9", "hunter-wrong-8"] {
+        assert!(!shown.contains(secret), "{secret} leaked in:\n{shown}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_disconnected_and_others_are_not_starved() {
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.client.write_timeout = "500ms".parse().unwrap();
+    let respite = Respite::start_with(cfg).await;
+    let mut setup = Raw::connect(respite.addr).await;
+    let big = vec![b'x'; 1 << 20];
+    assert_eq!(call(&mut setup, &[b"SET", b"big", &big]).await, b"+OK\r\n");
+    // The slow reader asks for 64 MiB of replies and reads none of them.
+    let mut slow = Raw::connect(respite.addr).await;
+    let mut pipeline = Vec::new();
+    for _ in 0..64 {
+        pipeline.extend_from_slice(&encode(&[b"GET", b"big"]));
+    }
+    slow.send(&pipeline).await;
+    // Meanwhile another client is served promptly.
+    let mut other = Raw::connect(respite.addr).await;
+    for _ in 0..20 {
+        let start = tokio::time::Instant::now();
+        assert_eq!(call(&mut other, &[b"PING"]).await, b"+PONG\r\n");
+        assert!(start.elapsed() < Duration::from_millis(200), "starved: {:?}", start.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // After the write timeout the slow client is gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if respite.metric("respite_client_disconnects_total{reason=\"write_timeout\"}").await == Some(1.0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the slow reader was not disconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(respite.metric("respite_client_connections").await, Some(2.0), "setup and other remain");
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_beyond_the_output_buffer_limit_close_the_client() {
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.client.output_buffer_limit = "1MiB".parse().unwrap();
+    let respite = Respite::start_with(cfg).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    let big = vec![b'y'; 2 << 20];
+    assert_eq!(call(&mut raw, &[b"SET", b"big", &big]).await, b"+OK\r\n");
+    raw.cmd(&[b"GET", b"big"]).await;
+    assert!(raw.closed_within(Duration::from_secs(3)).await, "closed instead of buffering 2 MiB");
+    assert_eq!(respite.metric("respite_client_disconnects_total{reason=\"output_buffer\"}").await, Some(1.0));
+    respite.shutdown().await;
+}
