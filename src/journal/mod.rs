@@ -2,9 +2,11 @@
 //! has applied them upstream and the watermark confirms it.
 //!
 //! [`Journal`] is the interface the outage engine and the replayer use; [`MemJournal`] keeps
-//! records in memory (lost if the process dies — see README "During an outage"). The durable
-//! journal (`--journal-dir`) implements the same trait.
+//! records in memory (lost if the process dies — see README "During an outage");
+//! [`DiskJournal`] (`--journal-dir`) keeps them in checksummed segment files that survive a
+//! crash and a restart.
 
+mod disk;
 mod memory;
 
 use std::future::Future;
@@ -13,6 +15,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use thiserror::Error;
 
+pub use disk::{encode_record, scan_segment, Damage, DiskJournal, Scan, RECORD_HEADER, SEGMENT_MAGIC};
 pub use memory::MemJournal;
 
 /// One accepted write (or MULTI/EXEC block): RESP-encoded commands to replay in `db`.
@@ -76,4 +79,15 @@ pub trait Journal: Send + Sync {
     /// Identifies this journal's records upstream (the watermark key's suffix). A durable
     /// journal keeps it across restarts.
     fn instance_id(&self) -> &str;
+
+    /// Whether records survive the process (`/status` `journal.durable`).
+    fn is_persistent(&self) -> bool {
+        false
+    }
+
+    /// Makes everything appended durable and stops background work, at shutdown. Later
+    /// appends fail.
+    fn close(&self) -> Result<(), JournalError> {
+        Ok(())
+    }
 }
