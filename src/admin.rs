@@ -75,7 +75,7 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
             "entries": journal.entries,
             "bytes": journal.bytes,
             "oldest_age_seconds": journal.oldest_ms.map(|t| crate::store::now_ms().saturating_sub(t) as f64 / 1000.0),
-            "durable": false,
+            "durable": ctx.outage.journal.is_persistent(),
         },
         "replay": {
             "replayed_total": ctx.metrics.journal_replayed.get(),

@@ -1,9 +1,13 @@
-//! Wiring: builds the shared context (config, metrics, health, upstream) and runs the
-//! client listener, the admin endpoint and the probe until shutdown, then drains.
+//! Wiring: builds the shared context (config, metrics, health, upstream, journal) and runs
+//! the client listener, the admin endpoint, the probe and the replayer until shutdown, then
+//! drains: client sessions first, then (while the upstream is reachable) the journal, both
+//! within the grace period; last, the journal is closed (fsynced) so whatever was not
+//! replayed waits in the durable journal for the next start.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -11,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Miss, Validated};
-use crate::health::Health;
-use crate::journal::{Journal, MemJournal};
+use crate::health::{Health, State};
+use crate::journal::{DiskJournal, Journal, JournalError, MemJournal};
 use crate::metrics::Metrics;
 use crate::outage::{Outage, Settings};
 use crate::replay::Replayer;
@@ -23,6 +27,8 @@ use crate::{admin, server};
 
 /// What every session and endpoint shares.
 pub struct Ctx {
+    /// Who may connect (`[client] requirepass`, `[[client.users]]`).
+    pub auth: crate::auth::Auth,
     pub cfg: Validated,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
@@ -36,12 +42,46 @@ pub struct Ctx {
     pub started: Instant,
 }
 
+/// Why respite could not start (after the configuration was valid).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the durable journal: {0}")]
+    Journal(String),
+}
+
+/// The journal `[journal]` asks for: durable in `dir` when set, else in memory with a random
+/// per-process instance id.
+pub fn open_journal(cfg: &Validated) -> Result<Arc<dyn Journal>, StartError> {
+    let j = &cfg.raw.journal;
+    let Some(dir) = &j.dir else {
+        return Ok(Arc::new(MemJournal::new(j.max_entries, j.max_bytes.0, format!("{:016x}", fastrand::u64(..)))));
+    };
+    match DiskJournal::open(dir, j.fsync, j.max_entries, j.max_bytes.0, j.segment_bytes.0) {
+        Ok(d) => Ok(Arc::new(d)),
+        Err(JournalError::Io(reason)) => Err(StartError::Journal(reason)),
+        Err(e) => Err(StartError::Journal(format!("{}: {e}", dir.display()))),
+    }
+}
+
 /// Runs respite on already-bound listeners until `shutdown` completes, then drains client
-/// sessions for at most `shutdown.grace_period`. Tests bind port 0 and pass their own
-/// shutdown future; the binary passes SIGTERM/SIGINT.
-pub async fn run(cfg: Validated, listener: TcpListener, admin: TcpListener, shutdown: impl Future<Output = ()>) {
+/// sessions (and, while the upstream is reachable, the journal) for at most
+/// `shutdown.grace_period`. Tests bind port 0 and pass their own shutdown future; the
+/// binary passes SIGTERM/SIGINT. Fails before serving anything when the journal cannot be
+/// opened.
+pub async fn run(
+    cfg: Validated,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let journal = open_journal(&cfg)?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(cfg.raw.health.clone(), metrics.clone()));
+    if journal.stats().entries > 0 {
+        // Records from before the restart go first: nothing is forwarded until they are
+        // replayed (the probe moves the state to down while the upstream is unreachable).
+        health.start_replay();
+    }
     let tracker = TaskTracker::new();
     let background = CancellationToken::new();
     let connector = Arc::new(Connector::new(cfg.upstream.clone(), &cfg.raw.upstream, metrics.clone()));
@@ -52,11 +92,6 @@ pub async fn run(cfg: Validated, listener: TcpListener, admin: TcpListener, shut
         max_array: cfg.raw.client.max_array_len,
         ..Limits::default()
     };
-    let journal: Arc<dyn Journal> = Arc::new(MemJournal::new(
-        cfg.raw.journal.max_entries,
-        cfg.raw.journal.max_bytes.0,
-        format!("{:016x}", fastrand::u64(..)),
-    ));
     let store = Store::new(cfg.raw.store.max_bytes.0, cfg.raw.store.max_staleness.0, metrics.clone());
     let settings =
         Settings { miss_nil: cfg.raw.store.miss == Miss::Nil, allow_conditional: cfg.raw.outage.allow_conditional };
@@ -79,7 +114,9 @@ pub async fn run(cfg: Validated, listener: TcpListener, admin: TcpListener, shut
         timeout: cfg.raw.upstream.command_timeout.0.max(std::time::Duration::from_secs(5)),
     };
     tracker.spawn(replayer.run(background.clone()));
+    let auth = crate::auth::Auth::from_config(&cfg.raw.client).unwrap_or_default();
     let ctx = Arc::new(Ctx {
+        auth,
         outage,
         limits,
         metrics,
@@ -110,13 +147,31 @@ pub async fn run(cfg: Validated, listener: TcpListener, admin: TcpListener, shut
     ctx.shutdown.cancel();
     sessions.close();
     let grace = ctx.cfg.raw.shutdown.grace_period.0;
+    let deadline = Instant::now() + grace;
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         tracing::warn!(clients = sessions.len(), grace = %humantime::format_duration(grace), "grace period over; closing remaining clients");
     }
+    let journal = ctx.outage.journal.clone();
+    // The replayer keeps running while the grace period lasts and the upstream answers.
+    while ctx.health.state() == State::Replaying && journal.stats().entries > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     background.cancel();
     tracker.close();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tracker.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+    let left = journal.stats().entries;
+    match journal.close() {
+        Ok(()) if left > 0 && journal.is_persistent() => {
+            tracing::info!(journal.entries = left, "unreplayed writes stay in the durable journal for the next start")
+        }
+        Ok(()) if left > 0 => {
+            tracing::warn!(journal.entries = left, "unreplayed writes are lost: the journal is in memory only")
+        }
+        Ok(()) => {}
+        Err(e) => tracing::error!(error = %e, "closing the journal failed"),
+    }
     tracing::info!("respite stopped");
+    Ok(())
 }
 
 impl Ctx {

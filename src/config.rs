@@ -176,6 +176,21 @@ pub struct ClientConfig {
     pub idle_timeout: Dur,
     /// Password apps must send with AUTH (empty: none). Secret.
     pub requirepass: String,
+    /// ACL-style users apps may AUTH as: name and SHA-256 (hex) of the password.
+    pub users: Vec<UserConfig>,
+    /// Replies larger than this for one round close the client (0: no limit).
+    pub output_buffer_limit: Size,
+    /// A client that accepts no bytes of its replies for this long is closed (0s: never).
+    pub write_timeout: Dur,
+}
+
+/// `[[client.users]]`: a user that may authenticate to respite.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Lower-case hex SHA-256 of the password (`printf %s 'pw' | sha256sum`).
+    pub password_sha256: String,
 }
 
 impl Default for ClientConfig {
@@ -189,6 +204,9 @@ impl Default for ClientConfig {
             max_pipeline: 1024,
             idle_timeout: Dur(Duration::ZERO),
             requirepass: String::new(),
+            users: Vec::new(),
+            output_buffer_limit: Size(1 << 30),
+            write_timeout: Dur::secs(60),
         }
     }
 }
@@ -332,6 +350,9 @@ pub enum Fsync {
     No,
 }
 
+/// Smallest `[journal] segment_bytes`: guards against a unit forgotten ("64" meaning bytes).
+pub const MIN_SEGMENT_BYTES: u64 = 4 << 10;
+
 /// `[journal]`: where writes accepted during an outage wait for replay.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -341,8 +362,12 @@ pub struct JournalConfig {
     pub fsync: Fsync,
     /// Most records waiting for replay; further writes get `-OOM`.
     pub max_entries: u64,
-    /// Most bytes waiting for replay; further writes get `-OOM`.
+    /// Most bytes waiting for replay (for the durable journal: its disk use); further
+    /// writes get `-OOM`.
     pub max_bytes: Size,
+    /// Durable journal: a segment file is closed and a new one started at this size;
+    /// a segment is deleted once all its records are replayed.
+    pub segment_bytes: Size,
     /// Commands per replay transaction (MULTI … watermark … EXEC).
     pub replay_batch: usize,
 }
@@ -354,6 +379,7 @@ impl Default for JournalConfig {
             fsync: Fsync::Everysec,
             max_entries: 1_000_000,
             max_bytes: Size(256 << 20),
+            segment_bytes: Size(64 << 20),
             replay_batch: 1000,
         }
     }
@@ -647,6 +673,23 @@ impl Config {
         positive("journal.max_entries", self.journal.max_entries)?;
         positive("journal.max_bytes", self.journal.max_bytes.0)?;
         positive("journal.replay_batch", self.journal.replay_batch as u64)?;
+        if self.journal.segment_bytes.0 < MIN_SEGMENT_BYTES {
+            return Err(invalid(
+                "journal.segment_bytes",
+                self.journal.segment_bytes,
+                format!("must be at least {}", Size(MIN_SEGMENT_BYTES)),
+            ));
+        }
+        if self.journal.dir.is_some() && self.journal.segment_bytes > self.journal.max_bytes {
+            return Err(invalid(
+                "journal.segment_bytes",
+                self.journal.segment_bytes,
+                format!("must be at most journal.max_bytes ({})", self.journal.max_bytes),
+            ));
+        }
+        if self.journal.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return Err(invalid("journal.dir", "", "must name a directory (leave it out for an in-memory journal)"));
+        }
         if self.client.max_query_buffer.0 < self.client.max_bulk_bytes.0 {
             return Err(invalid(
                 "client.max_query_buffer",
@@ -682,6 +725,7 @@ impl Config {
                 "not a level (error, warn, info, debug, trace) or tracing filter",
             ));
         }
+        crate::auth::Auth::from_config(&self.client)?;
         Ok(Validated { raw: self.clone(), listen, admin_listen, upstream })
     }
 
@@ -772,6 +816,13 @@ mod tests {
         let mut c = Config::default();
         c.log.level = "loud!!".into();
         assert!(c.validate().unwrap_err().to_string().contains("log.level"));
+        let mut c = Config::default();
+        c.journal.segment_bytes = Size(64);
+        assert!(c.validate().unwrap_err().to_string().contains("journal.segment_bytes"));
+        let mut c = Config::default();
+        c.journal.dir = Some("/tmp/j".into());
+        c.journal.segment_bytes = Size(1 << 30);
+        assert!(c.validate().unwrap_err().to_string().contains("at most journal.max_bytes"));
         let mut c = Config::default();
         c.upstream.url = "rediss://u:pw@h:1".into();
         let e = c.validate().unwrap_err().to_string();

@@ -8,6 +8,8 @@ use tokio::net::TcpListener;
 
 /// `EX_USAGE`: a configuration error, reported before anything binds.
 const EXIT_CONFIG: u8 = 64;
+/// `EX_CANTCREAT`: the durable journal cannot be opened (e.g. its directory is not writable).
+const EXIT_CANTCREAT: u8 = 73;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -60,8 +62,13 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        respite::run(cfg, listener, admin, shutdown_signal()).await;
-        ExitCode::SUCCESS
+        match respite::run(cfg, listener, admin, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                ExitCode::from(EXIT_CANTCREAT)
+            }
+        }
     })
 }
 

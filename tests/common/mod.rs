@@ -155,9 +155,12 @@ impl Respite {
         let addr = listener.local_addr().unwrap();
         let admin_addr = admin.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(respite::run(validated, listener, admin, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(async move {
+            let stop = async move {
+                let _ = stopped.await;
+            };
+            respite::run(validated, listener, admin, stop).await.expect("respite starts");
+        });
         Respite { addr, admin: admin_addr, stop: Some(stop), task: Some(task) }
     }
 
