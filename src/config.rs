@@ -230,6 +230,15 @@ pub struct UpstreamConfig {
     /// First retry delay; doubles per attempt, with full jitter, up to `retry_backoff_max`.
     pub retry_backoff_base: Dur,
     pub retry_backoff_max: Dur,
+    /// ACL user for `AUTH` when the URL names none.
+    pub username: Option<String>,
+    /// A file whose content, trimmed, is the upstream password (e.g. a Kubernetes Secret
+    /// volume). Read once at start.
+    pub password_file: Option<PathBuf>,
+    /// The upstream password from the environment (`RESPITE_UPSTREAM_PASSWORD`), filled
+    /// by [`Config::load`]. Never read from or written to a file.
+    #[serde(skip)]
+    pub password_env: Option<Secret>,
     pub tls: TlsConfig,
 }
 
@@ -244,19 +253,41 @@ impl Default for UpstreamConfig {
             max_retries: 3,
             retry_backoff_base: Dur::ms(10),
             retry_backoff_max: Dur::ms(200),
+            username: None,
+            password_file: None,
+            password_env: None,
             tls: TlsConfig::default(),
         }
     }
 }
 
-/// `[upstream.tls]`: used with `rediss://` URLs.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// The environment variable [`Config::load`] reads the upstream password from.
+pub const UPSTREAM_PASSWORD_ENV: &str = "RESPITE_UPSTREAM_PASSWORD";
+
+/// A secret value: its `Debug` form is `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `[upstream.tls]`: used with `rediss://` URLs (and an error with `redis://`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
+    /// CA certificates (PEM) to verify the upstream with; unset: the Mozilla roots.
     pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS; needs `key_file`.
     pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key_file: Option<PathBuf>,
+    /// Name to verify the upstream's certificate against and to send as SNI; unset: the
+    /// URL's host.
     pub server_name: Option<String>,
+    /// Accept any certificate (encrypted but not authenticated). Logged as a warning.
     pub insecure_skip_verify: bool,
 }
 
@@ -604,7 +635,17 @@ impl Config {
             None => Config::default(),
         };
         cfg.apply_flags(flags);
+        cfg.apply_env(|name| std::env::var(name).ok());
         Ok(cfg)
+    }
+
+    /// Settings only the environment gives: the upstream password
+    /// (`RESPITE_UPSTREAM_PASSWORD`). `get` reads a variable (the process environment in
+    /// [`Config::load`]).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        if let Some(p) = get(UPSTREAM_PASSWORD_ENV) {
+            self.upstream.password_env = Some(Secret(p));
+        }
     }
 
     /// Parses a TOML file.
@@ -649,12 +690,16 @@ impl Config {
         };
         let listen = addr("client.listen", &self.client.listen)?;
         let admin_listen = addr("admin.listen", &self.admin.listen)?;
-        let upstream = UpstreamUrl::parse(&self.upstream.url)?;
+        let mut upstream = UpstreamUrl::parse(&self.upstream.url)?;
+        self.resolve_credentials(&mut upstream)?;
         if upstream.tls {
+            // Reads and parses every file now: a bad one is a configuration error.
+            crate::upstream::tls::TlsSetup::load(&upstream, &self.upstream.tls)?;
+        } else if self.upstream.tls != TlsConfig::default() {
             return Err(invalid(
-                "upstream.url",
+                "upstream.tls",
                 upstream.redacted(),
-                "TLS upstreams (rediss://) are not supported yet in this build; use redis://",
+                "TLS settings are given but upstream.url is redis:// (plain TCP); use rediss:// or remove [upstream.tls]",
             ));
         }
         let positive = |key: &'static str, v: u64| {
@@ -729,10 +774,65 @@ impl Config {
         Ok(Validated { raw: self.clone(), listen, admin_listen, upstream })
     }
 
+    /// The upstream credentials: the password from exactly one of the URL,
+    /// `upstream.password_file` and `RESPITE_UPSTREAM_PASSWORD`; the user from the URL or
+    /// `upstream.username`. Errors never show a password.
+    fn resolve_credentials(&self, url: &mut UpstreamUrl) -> Result<(), ConfigError> {
+        let up = &self.upstream;
+        let mut sources = Vec::new();
+        if url.password.is_some() {
+            sources.push("upstream.url");
+        }
+        if let Some(path) = &up.password_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("upstream.password_file", path.display(), format!("cannot read: {e}")))?;
+            let password = text.trim();
+            if password.is_empty() {
+                return Err(invalid("upstream.password_file", path.display(), "is empty"));
+            }
+            url.password = Some(password.to_string());
+            sources.push("upstream.password_file");
+        }
+        if let Some(Secret(p)) = &up.password_env {
+            if p.trim().is_empty() {
+                return Err(invalid(UPSTREAM_PASSWORD_ENV, "", "is set but empty"));
+            }
+            url.password = Some(p.clone());
+            sources.push(UPSTREAM_PASSWORD_ENV);
+        }
+        if sources.len() > 1 {
+            return Err(invalid(
+                sources[1],
+                "<redacted>",
+                format!("the upstream password is given more than once ({}); keep one", sources.join(", ")),
+            ));
+        }
+        if let Some(user) = &up.username {
+            if user.is_empty() {
+                return Err(invalid("upstream.username", "", "must not be empty (leave it out for the default user)"));
+            }
+            if url.username.as_ref().is_some_and(|u| u != user) {
+                return Err(invalid("upstream.username", user, "differs from the user in upstream.url; keep one"));
+            }
+            if url.password.is_none() {
+                return Err(invalid(
+                    "upstream.username",
+                    user,
+                    format!("needs a password (in upstream.url, upstream.password_file or {UPSTREAM_PASSWORD_ENV})"),
+                ));
+            }
+            url.username = Some(user.clone());
+        }
+        Ok(())
+    }
+
     /// This configuration with every secret replaced by `<redacted>`.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         c.upstream.url = redact_url(&c.upstream.url);
+        if c.upstream.password_env.is_some() {
+            c.upstream.password_env = Some(Secret("<redacted>".into()));
+        }
         for secret in [&mut c.client.requirepass, &mut c.admin.token] {
             if !secret.is_empty() {
                 *secret = "<redacted>".into();
@@ -825,8 +925,10 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("at most journal.max_bytes"));
         let mut c = Config::default();
         c.upstream.url = "rediss://u:pw@h:1".into();
+        c.validate().expect("rediss:// with the built-in roots");
+        c.upstream.tls.ca_file = Some("/nonexistent/ca.pem".into());
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("not supported yet") && !e.contains("pw"), "{e}");
+        assert!(e.contains("upstream.tls.ca_file") && e.contains("cannot read") && !e.contains("pw"), "{e}");
     }
 
     #[test]
@@ -864,9 +966,14 @@ mod tests {
         c.upstream.url = "redis://u:hunter2@h:1".into();
         c.client.requirepass = "hunter3".into();
         c.admin.token = "hunter4".into();
+        c.apply_env(|name| (name == UPSTREAM_PASSWORD_ENV).then(|| "hunter5".to_string()));
         let shown = c.to_redacted_toml();
-        for s in ["hunter2", "hunter3", "hunter4"] {
+        for s in ["hunter2", "hunter3", "hunter4", "hunter5"] {
             assert!(!shown.contains(s), "{s} in {shown}");
+        }
+        let debug = format!("{:?}", c.redacted());
+        for s in ["hunter2", "hunter3", "hunter4", "hunter5"] {
+            assert!(!debug.contains(s), "{s} in {debug}");
         }
         assert!(shown.contains("<redacted>"));
     }

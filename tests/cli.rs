@@ -510,9 +510,16 @@ fn secrets_are_redacted_in_error_messages() {
 }
 
 #[test]
-fn rediss_is_not_supported_yet_and_does_not_leak_the_password() {
+fn rediss_with_an_unreadable_ca_file_fails_naming_the_key_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("respite.toml");
+    std::fs::write(&file, "[upstream.tls]\nca_file = \"/nonexistent/ca.pem\"\n").unwrap();
+    let o = check(&["--config", file.to_str().unwrap(), "--upstream", "rediss://user:hunter2@127.0.0.1:1/0"], &[]);
+    assert_config_error(&o, &["upstream.tls.ca_file", "/nonexistent/ca.pem", "cannot read"]);
+    assert!(!both(&o).contains("hunter2"), "{}", both(&o));
+    // Without a CA file, the built-in roots: valid.
     let o = check(&["--upstream", "rediss://user:hunter2@127.0.0.1:1/0"], &[]);
-    assert_config_error(&o, &["not supported yet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     assert!(!both(&o).contains("hunter2"), "{}", both(&o));
 }
 

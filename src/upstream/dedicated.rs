@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use super::mux::{BatchFailure, BatchReply, BatchResult};
@@ -82,7 +82,9 @@ impl Dedicated {
     /// Drops a connection the upstream closed while the client was idle (restart, Redis
     /// `timeout`), so that a request is never written into a dead connection.
     fn drop_if_closed(&mut self) {
-        if let Some(stream) = &self.stream {
+        if let Some(stream) = &mut self.stream {
+            // TCP: a non-blocking read; TLS: one poll with a no-op waker (see
+            // `UpstreamStream::try_read`). Either way nothing waits.
             let mut probe = [0u8; 1];
             match stream.try_read(&mut probe) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -1,17 +1,20 @@
-//! The upstream Redis: connecting (with timeout and the URL's AUTH/SELECT handshake), the
+//! The upstream Redis: connecting (with timeout, TLS for `rediss://` ([`tls`]), and the
+//! AUTH/SELECT handshake), plain or TLS connections behind one type ([`stream`]), the
 //! shared pipelined connections for stateless commands ([`mux`]), retry backoff
 //! ([`backoff`]), and the background probe that feeds the circuit breaker.
 
 pub mod backoff;
 pub mod dedicated;
 pub mod mux;
+pub mod stream;
+pub mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,22 +27,41 @@ use crate::metrics::Metrics;
 use crate::resp::{put_decimal, ReplyScanner};
 
 pub use mux::{BatchFailure, BatchReply, Mux};
+pub use stream::UpstreamStream;
+use tls::TlsSetup;
 
-/// A connection to the upstream. (TLS lands here as a second variant.)
-pub type UpstreamStream = TcpStream;
-
-/// Opens upstream connections: TCP connect with a timeout, then the handshake the URL asks
-/// for (AUTH, SELECT), so every connection starts in the configured state.
+/// Opens upstream connections: TCP connect with a timeout, the TLS handshake for
+/// `rediss://`, then the handshake the configuration asks for (AUTH with the upstream
+/// credentials, SELECT), so every connection — the first and every reconnect — starts in
+/// the configured state.
 pub struct Connector {
     url: UpstreamUrl,
     connect_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// `rediss://`: the loaded TLS configuration, or why it could not be loaded (files are
+    /// checked by `Config::validate` at start; this only fails if they changed since).
+    tls: Option<Result<TlsSetup, String>>,
     handshake: BytesMut,
     handshake_replies: usize,
 }
 
 impl Connector {
+    /// `url` carries the resolved credentials (URL, `password_file` or environment; see
+    /// `Config::validate`).
     pub fn new(url: UpstreamUrl, cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Connector {
+        let tls = url.tls.then(|| TlsSetup::load(&url, &cfg.tls).map_err(|e| e.to_string()));
+        match &tls {
+            Some(Ok(t)) if t.insecure => tracing::warn!(
+                upstream = %url.redacted(),
+                "upstream TLS certificate verification is DISABLED (upstream.tls.insecure_skip_verify = true): \
+                 the connection is encrypted but anyone in the path can impersonate the upstream"
+            ),
+            Some(Ok(t)) => {
+                tracing::info!(upstream = %url.redacted(), tls.server_name = %t.server_name(), "upstream TLS")
+            }
+            Some(Err(e)) => tracing::error!(error = %e, "upstream TLS configuration cannot be loaded"),
+            None => {}
+        }
         let mut handshake = BytesMut::new();
         let mut n = 0;
         if let Some(password) = &url.password {
@@ -56,7 +78,7 @@ impl Connector {
             encode_command(&mut handshake, &[b"SELECT", db.as_bytes()]);
             n += 1;
         }
-        Connector { url, connect_timeout: cfg.connect_timeout.0, metrics, handshake, handshake_replies: n }
+        Connector { url, connect_timeout: cfg.connect_timeout.0, metrics, tls, handshake, handshake_replies: n }
     }
 
     /// The upstream address, without credentials.
@@ -81,8 +103,18 @@ impl Connector {
     async fn connect_inner(&self) -> Result<UpstreamStream, UpstreamError> {
         let addr = self.url.addr();
         let err = |reason: String| UpstreamError::Connect { addr: addr.clone(), reason };
-        let mut stream = TcpStream::connect(&addr).await.map_err(|e| err(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
+        let tcp = TcpStream::connect(&addr).await.map_err(|e| err(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let mut stream = match &self.tls {
+            None => UpstreamStream::Tcp(tcp),
+            Some(Err(e)) => return Err(err(format!("TLS configuration: {e}"))),
+            Some(Ok(tls)) => match tls.connect(tcp).await {
+                Ok(s) => UpstreamStream::Tls(Box::new(s)),
+                Err(e) => {
+                    return Err(err(format!("TLS handshake failed (verifying as {:?}): {e}", tls.server_name())));
+                }
+            },
+        };
         if self.handshake_replies > 0 {
             stream.write_all(&self.handshake).await.map_err(|e| err(e.to_string()))?;
             let mut buf = BytesMut::with_capacity(256);

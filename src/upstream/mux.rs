@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::stream::{UpstreamReadHalf, UpstreamWriteHalf};
 use super::Connector;
 use crate::error::UpstreamError;
 use crate::health::Health;
@@ -112,7 +112,7 @@ struct ConnCtx {
 }
 
 struct Conn {
-    write: OwnedWriteHalf,
+    write: UpstreamWriteHalf,
     pending: mpsc::UnboundedSender<Pending>,
     dead: CancellationToken,
 }
@@ -204,7 +204,7 @@ struct Current {
 }
 
 async fn reader(
-    mut read: OwnedReadHalf,
+    mut read: UpstreamReadHalf,
     mut pending_rx: mpsc::UnboundedReceiver<Pending>,
     dead: CancellationToken,
     ctx: ConnCtx,
