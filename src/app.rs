@@ -96,6 +96,10 @@ pub async fn run(
     let settings =
         Settings { miss_nil: cfg.raw.store.miss == Miss::Nil, allow_conditional: cfg.raw.outage.allow_conditional };
     let outage = Arc::new(Outage::new(store, journal, settings, metrics.clone(), health.clone()));
+    let restored = outage.restore();
+    if restored > 0 {
+        tracing::info!(records = restored, "journal records from before the restart applied to the local store");
+    }
     let o = outage.clone();
     metrics.set_refresh(move |m| {
         let s = o.journal.stats();

@@ -328,6 +328,47 @@ impl Outage {
         Served::Done { outcome: Outcome::Local, seq }
     }
 
+    /// At start: applies the journal's records (writes accepted before a restart, not yet
+    /// replayed) to the empty local store, without journaling them again, so reads of keys
+    /// with pending writes are served locally until the replay is done (SPEC §3.8). Keys
+    /// never seen start as absent, as for any outage write. Returns the records applied.
+    pub fn restore(&self) -> usize {
+        let records = self.journal.read_after(0, usize::MAX, usize::MAX);
+        let limits = crate::resp::Limits { max_bulk: usize::MAX >> 1, max_array: usize::MAX >> 1, max_inline: 0 };
+        let mut applied = 0;
+        for r in &records {
+            let mut parser = crate::resp::RequestParser::default();
+            let mut pos = 0;
+            while pos < r.payload.len() {
+                let mut args_at = Vec::new();
+                let mut enc = BytesMut::new();
+                let Ok(crate::resp::Parsed::Request { len }) =
+                    parser.parse(&r.payload[pos..], &limits, &mut args_at, &mut enc)
+                else {
+                    break;
+                };
+                let base = &r.payload[pos..pos + len];
+                let args: SmallVec<[&[u8]; 8]> =
+                    args_at.iter().map(|&(s, l)| &base[s as usize..(s + l) as usize]).collect();
+                pos += len;
+                let Some((id, _)) = args.first().and_then(|n| crate::command::lookup(n)) else { continue };
+                let Some(entry) = commands::by_id(id) else { continue };
+                let mut sink = BytesMut::new();
+                let mut cx = self.cx(r.db, false, &args, &mut sink);
+                cx.allow_conditional = true;
+                cx.miss_nil = true;
+                if (entry.run)(&mut cx).is_ok() {
+                    let touched = std::mem::take(&mut cx.touched);
+                    for (k, slot) in &touched {
+                        self.store.reweigh(k, slot);
+                    }
+                }
+            }
+            applied += 1;
+        }
+        applied
+    }
+
     /// Whether a command may be queued in an outage MULTI (an error now aborts the EXEC).
     pub fn queueable(
         &self,
