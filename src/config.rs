@@ -640,11 +640,19 @@ impl Config {
     }
 
     /// Settings only the environment gives: the upstream password
-    /// (`RESPITE_UPSTREAM_PASSWORD`). `get` reads a variable (the process environment in
+    /// (`RESPITE_UPSTREAM_PASSWORD`), the admin token (`RESPITE_ADMIN_TOKEN`) and the client
+    /// password (`RESPITE_REQUIREPASS`). `get` reads a variable (the process environment in
     /// [`Config::load`]).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
         if let Some(p) = get(UPSTREAM_PASSWORD_ENV) {
             self.upstream.password_env = Some(Secret(p));
+        }
+        // Secrets a Kubernetes Secret can provide as environment variables, over the file.
+        if let Some(t) = get("RESPITE_ADMIN_TOKEN") {
+            self.admin.token = t;
+        }
+        if let Some(p) = get("RESPITE_REQUIREPASS") {
+            self.client.requirepass = p;
         }
     }
 

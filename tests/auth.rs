@@ -201,3 +201,17 @@ async fn replies_beyond_the_output_buffer_limit_close_the_client() {
     assert_eq!(respite.metric("respite_client_disconnects_total{reason=\"output_buffer\"}").await, Some(1.0));
     respite.shutdown().await;
 }
+
+#[test]
+fn secrets_can_come_from_the_environment() {
+    let mut c = respite::config::Config::default();
+    c.apply_env(|name| match name {
+        "RESPITE_ADMIN_TOKEN" => Some("env-token".into()),
+        "RESPITE_REQUIREPASS" => Some("env-pass".into()),
+        _ => None,
+    });
+    assert_eq!(c.admin.token, "env-token");
+    assert_eq!(c.client.requirepass, "env-pass");
+    let shown = c.to_redacted_toml();
+    assert!(!shown.contains("env-token") && !shown.contains("env-pass"), "{shown}");
+}
