@@ -500,8 +500,7 @@ async fn a_transaction_whose_connection_was_lost_is_aborted_not_replayed_on_a_ne
     );
     let r = text(&call(&mut raw, &[b"EXEC"]).await);
     assert!(r.starts_with("-EXECABORT"), "{r:?}");
-    let direct = redis::Client::open(redis.url()).unwrap();
-    let mut direct = direct.get_multiplexed_async_connection().await.unwrap();
+    let mut direct = loaded_connection(&redis).await;
     let n: String = redis::cmd("GET").arg("n").query_async(&mut direct).await.unwrap();
     assert_eq!(n, "0", "neither INCR ran");
 
@@ -509,8 +508,7 @@ async fn a_transaction_whose_connection_was_lost_is_aborted_not_replayed_on_a_ne
     assert_eq!(call(&mut raw, &[b"WATCH", b"n"]).await, b"+OK\r\n");
     redis.restart();
     respite.wait_state("healthy", HEALTHY_WITHIN).await;
-    let direct = redis::Client::open(redis.url()).unwrap();
-    let mut direct = direct.get_multiplexed_async_connection().await.unwrap();
+    let mut direct = loaded_connection(&redis).await;
     let _: () = redis::cmd("SET").arg("n").arg("changed").query_async(&mut direct).await.unwrap();
     let r = text(&call(&mut raw, &[b"MULTI"]).await);
     assert!(r.starts_with('-'), "MULTI after a lost WATCH must not start a transaction that ignores it: {r:?}");
@@ -521,4 +519,20 @@ async fn a_transaction_whose_connection_was_lost_is_aborted_not_replayed_on_a_ne
     assert_eq!(call(&mut raw, &[b"GET", b"n"]).await, b"+QUEUED\r\n");
     assert_eq!(call(&mut raw, &[b"EXEC"]).await, b"*1\r\n$7\r\nchanged\r\n");
     respite.shutdown().await;
+}
+
+/// A direct connection to a just-restarted redis, once it has finished loading its AOF
+/// (before that it answers LOADING).
+async fn loaded_connection(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let client = redis::Client::open(redis.url()).unwrap();
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
+                return c;
+            }
+        }
+        assert!(Instant::now() < deadline, "redis did not finish loading");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
