@@ -26,6 +26,51 @@ pub enum ConfigError {
     Invalid { key: &'static str, value: String, reason: String },
 }
 
+impl ConfigError {
+    /// This error on one line, for a log line. A TOML parse error drops its excerpt of the
+    /// file (the excerpt may show a secret) and keeps the position, the key of the offending
+    /// line and the reason.
+    pub fn one_line(&self) -> String {
+        let ConfigError::Parse { path, message } = self else {
+            return self.to_string();
+        };
+        let mut lines = message.lines();
+        // "TOML parse error at line 2, column 9"
+        let head = lines.next().unwrap_or_default();
+        let mut key = None;
+        let mut reason = Vec::new();
+        for line in lines {
+            let t = line.trim_start();
+            if t.starts_with('|') {
+                continue; // the excerpt's gutter and its ^^^ marker
+            }
+            if let Some((n, source)) = t.split_once(" | ") {
+                if n.trim().parse::<usize>().is_ok() {
+                    key = bare_key(source);
+                    continue;
+                }
+            }
+            if !t.is_empty() {
+                reason.push(t);
+            }
+        }
+        let key = key.map(|k| format!(" ({k})")).unwrap_or_default();
+        format!("config file {}: {head}{key}: {}", path.display(), reason.join(" "))
+    }
+}
+
+/// The key a TOML line sets (`token = …` → `token`) or the table it opens (`[client]`);
+/// `None` for anything else, such as the inside of a multi-line string.
+fn bare_key(line: &str) -> Option<String> {
+    let line = line.trim();
+    let candidate = match line.strip_prefix('[') {
+        Some(_) => line.split(']').next().map(|t| format!("{t}]"))?,
+        None => line.split_once('=')?.0.trim().to_string(),
+    };
+    let ok = |c: char| c.is_ascii_alphanumeric() || "_-.[] ".contains(c);
+    (!candidate.is_empty() && candidate.chars().all(ok)).then_some(candidate)
+}
+
 fn invalid(key: &'static str, value: impl fmt::Display, reason: impl fmt::Display) -> ConfigError {
     ConfigError::Invalid { key, value: value.to_string(), reason: reason.to_string() }
 }
@@ -937,6 +982,21 @@ mod tests {
         c.upstream.tls.ca_file = Some("/nonexistent/ca.pem".into());
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("upstream.tls.ca_file") && e.contains("cannot read") && !e.contains("pw"), "{e}");
+    }
+
+    #[test]
+    fn one_line_parse_errors_name_the_key_but_not_the_value() {
+        let err =
+            |text: &str| ConfigError::Parse { path: "f.toml".into(), message: Config::from_toml(text).unwrap_err() };
+        let e = err("[admin]\ntoken = \"hunter2\n").one_line();
+        assert!(e.starts_with("config file f.toml: TOML parse error at line 2") && e.contains("(token)"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains('\n'), "{e}");
+        let e = err("[admin]\ntoken = 5\n").one_line();
+        assert!(e.contains("(token): invalid type: integer `5`, expected a string"), "{e}");
+        let e = err("[clinet]\nx = 1\n").one_line();
+        assert!(e.contains("([clinet]): unknown field `clinet`"), "{e}");
+        let e = invalid("client.listen", "x", "bad");
+        assert_eq!(e.one_line(), e.to_string());
     }
 
     #[test]
