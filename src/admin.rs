@@ -94,7 +94,9 @@ struct DrillRequest {
 
 /// `{"state":"down"}` forces outage mode; `{"state":"auto"}` ends it. Needs the admin token.
 async fn drill(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let token = &ctx.cfg.raw.admin.token;
+    // Read per request: `admin.token` reloads live.
+    let live = ctx.live.load_full();
+    let token = &live.admin_token;
     if token.is_empty() {
         return (StatusCode::FORBIDDEN, "drills are disabled: set [admin] token\n").into_response();
     }

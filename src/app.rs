@@ -1,8 +1,9 @@
-//! Wiring: builds the shared context (config, metrics, health, upstream, journal) and runs
-//! the client listener, the admin endpoint, the probe and the replayer until shutdown, then
-//! drains: client sessions first, then (while the upstream is reachable) the journal, both
-//! within the grace period; last, the journal is closed (fsynced) so whatever was not
-//! replayed waits in the durable journal for the next start.
+//! Wiring: builds the shared context (config, live settings, metrics, health, upstream,
+//! journal) and runs the client listener, the admin endpoint, the probe, the replayer and
+//! the configuration reloader until shutdown, then drains: client sessions first, then
+//! (while the upstream is reachable) the journal, both within the grace period; last, the
+//! journal is closed (fsynced) so whatever was not replayed waits in the durable journal for
+//! the next start.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +20,8 @@ use crate::health::{Health, State};
 use crate::journal::{DiskJournal, Journal, JournalError, MemJournal};
 use crate::metrics::Metrics;
 use crate::outage::{Outage, Settings};
+use crate::reload::{Live, LiveSettings, Reloads};
 use crate::replay::Replayer;
-use crate::resp::Limits;
 use crate::store::{now_ms, Store};
 use crate::upstream::{self, Connector, Upstream};
 use crate::{admin, server};
@@ -29,8 +30,11 @@ use crate::{admin, server};
 pub struct Ctx {
     /// Who may connect (`[client] requirepass`, `[[client.users]]`).
     pub auth: crate::auth::Auth,
+    /// The configuration the process started with. What a reload may change is read from
+    /// `live` (and `[health]` from `health`) instead.
     pub cfg: Validated,
-    pub limits: Limits,
+    /// The settings a configuration reload changes at run time (see [`crate::reload`]).
+    pub live: Arc<Live>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub upstream: Upstream,
@@ -67,12 +71,24 @@ pub fn open_journal(cfg: &Validated) -> Result<Arc<dyn Journal>, StartError> {
 /// sessions (and, while the upstream is reachable, the journal) for at most
 /// `shutdown.grace_period`. Tests bind port 0 and pass their own shutdown future; the
 /// binary passes SIGTERM/SIGINT. Fails before serving anything when the journal cannot be
-/// opened.
+/// opened. The configuration is never reloaded: see [`run_with_reloads`].
 pub async fn run(
     cfg: Validated,
     listener: TcpListener,
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    run_with_reloads(cfg, listener, admin, shutdown, Reloads::none()).await
+}
+
+/// [`run`], and reloads the configuration whenever `reloads` delivers one (the binary: on
+/// SIGHUP).
+pub async fn run_with_reloads(
+    cfg: Validated,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    reloads: Reloads,
 ) -> Result<(), StartError> {
     let journal = open_journal(&cfg)?;
     let metrics = Arc::new(Metrics::new());
@@ -84,14 +100,17 @@ pub async fn run(
     }
     let tracker = TaskTracker::new();
     let background = CancellationToken::new();
+    let live = Arc::new(Live::new(LiveSettings::from_config(&cfg.raw)));
     let connector = Arc::new(Connector::new(cfg.upstream.clone(), &cfg.raw.upstream, metrics.clone()));
-    let upstream =
-        Upstream::start(connector.clone(), &cfg.raw.upstream, health.clone(), metrics.clone(), &tracker, &background);
-    let limits = Limits {
-        max_bulk: cfg.raw.client.max_bulk_bytes.0.min(usize::MAX as u64) as usize,
-        max_array: cfg.raw.client.max_array_len,
-        ..Limits::default()
-    };
+    let upstream = Upstream::start(
+        connector.clone(),
+        cfg.raw.upstream.pool_size,
+        live.clone(),
+        health.clone(),
+        metrics.clone(),
+        &tracker,
+        &background,
+    );
     let store = Store::new(cfg.raw.store.max_bytes.0, cfg.raw.store.max_staleness.0, metrics.clone());
     let settings =
         Settings { miss_nil: cfg.raw.store.miss == Miss::Nil, allow_conditional: cfg.raw.outage.allow_conditional };
@@ -122,7 +141,7 @@ pub async fn run(
     let ctx = Arc::new(Ctx {
         auth,
         outage,
-        limits,
+        live,
         metrics,
         health: health.clone(),
         upstream,
@@ -131,9 +150,9 @@ pub async fn run(
         started: Instant::now(),
         cfg,
     });
-    let h = &ctx.cfg.raw.health;
-    tracker.spawn(upstream::probe(connector, health, h.probe_interval.0, h.probe_timeout.0, background.clone()));
+    tracker.spawn(upstream::probe(connector, health, background.clone()));
     tracker.spawn(admin::serve(admin, ctx.clone(), background.clone()));
+    tracker.spawn(crate::reload::serve(reloads, ctx.clone(), background.clone()));
     tracing::info!(
         client.listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         admin.listen = %ctx.cfg.admin_listen,
@@ -150,7 +169,7 @@ pub async fn run(
     tracing::info!(clients = sessions.len(), "shutting down: no new clients, draining");
     ctx.shutdown.cancel();
     sessions.close();
-    let grace = ctx.cfg.raw.shutdown.grace_period.0;
+    let grace = ctx.live.load().grace_period;
     let deadline = Instant::now() + grace;
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         tracing::warn!(clients = sessions.len(), grace = %humantime::format_duration(grace), "grace period over; closing remaining clients");

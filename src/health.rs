@@ -66,7 +66,12 @@ pub struct Health {
     last_error: Mutex<Option<LastError>>,
     /// Serialises transitions so each is logged and counted exactly once.
     transition: Mutex<()>,
-    cfg: HealthConfig,
+    /// `[health]`, in microseconds: atomics because a configuration reload (SIGHUP) replaces
+    /// them while real traffic and the probe read them.
+    degraded_latency_us: AtomicU64,
+    down_after_failures: AtomicU32,
+    probe_interval_us: AtomicU64,
+    probe_timeout_us: AtomicU64,
     metrics: Arc<Metrics>,
     since: Mutex<Instant>,
 }
@@ -76,7 +81,7 @@ impl Health {
         for s in State::ALL {
             metrics.upstream_state.with_label_values(&[s.as_str()]).set((s == State::Healthy) as i64);
         }
-        Health {
+        let h = Health {
             state: AtomicU8::new(State::Healthy as u8),
             consecutive_failures: AtomicU32::new(0),
             latency_ewma_us: AtomicU64::new(0),
@@ -84,10 +89,35 @@ impl Health {
             journal_pending: AtomicBool::new(false),
             last_error: Mutex::new(None),
             transition: Mutex::new(()),
-            cfg,
+            degraded_latency_us: AtomicU64::new(0),
+            down_after_failures: AtomicU32::new(0),
+            probe_interval_us: AtomicU64::new(0),
+            probe_timeout_us: AtomicU64::new(0),
             metrics,
             since: Mutex::new(Instant::now()),
-        }
+        };
+        h.set_config(&cfg);
+        h
+    }
+
+    /// Takes new `[health]` settings (at start, and when the configuration is reloaded): the
+    /// next round trip, failure and probe use them. The state itself is kept.
+    pub fn set_config(&self, cfg: &HealthConfig) {
+        let us = |d: Duration| d.as_micros().min(u64::MAX as u128) as u64;
+        self.degraded_latency_us.store(us(cfg.degraded_latency.0), Ordering::Relaxed);
+        self.down_after_failures.store(cfg.down_after_failures, Ordering::Relaxed);
+        self.probe_interval_us.store(us(cfg.probe_interval.0), Ordering::Relaxed);
+        self.probe_timeout_us.store(us(cfg.probe_timeout.0), Ordering::Relaxed);
+    }
+
+    /// `health.probe_interval`: how often the probe sends PING.
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_micros(self.probe_interval_us.load(Ordering::Relaxed))
+    }
+
+    /// `health.probe_timeout`: a PING slower than this is a failure.
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_micros(self.probe_timeout_us.load(Ordering::Relaxed))
     }
 
     /// The current state.
@@ -130,12 +160,17 @@ impl Health {
         // EWMA with alpha = 1/8; races between threads only lose a sample.
         let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
         self.latency_ewma_us.store(new, Ordering::Relaxed);
-        let slow = Duration::from_micros(new) > self.cfg.degraded_latency.0;
+        let threshold = self.degraded_latency_us.load(Ordering::Relaxed);
+        let slow = new > threshold;
         match self.state() {
             State::Replaying | State::Down => {}
             State::Healthy if slow => self.transition(
                 State::Degraded,
-                &format!("upstream latency {:?} above {}", Duration::from_micros(new), self.cfg.degraded_latency),
+                &format!(
+                    "upstream latency {:?} above {:?}",
+                    Duration::from_micros(new),
+                    Duration::from_micros(threshold)
+                ),
             ),
             State::Degraded if !slow => self.transition(State::Healthy, "upstream answering normally again"),
             _ => {}
@@ -181,7 +216,7 @@ impl Health {
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         match self.state() {
             State::Down => {}
-            _ if n >= self.cfg.down_after_failures => {
+            _ if n >= self.down_after_failures.load(Ordering::Relaxed) => {
                 self.transition(State::Down, &format!("{n} consecutive upstream failures, last: {cause}"))
             }
             State::Healthy => self.transition(State::Degraded, &format!("upstream failure: {cause}")),
@@ -296,6 +331,21 @@ mod tests {
         h.transition_for_test(State::Down);
         h.probe_succeeded(Duration::from_micros(10));
         assert_eq!(h.state(), State::Healthy, "an empty journal recovers directly");
+    }
+
+    #[test]
+    fn new_thresholds_apply_to_the_next_failure_and_probe() {
+        let h = health();
+        h.record_failure("x");
+        h.set_config(&HealthConfig {
+            down_after_failures: 2,
+            probe_interval: Dur::ms(70),
+            probe_timeout: Dur::ms(30),
+            ..HealthConfig::default()
+        });
+        assert_eq!((h.probe_interval(), h.probe_timeout()), (Duration::from_millis(70), Duration::from_millis(30)));
+        h.record_failure("x");
+        assert_eq!(h.state(), State::Down, "the second failure reaches the lowered threshold");
     }
 
     #[test]

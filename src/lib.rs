@@ -16,6 +16,7 @@
 //! - [`metrics`]: every Prometheus family.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`, `POST /admin/drill`.
 //! - [`config`]: TOML schema, flags, environment, validation, redaction.
+//! - [`reload`]: the settings that change at run time (SIGHUP) and how they are swapped in.
 //! - [`app`]: wiring and graceful shutdown.
 
 pub mod admin;
@@ -29,6 +30,7 @@ pub mod journal;
 pub mod metrics;
 pub mod outage;
 pub mod pubsub;
+pub mod reload;
 pub mod replay;
 pub mod resp;
 pub mod server;
@@ -36,4 +38,4 @@ pub mod session;
 pub mod store;
 pub mod upstream;
 
-pub use app::run;
+pub use app::{run, run_with_reloads};

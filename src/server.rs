@@ -1,19 +1,22 @@
 //! The client-facing listener: accepts connections, enforces `client.max_connections`
 //! (over the limit: `-ERR max number of clients reached`, as Redis), and runs a session per
 //! client under a tracker that shutdown drains.
+//!
+//! The limit is read at each accept, so a configuration reload changes it at once; lowering
+//! it closes no one, it refuses new clients until enough have left.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::app::Ctx;
 use crate::session::Session;
 
 pub async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, sessions: TaskTracker) {
-    let permits = Arc::new(Semaphore::new(ctx.cfg.raw.client.max_connections));
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let (mut stream, _peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -24,14 +27,16 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, sessions: TaskTra
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        // Only this loop adds clients, so checking then adding cannot overshoot.
+        if open.load(Ordering::Acquire) >= ctx.live.load().max_connections {
             ctx.metrics.client_connections_rejected.with_label_values(&["max_connections"]).inc();
             tokio::spawn(async move {
                 let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
                 let _ = stream.shutdown().await;
             });
             continue;
-        };
+        }
+        let slot = Slot::take(&open);
         ctx.metrics.client_connections_accepted.inc();
         ctx.metrics.client_connections.inc();
         let session = Session::new(ctx.clone(), stream);
@@ -39,7 +44,23 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, sessions: TaskTra
         sessions.spawn(async move {
             session.run().await;
             ctx2.metrics.client_connections.dec();
-            drop(permit);
+            drop(slot);
         });
+    }
+}
+
+/// One open client connection, counted until dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Slot {
+        open.fetch_add(1, Ordering::AcqRel);
+        Slot(open.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

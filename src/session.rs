@@ -25,6 +25,7 @@ use crate::error::{write_error_line, UpstreamError};
 use crate::metrics::Outcome;
 use crate::outage::warm::Request;
 use crate::outage::{Queued, Served};
+use crate::reload::LiveSettings;
 use crate::resp::{Arg, Parsed, ProtocolError, RequestParser};
 use crate::upstream::backoff;
 use crate::upstream::dedicated::{Dedicated, StateKey};
@@ -70,6 +71,9 @@ enum Txn {
 
 pub struct Session {
     ctx: Arc<Ctx>,
+    /// The live settings for this round (limits, timeouts, retries), refreshed between
+    /// rounds so a configuration reload applies from the next one.
+    live: Arc<LiveSettings>,
     read: OwnedReadHalf,
     write: OwnedWriteHalf,
     rbuf: BytesMut,
@@ -154,8 +158,10 @@ impl Session {
         let mux = ctx.upstream.pick();
         let ctx_db = ctx.cfg.upstream.db;
         let ctx_auth = ctx.auth.required();
+        let live = ctx.live.load_full();
         Session {
             ctx,
+            live,
             read,
             write,
             rbuf: BytesMut::with_capacity(4096),
@@ -201,6 +207,7 @@ impl Session {
 
     async fn serve(&mut self) -> End {
         loop {
+            self.ctx.live.refresh(&mut self.live);
             if self.stream.is_some() {
                 if let Some(end) = self.relay().await {
                     return end;
@@ -244,7 +251,7 @@ impl Session {
             return None;
         }
         // Subscribed clients are never idle.
-        let idle = if self.local.is_some() { Duration::ZERO } else { self.ctx.cfg.raw.client.idle_timeout.0 };
+        let idle = if self.local.is_some() { Duration::ZERO } else { self.live.idle_timeout };
         let result = loop {
             let read = self.read.read_buf(&mut self.rbuf);
             let local = async {
@@ -286,8 +293,8 @@ impl Session {
     }
 
     fn parse_into(&mut self, consumed_out: &mut usize) -> Result<(), ProtocolError> {
-        let limits = self.ctx.limits;
-        let max = self.ctx.cfg.raw.client.max_pipeline;
+        let limits = self.live.limits;
+        let max = self.live.max_pipeline;
         let mut encoded = BytesMut::new();
         let now = Instant::now();
         loop {
@@ -299,7 +306,7 @@ impl Session {
             let args_start = self.args.len();
             match self.parser.parse(&self.rbuf[consumed..], &limits, &mut self.args, &mut encoded)? {
                 Parsed::Incomplete => {
-                    if self.rbuf.len() - consumed > self.ctx.cfg.raw.client.max_query_buffer.0 as usize {
+                    if self.rbuf.len() - consumed > self.live.max_query_buffer {
                         return Err(ProtocolError::QueryBufferLimit);
                     }
                     break;
@@ -818,14 +825,14 @@ impl Session {
     /// The deadline of a batch: the command timeout, or for blocking commands their own
     /// timeout plus the margin (`None` when one of them blocks forever).
     fn deadline(&self, frozen: &Bytes, run: Range<usize>) -> Option<Instant> {
-        let up = &self.ctx.cfg.raw.upstream;
-        let mut budget = up.command_timeout.0;
+        let live = &self.live;
+        let mut budget = live.command_timeout;
         for i in run {
             let req = &self.reqs[i];
             if let Route::Blocking(block) = req.route {
                 match self.block_timeout(frozen, req, block) {
                     Some(d) if d.is_zero() => return None,
-                    Some(d) => budget = budget.max(d + up.blocking_margin.0),
+                    Some(d) => budget = budget.max(d + live.blocking_margin),
                     None => {}
                 }
             }
@@ -856,7 +863,7 @@ impl Session {
     /// Forwards a run of requests, retrying what provably did not execute (and reads).
     async fn forward(&mut self, frozen: &Bytes, run: Range<usize>) {
         let deadline = self.deadline(frozen, run.clone());
-        let max_retries = self.ctx.cfg.raw.upstream.max_retries;
+        let max_retries = self.live.max_retries;
         let mut next = run.start;
         let mut attempt = 0;
         while next < run.end {
@@ -900,7 +907,7 @@ impl Session {
     }
 
     async fn retry_single(&mut self, frozen: &Bytes, i: usize, deadline: Option<Instant>, mut attempt: u32) {
-        let max_retries = self.ctx.cfg.raw.upstream.max_retries;
+        let max_retries = self.live.max_retries;
         loop {
             attempt += 1;
             self.ctx.metrics.upstream_retries.inc();
@@ -923,8 +930,8 @@ impl Session {
     }
 
     async fn backoff(&self, attempt: u32, deadline: Option<Instant>) {
-        let up = &self.ctx.cfg.raw.upstream;
-        let wake = Instant::now() + backoff::delay(attempt, up.retry_backoff_base.0, up.retry_backoff_max.0);
+        let live = &self.live;
+        let wake = Instant::now() + backoff::delay(attempt, live.retry_backoff_base, live.retry_backoff_max);
         tokio::time::sleep_until(deadline.map_or(wake, |d| wake.min(d))).await;
     }
 
@@ -938,7 +945,7 @@ impl Session {
                     Some(d) => tokio::time::timeout_at(d, send).await.unwrap_or_else(|_| {
                         Err(Box::new(BatchFailure {
                             done: BatchReply::default(),
-                            error: UpstreamError::Timeout(self.ctx.cfg.raw.upstream.command_timeout.0),
+                            error: UpstreamError::Timeout(self.live.command_timeout),
                         }))
                     }),
                     None => send.await,
@@ -1113,7 +1120,7 @@ impl Session {
     /// `client-output-buffer-limit`): a slow or hostile reader cannot hold memory forever.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            let limit = self.ctx.cfg.raw.client.output_buffer_limit.0;
+            let limit = self.live.output_buffer_limit;
             if limit > 0 && self.out.len() as u64 > limit {
                 self.ctx.metrics.client_disconnects.with_label_values(&["output_buffer"]).inc();
                 self.out = BytesMut::new();
@@ -1135,7 +1142,7 @@ impl Session {
 impl Session {
     /// Writes to the client within `client.write_timeout`.
     async fn write_client(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let timeout = self.ctx.cfg.raw.client.write_timeout.0;
+        let timeout = self.live.write_timeout;
         if timeout.is_zero() {
             return self.write.write_all(bytes).await;
         }

@@ -24,6 +24,7 @@ use crate::config::{UpstreamConfig, UpstreamUrl};
 use crate::error::UpstreamError;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::reload::Live;
 use crate::resp::{put_decimal, ReplyScanner};
 
 pub use mux::{BatchFailure, BatchReply, Mux};
@@ -161,24 +162,19 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// `pool_size` shared connections; each reads `upstream.command_timeout` from `live`.
     pub fn start(
         connector: Arc<Connector>,
-        cfg: &UpstreamConfig,
+        pool_size: usize,
+        live: Arc<Live>,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
         tracker: &TaskTracker,
         cancel: &CancellationToken,
     ) -> Upstream {
-        let muxes = (0..cfg.pool_size)
+        let muxes = (0..pool_size)
             .map(|_| {
-                Mux::spawn(
-                    connector.clone(),
-                    cfg.command_timeout.0,
-                    health.clone(),
-                    metrics.clone(),
-                    tracker,
-                    cancel.clone(),
-                )
+                Mux::spawn(connector.clone(), live.clone(), health.clone(), metrics.clone(), tracker, cancel.clone())
             })
             .collect();
         Upstream { connector, muxes, next: AtomicUsize::new(0) }
@@ -191,23 +187,24 @@ impl Upstream {
     }
 }
 
-/// Sends PING every `interval` on a connection of its own and reports to the breaker.
-pub async fn probe(
-    connector: Arc<Connector>,
-    health: Arc<Health>,
-    interval: Duration,
-    timeout: Duration,
-    cancel: CancellationToken,
-) {
+/// Sends PING every `health.probe_interval` on a connection of its own and reports to the
+/// breaker. Interval and timeout are read from [`Health`] each round, so a configuration
+/// reload changes them for the next PING.
+pub async fn probe(connector: Arc<Connector>, health: Arc<Health>, cancel: CancellationToken) {
     let mut conn: Option<UpstreamStream> = None;
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut interval = health.probe_interval();
+    let mut ticker = probe_ticker(Instant::now(), interval);
     let mut buf = BytesMut::with_capacity(64);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = cancel.cancelled() => return,
         }
+        if health.probe_interval() != interval {
+            interval = health.probe_interval();
+            ticker = probe_ticker(Instant::now() + interval, interval);
+        }
+        let timeout = health.probe_timeout();
         if health.drill_active() {
             conn = None;
             continue;
@@ -235,6 +232,14 @@ pub async fn probe(
             }
         }
     }
+}
+
+/// Ticks at `first`, then every `every`; a slow PING delays the next tick instead of
+/// bunching them.
+fn probe_ticker(first: Instant, every: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval_at(first, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
 }
 
 /// Reads the upstream's `redis_version` (INFO server), which decides how scores print.

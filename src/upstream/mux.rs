@@ -4,7 +4,8 @@
 //! Two tasks per connection: the writer gathers whatever batches are queued and writes them
 //! in one syscall; the reader splits the replies by count and hands each batch its bytes
 //! (zero-copy) with the end offset of every reply. A reply that does not come within the
-//! command timeout marks the connection stuck: every request on it fails with a timeout and
+//! command timeout (`upstream.command_timeout` as it was when the batch was written: it
+//! reloads live) marks the connection stuck: every request on it fails with a timeout and
 //! the next batch opens a fresh connection, so a frozen upstream cannot hold clients longer
 //! than their timeout.
 
@@ -24,6 +25,7 @@ use super::Connector;
 use crate::error::UpstreamError;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::reload::Live;
 use crate::resp::ReplyScanner;
 
 /// Replies to a batch: their bytes back to back, and where each one ends.
@@ -59,6 +61,8 @@ struct Pending {
     count: usize,
     reply: oneshot::Sender<BatchResult>,
     sent_at: Instant,
+    /// The command timeout when the batch was written.
+    timeout: Duration,
 }
 
 /// Handle to one shared connection; cheap to clone.
@@ -73,14 +77,14 @@ const GATHER_BYTES: usize = 256 << 10;
 impl Mux {
     pub fn spawn(
         connector: Arc<Connector>,
-        timeout: Duration,
+        live: Arc<Live>,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Mux {
         let (tx, rx) = mpsc::channel(1024);
-        let ctx = ConnCtx { timeout, health, metrics, tracker: tracker.clone() };
+        let ctx = ConnCtx { live, health, metrics, tracker: tracker.clone() };
         tracker.spawn(writer(rx, connector, ctx, cancel));
         Mux { tx }
     }
@@ -105,7 +109,7 @@ impl Mux {
 
 #[derive(Clone)]
 struct ConnCtx {
-    timeout: Duration,
+    live: Arc<Live>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     tracker: TaskTracker,
@@ -167,8 +171,9 @@ async fn writer(mut rx: mpsc::Receiver<Batch>, connector: Arc<Connector>, ctx: C
             }
         }
         let now = Instant::now();
+        let timeout = ctx.live.load().command_timeout;
         for b in gathered.drain(..) {
-            let _ = c.pending.send(Pending { count: b.count, reply: b.reply, sent_at: now });
+            let _ = c.pending.send(Pending { count: b.count, reply: b.reply, sent_at: now, timeout });
         }
         let written = match &single {
             Some(bytes) => c.write.write_all(bytes).await,
@@ -245,7 +250,7 @@ async fn reader(
         if cur.is_none() && !buf.is_empty() {
             break UpstreamError::Protocol("reply without a request".into());
         }
-        let deadline = cur.as_ref().map(|c| c.p.sent_at + ctx.timeout);
+        let deadline = cur.as_ref().map(|c| (c.p.sent_at + c.p.timeout, c.p.timeout));
         tokio::select! {
             r = read.read_buf(&mut buf) => match r {
                 Ok(0) => break UpstreamError::Broken { reason: "closed by the upstream".into(), sent: true },
@@ -258,8 +263,8 @@ async fn reader(
             },
             _ = dead.cancelled() => break UpstreamError::Broken { reason: "write to upstream failed".into(), sent: true },
             // Counted in respite_upstream_timeouts_total by the session that waited.
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                break UpstreamError::Timeout(ctx.timeout);
+            _ = tokio::time::sleep_until(deadline.map_or_else(Instant::now, |d| d.0)), if deadline.is_some() => {
+                break UpstreamError::Timeout(deadline.map_or(Duration::ZERO, |d| d.1));
             }
         }
     };
