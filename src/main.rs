@@ -1,9 +1,11 @@
-//! The `respite` binary: command line, logging, signals. Everything else is in the library.
+//! The `respite` binary: command line, logging, signals (SIGTERM/SIGINT: drain and stop;
+//! SIGHUP: reload the configuration). Everything else is in the library.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use respite::config::{Cli, Config, LogFormat};
+use respite::config::{Cli, Config, Flags, LogFormat};
+use respite::reload::{Reloads, SetLogLevel};
 use tokio::net::TcpListener;
 
 /// `EX_USAGE`: a configuration error, reported before anything binds.
@@ -34,7 +36,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(cfg.raw.log.format, &cfg.raw.log.level);
+    let set_log_level = init_logging(cfg.raw.log.format, &cfg.raw.log.level);
+    let flags = cli.flags;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if cfg.raw.runtime.worker_threads > 0 {
@@ -48,6 +51,8 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Before binding: once the listeners answer, SIGHUP reloads instead of killing.
+        let reloads = reload_on_sighup(flags, set_log_level);
         let listener = match TcpListener::bind(cfg.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -62,7 +67,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match respite::run(cfg, listener, admin, shutdown_signal()).await {
+        match respite::run_with_reloads(cfg, listener, admin, shutdown_signal(), reloads).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
@@ -72,16 +77,58 @@ fn main() -> ExitCode {
     })
 }
 
-fn init_logging(format: LogFormat, level: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Installs the logger; returns what changes its filter (`log.level`) at run time.
+fn init_logging(format: LogFormat, level: &str) -> SetLogLevel {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour codes only on a terminal: in a file or a container log they are noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+    // The two formats are different types, and so are their reload handles.
+    macro_rules! install {
+        ($builder:expr) => {{
+            let builder = $builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |level: &str| {
+                let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            })
+        }};
     }
+    match format {
+        LogFormat::Json => install!(builder.json().flatten_event(true)),
+        LogFormat::Text => install!(builder),
+    }
+}
+
+/// On SIGHUP, loads the configuration again exactly as at start (the same `flags`, hence
+/// the same file, and the same environment) and hands it to the running respite, which
+/// applies what can change live. The forwarding task ends with the runtime.
+#[cfg(unix)]
+fn reload_on_sighup(flags: Flags, set_log_level: SetLogLevel) -> Reloads {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, requests) = tokio::sync::mpsc::channel(1);
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let file = flags.config.as_deref().map_or("(none)".into(), |p| p.display().to_string());
+                    tracing::info!(config = %file, "SIGHUP: reloading the configuration");
+                    if tx.send(Config::load(&flags)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; configuration reload is off"),
+    }
+    Reloads { requests, set_log_level: Some(set_log_level) }
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(_flags: Flags, _set_log_level: SetLogLevel) -> Reloads {
+    Reloads::none()
 }
 
 /// Completes on SIGTERM or SIGINT.
