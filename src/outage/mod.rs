@@ -165,6 +165,11 @@ impl Outage {
         matches!(self.health.state(), State::Down | State::Replaying)
     }
 
+    /// The circuit breaker (benches drive outage mode through it).
+    pub fn health_for_bench(&self) -> &Health {
+        &self.health
+    }
+
     /// The lock that orders journal appends; the replayer takes it to end outage mode.
     pub fn lock(&self) -> parking_lot::MutexGuard<'_, ()> {
         self.lock.lock()
@@ -207,10 +212,12 @@ impl Outage {
         raw: &Bytes,
         out: &mut BytesMut,
     ) -> Served {
-        if let Some((reason, msg)) = Self::refusal(spec, args[0]) {
+        // Served commands are found by id; only the others need a refusal worked out.
+        let (Some(spec), Some(entry)) = (spec, commands::by_id(id)) else {
+            let (reason, msg) = Self::refusal(spec, args[0])
+                .unwrap_or(("unsupported", "UNAVAILABLE upstream down: not served during an outage".into()));
             return self.refuse(out, reason, &msg);
-        }
-        let spec = spec.expect("refusal() handles unknown commands");
+        };
         if !spec.arity_ok(args.len()) {
             crate::error::write_error_line(
                 out,
@@ -218,7 +225,6 @@ impl Outage {
             );
             return Served::Done { outcome: Outcome::Error, seq: None };
         }
-        let entry = commands::by_id(id).expect("refusal() checked the table");
         if entry.kind == Kind::Conditional && !self.settings.allow_conditional {
             return self.refuse(out, "coordination", &conditional_message(spec.name));
         }
