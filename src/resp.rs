@@ -48,6 +48,8 @@ pub enum ProtocolError {
     InvalidReplyType(u8),
     #[error("Protocol error: invalid length in reply")]
     InvalidReplyLength,
+    #[error("Protocol error: reply line not terminated by CRLF")]
+    InvalidReplyLine,
 }
 
 /// One argument of a request: an offset and length into the request's bytes.
@@ -322,13 +324,25 @@ fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
     Ok(out)
 }
 
+/// Longest integer line: '-' and 19 digits.
+const MAX_INT_LINE: usize = 20;
+
+/// Longest line of an upstream scalar reply other than a status or an error (an integer,
+/// double, boolean, null or big number).
+const MAX_SCALAR_LINE: usize = 64 << 10;
+
 /// Reads `<integer>\r\n` starting at `start`; returns the value and the offset after CRLF.
+///
+/// A line longer than any integer is an error as soon as its first 21 bytes are in,
+/// wherever its CR is: the verdict must not depend on how the bytes were split into reads
+/// (found by the fuzzer: a CR as the last byte read used to mean "wait for the LF").
 fn read_line_int(buf: &[u8], start: usize) -> Result<Option<(i64, usize)>, ProtocolError> {
     let Some(rest) = buf.get(start..) else {
         return Ok(None);
     };
-    let Some(cr) = memchr::memchr(b'\r', rest) else {
-        if rest.len() > 20 {
+    let window = &rest[..rest.len().min(MAX_INT_LINE + 1)];
+    let Some(cr) = memchr::memchr(b'\r', window) else {
+        if rest.len() > MAX_INT_LINE {
             return Err(ProtocolError::InvalidMultibulkLength);
         }
         return Ok(None);
@@ -413,16 +427,45 @@ impl ReplyScanner {
             let Some(&t) = buf.get(self.pos) else {
                 return Ok(None);
             };
-            let Some(cr) = memchr::memchr(b'\r', &buf[self.pos + 1..]) else {
-                if buf.len() - self.pos > 64 << 10 && !matches!(t, b'+' | b'-') {
-                    return Err(ProtocolError::InvalidReplyLength);
+            // How long the line after the type byte may be: a length or count is an
+            // integer; other scalars are short; status and error lines are not limited.
+            // Checked on the bytes in, not on where the CR is, so that the verdict does
+            // not depend on how the reply was split into reads.
+            let max_line = match t {
+                b'+' | b'-' => usize::MAX, // not limited
+                b'$' | b'!' | b'=' | b'*' | b'~' | b'>' | b'%' | b'|' => MAX_INT_LINE,
+                _ => MAX_SCALAR_LINE,
+            };
+            let rest = &buf[self.pos + 1..];
+            let cr = if max_line == MAX_INT_LINE {
+                let Some(cr) = memchr::memchr(b'\r', &rest[..rest.len().min(max_line + 1)]) else {
+                    if rest.len() > max_line {
+                        return Err(ProtocolError::InvalidReplyLength);
+                    }
+                    return Ok(None);
+                };
+                if cr + 1 >= rest.len() {
+                    return Ok(None);
                 }
-                return Ok(None);
+                if rest[cr + 1] != b'\n' {
+                    // Found by tests/proptest_protocol.rs: the byte after a CR used to be
+                    // taken for the LF unseen, and the next reply read from inside this one.
+                    return Err(ProtocolError::InvalidReplyLine);
+                }
+                cr
+            } else {
+                // Other lines end at the first CRLF; a lone CR is part of the text (as the
+                // redis-protocol crate reads it, and Redis never sends one).
+                let window = &rest[..rest.len().min(max_line.saturating_add(2))];
+                let Some(cr) = memchr::memmem::find(window, b"\r\n") else {
+                    if window.len() > max_line.saturating_add(1) {
+                        return Err(ProtocolError::InvalidReplyLength);
+                    }
+                    return Ok(None);
+                };
+                cr
             };
             let line_end = self.pos + 1 + cr;
-            if line_end + 1 >= buf.len() {
-                return Ok(None);
-            }
             let line = &buf[self.pos + 1..line_end];
             let after = line_end + 2;
             let consumed = match t {
@@ -432,7 +475,10 @@ impl ReplyScanner {
                     if n < 0 {
                         after
                     } else {
-                        let end = after + n as usize + 2;
+                        let end = usize::try_from(n)
+                            .ok()
+                            .and_then(|n| after.checked_add(n)?.checked_add(2))
+                            .ok_or(ProtocolError::InvalidReplyLength)?;
                         if buf.len() < end {
                             return Ok(None);
                         }
@@ -441,17 +487,17 @@ impl ReplyScanner {
                 }
                 b'*' | b'~' | b'>' | b'%' | b'|' => {
                     let n = parse_int(line).ok_or(ProtocolError::InvalidReplyLength)?;
-                    if n > 0 {
-                        let n = n as u64;
-                        self.pending += match t {
-                            b'%' => 2 * n,
-                            // An attribute map precedes the reply it annotates.
-                            b'|' => 2 * n + 1,
-                            _ => n,
-                        };
-                    } else if t == b'|' {
-                        self.pending += 1;
-                    }
+                    let n = n.max(0) as u64;
+                    let more = match t {
+                        b'%' => n.checked_mul(2),
+                        // An attribute map precedes the reply it annotates.
+                        b'|' => n.checked_mul(2).and_then(|m| m.checked_add(1)),
+                        _ => Some(n),
+                    };
+                    // Counts no reply can have (found by review, kept as a fuzz regression:
+                    // nested counts near i64::MAX overflowed the pending count).
+                    self.pending =
+                        more.and_then(|m| self.pending.checked_add(m)).ok_or(ProtocolError::InvalidReplyLength)?;
                     after
                 }
                 other => return Err(ProtocolError::InvalidReplyType(other)),
@@ -626,5 +672,46 @@ mod tests {
     fn rejects_garbage_replies() {
         assert!(ReplyScanner::default().next(b"?x\r\n").is_err());
         assert!(ReplyScanner::default().next(b"$abc\r\n").is_err());
+    }
+
+    // Regressions from fuzz/ and tests/proptest_protocol.rs (their inputs are also in
+    // fuzz/regressions/, run by that test file).
+
+    #[test]
+    fn a_header_too_long_for_an_integer_fails_whatever_the_reads() {
+        // 29 bytes after '$' with the CR last: used to wait for the LF when read at once,
+        // and fail when read in pieces.
+        let input =
+            b"*3\r\n$2\0\0\xff\xff\na*\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\r";
+        assert_eq!(parse_all(input), Err(ProtocolError::InvalidBulkLength));
+        assert_eq!(parse_all(&input[..26]), Err(ProtocolError::InvalidBulkLength));
+        assert_eq!(parse_all(&input[..25]), Ok(vec![]));
+        assert_eq!(parse_all(b"*123456789012345678901"), Err(ProtocolError::InvalidMultibulkLength));
+        assert_eq!(parse_all(b"*12345678901234567890"), Ok(vec![]), "20 characters may still be an integer");
+    }
+
+    #[test]
+    fn reply_counts_that_overflow_are_errors_not_panics() {
+        let mut s = ReplyScanner::default();
+        assert_eq!(s.next(b"*2\r\n%9223372036854775807\r\n"), Err(ProtocolError::InvalidReplyLength));
+        let mut s = ReplyScanner::default();
+        let three = b"*9223372036854775807\r\n*9223372036854775807\r\n*9223372036854775807\r\n";
+        assert_eq!(s.next(three), Err(ProtocolError::InvalidReplyLength));
+        let mut s = ReplyScanner::default();
+        assert_eq!(s.next(b"$9223372036854775807\r\nabc"), Ok(None), "a huge bulk just waits");
+    }
+
+    #[test]
+    fn reply_lines_end_at_crlf() {
+        // A lone CR in a header is an error, not a line end that swallows the next byte.
+        assert_eq!(ReplyScanner::default().next(b"*1\r\n*1\r\n$1\rX\r\n"), Err(ProtocolError::InvalidReplyLine));
+        // In a status or scalar line it is text, as redis-protocol reads it.
+        assert_eq!(scan(b"+a\rb\r\n:1\r\n").map(|i| i.len), Some(6));
+        assert_eq!(scan(b"(12\r3\r\n").map(|i| i.len), Some(7));
+        // A scalar line may not grow without end; a status line may.
+        let long_int = [&b":"[..], &[b'1'; 70_000]].concat();
+        assert_eq!(ReplyScanner::default().next(&long_int), Err(ProtocolError::InvalidReplyLength));
+        let long_status = [&b"+"[..], &[b'x'; 70_000], b"\r\n"].concat();
+        assert_eq!(scan(&long_status).map(|i| i.len), Some(70_003));
     }
 }
