@@ -961,7 +961,9 @@ impl Session {
     /// Appends the replies of requests `first..` and does the per-command bookkeeping.
     fn deliver(&mut self, frozen: &Bytes, first: usize, reply: &BatchReply) {
         self.out.extend_from_slice(&reply.bytes);
-        let now = Instant::now();
+        // One clock reading for the batch: metrics and the local store share it.
+        let clock = crate::store::Now::current();
+        let now = clock.at;
         let mut start = 0usize;
         for (k, &end) in reply.ends.iter().enumerate() {
             let i = first + k;
@@ -969,7 +971,7 @@ impl Session {
             let outcome = if is_error { Outcome::Error } else { Outcome::Ok };
             self.count_at(i, outcome, now);
             if !is_error {
-                self.learn(frozen, i, reply.bytes.slice(start..end as usize));
+                self.learn(frozen, i, reply.bytes.slice(start..end as usize), clock);
                 if self.dedicated.is_some() {
                     self.track_state(frozen, i, &reply.bytes[start..end as usize]);
                 }
@@ -979,7 +981,7 @@ impl Session {
     }
 
     /// Keeps the local store in step with a successful upstream reply.
-    fn learn(&mut self, frozen: &Bytes, i: usize, reply: Bytes) {
+    fn learn(&mut self, frozen: &Bytes, i: usize, reply: Bytes, now: crate::store::Now) {
         let req = &self.reqs[i];
         let Some(spec) = req.spec else { return };
         let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
@@ -999,7 +1001,7 @@ impl Session {
                     self.txn_keys.push((spec, args.iter().map(|a| Bytes::copy_from_slice(a)).collect()));
                 }
             }
-            _ => outage.learn(&Request { spec, args: &args, db: self.db, resp3: self.resp3 }, &reply),
+            _ => outage.learn(&Request { spec, args: &args, db: self.db, resp3: self.resp3 }, &reply, now),
         }
     }
 

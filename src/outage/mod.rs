@@ -231,7 +231,7 @@ impl Outage {
         let writes = matches!(entry.kind, Kind::Write | Kind::Conditional);
         if !writes {
             let mark = out.len();
-            let mut cx = self.cx(db, resp3, args, out);
+            let mut cx = self.cx(db, resp3, args, out, Now::current());
             let result = (entry.run)(&mut cx);
             // While replaying, a key never seen has no pending write: the upstream knows it.
             if matches!(result, Err(CmdErr::Miss)) && self.health.state() == State::Replaying {
@@ -248,7 +248,7 @@ impl Outage {
             return self.journal_full(out, None);
         }
         let mark = out.len();
-        let mut cx = self.cx(db, resp3, args, out);
+        let mut cx = self.cx(db, resp3, args, out, Now::current());
         let now_ms = cx.now_ms;
         let result = (entry.run)(&mut cx);
         let (rewrite, touched, unseen) = (cx.rewrite.take(), std::mem::take(&mut cx.touched), cx.unseen);
@@ -290,11 +290,12 @@ impl Outage {
         let mut writes = 0u32;
         let mut touched_all = Vec::new();
         let mut unseen_all = 0;
-        let now_ms = Now::current().ms;
+        let now = Now::current();
+        let now_ms = now.ms;
         for q in block {
             let args: SmallVec<[&[u8]; 8]> = q.args.iter().map(|a| &a[..]).collect();
             let entry = q.entry;
-            let mut cx = self.cx(db, resp3, &args, &mut replies);
+            let mut cx = self.cx(db, resp3, &args, &mut replies, now);
             let result = (entry.run)(&mut cx);
             let (rewrite, touched, unseen) = (cx.rewrite.take(), std::mem::take(&mut cx.touched), cx.unseen);
             match result {
@@ -360,7 +361,7 @@ impl Outage {
                 let Some((id, _)) = args.first().and_then(|n| crate::command::lookup(n)) else { continue };
                 let Some(entry) = commands::by_id(id) else { continue };
                 let mut sink = BytesMut::new();
-                let mut cx = self.cx(r.db, false, &args, &mut sink);
+                let mut cx = self.cx(r.db, false, &args, &mut sink, Now::current());
                 cx.allow_conditional = true;
                 cx.miss_nil = true;
                 if (entry.run)(&mut cx).is_ok() {
@@ -395,8 +396,7 @@ impl Outage {
         }
     }
 
-    fn cx<'a>(&'a self, db: u32, resp3: bool, args: &'a [&'a [u8]], out: &'a mut BytesMut) -> Cx<'a> {
-        let now = Now::current();
+    fn cx<'a>(&'a self, db: u32, resp3: bool, args: &'a [&'a [u8]], out: &'a mut BytesMut, now: Now) -> Cx<'a> {
         Cx {
             store: &self.store,
             db,
