@@ -151,6 +151,9 @@ pub async fn run_with_reloads(
         cfg,
     });
     tracker.spawn(upstream::probe(connector, health, background.clone()));
+    // The client listener is bound (connections queue in its backlog and are accepted by the
+    // loop below): ready before the admin endpoint can first be asked.
+    ctx.ready.store(true, Ordering::Release);
     tracker.spawn(admin::serve(admin, ctx.clone(), background.clone()));
     tracker.spawn(crate::reload::serve(reloads, ctx.clone(), background.clone()));
     tracing::info!(
@@ -161,7 +164,6 @@ pub async fn run_with_reloads(
         "respite started"
     );
     let sessions = TaskTracker::new();
-    ctx.ready.store(true, Ordering::Release);
     tokio::select! {
         _ = server::accept_loop(listener, ctx.clone(), sessions.clone()) => {}
         _ = shutdown => {}
