@@ -102,7 +102,7 @@ async fn drill(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: axum::body
     }
     let given =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+    if !given.is_some_and(|g| crate::auth::constant_time_eq(g.as_bytes(), token.as_bytes())) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
     }
     let Ok(req) = serde_json::from_slice::<DrillRequest>(&body) else {
@@ -115,27 +115,4 @@ async fn drill(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: axum::body
         _ => return (StatusCode::BAD_REQUEST, "state must be \"down\" or \"auto\"\n").into_response(),
     }
     Json(json!({"state": ctx.health.state().as_str(), "drill": ctx.health.drill_active()})).into_response()
-}
-
-/// Compares secrets without an early exit, so timing does not reveal how much matched.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
-    }
-    diff == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret!"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(constant_time_eq(b"", b""));
-    }
 }
