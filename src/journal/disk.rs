@@ -539,17 +539,7 @@ impl Journal for DiskJournal {
 
     fn read_after(&self, after: u64, max_records: usize, max_bytes: usize) -> Vec<Record> {
         let g = self.shared.inner.lock();
-        let start = g.records.partition_point(|r| r.seq <= after);
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for r in g.records.range(start..) {
-            if out.len() >= max_records || (bytes > 0 && bytes + r.payload.len() > max_bytes) {
-                break;
-            }
-            bytes += r.payload.len();
-            out.push(r.clone());
-        }
-        out
+        super::records_after(&g.records, after, max_records, max_bytes)
     }
 
     fn confirm(&self, seq: u64) {

@@ -54,6 +54,28 @@ pub struct JournalStats {
 /// A future that completes when a record is durable under the fsync policy.
 pub type Durable<'a> = Pin<Box<dyn Future<Output = Result<(), JournalError>> + Send + 'a>>;
 
+/// Up to `max_records` / about `max_bytes` of `records` (in sequence order) with `seq > after`:
+/// at least one record, then none that would pass the byte budget. Both journals keep their
+/// unreplayed records in such a deque and answer [`Journal::read_after`] with this.
+pub fn records_after(
+    records: &std::collections::VecDeque<Record>,
+    after: u64,
+    max_records: usize,
+    max_bytes: usize,
+) -> Vec<Record> {
+    let start = records.partition_point(|r| r.seq <= after);
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for r in records.range(start..) {
+        if out.len() >= max_records || (bytes > 0 && bytes + r.payload.len() > max_bytes) {
+            break;
+        }
+        bytes += r.payload.len();
+        out.push(r.clone());
+    }
+    out
+}
+
 /// The journal interface.
 pub trait Journal: Send + Sync {
     /// Appends a record and returns its sequence number. Called under the outage lock, so
