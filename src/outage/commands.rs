@@ -252,10 +252,7 @@ fn dbsize(cx: &mut Cx<'_>) -> Res {
 
 fn get(cx: &mut Cx<'_>) -> Res {
     let v = cx.read(1, |e| Ok(str_of(&e.value)?.cloned()))?;
-    match v {
-        Some(b) => cx.r.bulk(&b),
-        None => cx.r.nil(),
-    }
+    cx.r.bulk_or_nil(v.as_deref());
     Ok(())
 }
 
@@ -267,10 +264,7 @@ fn mget(cx: &mut Cx<'_>) -> Res {
     }
     cx.r.array(vals.len());
     for v in vals {
-        match v {
-            Some(b) => cx.r.bulk(&b),
-            None => cx.r.nil(),
-        }
+        cx.r.bulk_or_nil(v.as_deref());
     }
     Ok(())
 }
@@ -365,10 +359,7 @@ fn hash_of(v: &Value) -> Result<Option<&IndexMap<Bytes, Bytes>>, CmdErr> {
 fn hget(cx: &mut Cx<'_>) -> Res {
     let field = cx.args[2];
     let v = cx.read(1, |e| Ok(hash_of(&e.value)?.and_then(|h| h.get(field).cloned())))?;
-    match v {
-        Some(b) => cx.r.bulk(&b),
-        None => cx.r.nil(),
-    }
+    cx.r.bulk_or_nil(v.as_deref());
     Ok(())
 }
 
@@ -381,10 +372,7 @@ fn hmget(cx: &mut Cx<'_>) -> Res {
     cx.read(1, |e| hash_of(&e.value).map(|_| ()))?;
     cx.r.array(vals.len());
     for v in vals {
-        match v {
-            Some(b) => cx.r.bulk(&b),
-            None => cx.r.nil(),
-        }
+        cx.r.bulk_or_nil(v.as_deref());
     }
     Ok(())
 }
@@ -477,10 +465,7 @@ fn lindex(cx: &mut Cx<'_>) -> Res {
             (i >= 0).then(|| l.get(i as usize).cloned()).flatten()
         }))
     })?;
-    match v {
-        Some(b) => cx.r.bulk(&b),
-        None => cx.r.nil(),
-    }
+    cx.r.bulk_or_nil(v.as_deref());
     Ok(())
 }
 
@@ -683,10 +668,7 @@ fn zrevrange(cx: &mut Cx<'_>) -> Res {
 fn zscore(cx: &mut Cx<'_>) -> Res {
     let m = cx.args[2];
     let s = cx.read(1, |e| Ok(zset_of(&e.value)?.and_then(|z| z.scores.get(m).copied())))?;
-    match s {
-        Some(s) => cx.r.double(s),
-        None => cx.r.nil(),
-    }
+    cx.r.double_or_nil(s);
     Ok(())
 }
 
@@ -698,10 +680,7 @@ fn zmscore(cx: &mut Cx<'_>) -> Res {
     })?;
     cx.r.array(scores.len());
     for s in scores {
-        match s {
-            Some(s) => cx.r.double(s),
-            None => cx.r.nil(),
-        }
+        cx.r.double_or_nil(s);
     }
     Ok(())
 }
@@ -821,10 +800,7 @@ fn set(cx: &mut Cx<'_>) -> Res {
         Ok((old, true))
     })?;
     if o.get {
-        match old {
-            Some(b) => cx.r.bulk(&b),
-            None => cx.r.nil(),
-        }
+        cx.r.bulk_or_nil(old.as_deref());
     } else if done {
         cx.r.ok();
     } else {
@@ -984,10 +960,7 @@ fn getdel(cx: &mut Cx<'_>) -> Res {
         e.ttl_known = true;
         Ok(old)
     })?;
-    match old {
-        Some(b) => cx.r.bulk(&b),
-        None => cx.r.nil(),
-    }
+    cx.r.bulk_or_nil(old.as_deref());
     Ok(())
 }
 
@@ -1000,10 +973,7 @@ fn getset(cx: &mut Cx<'_>) -> Res {
         e.ttl_known = true;
         Ok(old)
     })?;
-    match old {
-        Some(b) => cx.r.bulk(&b),
-        None => cx.r.nil(),
-    }
+    cx.r.bulk_or_nil(old.as_deref());
     Ok(())
 }
 
@@ -1045,10 +1015,7 @@ fn getex(cx: &mut Cx<'_>) -> Res {
         }
         Ok(v)
     })?;
-    match v {
-        Some(b) => cx.r.bulk(&b),
-        None => cx.r.nil(),
-    }
+    cx.r.bulk_or_nil(v.as_deref());
     if let Some(Some(t)) = expiry {
         cx.rewrite = Some(vec![b"GETEX".to_vec(), cx.args[1].to_vec(), b"PXAT".to_vec(), t.to_string().into_bytes()]);
     }

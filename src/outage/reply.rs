@@ -38,6 +38,20 @@ impl Reply<'_> {
         self.out.put_slice(b);
         self.out.put_slice(b"\r\n");
     }
+    /// A bulk string, or nil for `None`.
+    pub fn bulk_or_nil(&mut self, b: Option<&[u8]>) {
+        match b {
+            Some(b) => self.bulk(b),
+            None => self.nil(),
+        }
+    }
+    /// A double, or nil for `None`.
+    pub fn double_or_nil(&mut self, v: Option<f64>) {
+        match v {
+            Some(v) => self.double(v),
+            None => self.nil(),
+        }
+    }
     pub fn nil(&mut self) {
         self.out.put_slice(if self.resp3 { b"_\r\n" } else { b"$-1\r\n" });
     }
