@@ -241,13 +241,18 @@ async fn drill_needs_the_token_and_forces_down_until_auto() {
     assert_eq!(code, 401, "wrong token: {body}");
     let (code, body) = respite.http_post("/admin/drill", Some("tt"), down).await;
     assert_eq!(code, 401, "token with a suffix: {body}");
-    assert_eq!(respite.status().await["state"], "healthy", "rejected drills change nothing");
+    // Not "healthy" exactly: on a loaded machine the breaker may call slow round trips
+    // "degraded" by itself. What a rejected drill must not do is force outage mode.
+    let not_drilled = |s: serde_json::Value| s["drill"] == false && s["state"] != "down";
+    let s = respite.status().await;
+    assert!(not_drilled(s.clone()), "rejected drills change nothing: {s}");
 
     for bad in ["not json", "{}", r#"{"state":"sideways"}"#, r#"{"state":1}"#] {
         let (code, body) = respite.http_post("/admin/drill", Some("t"), bad).await;
         assert_eq!(code, 400, "bad body {bad:?}: {body}");
     }
-    assert_eq!(respite.status().await["state"], "healthy");
+    let s = respite.status().await;
+    assert!(not_drilled(s.clone()), "rejected drills change nothing: {s}");
 
     let (code, body) = respite.http_post("/admin/drill", Some("t"), down).await;
     assert_eq!(code, 200, "{body}");

@@ -23,8 +23,8 @@ const TOKEN: &str = "durable-test-token";
 fn config_file(dir: &Path, journal: &str) -> PathBuf {
     let path = dir.join("respite.toml");
     let text = format!(
-        "[upstream]\nconnect_timeout = \"300ms\"\ncommand_timeout = \"1s\"\n\
-         [health]\nprobe_interval = \"100ms\"\nprobe_timeout = \"300ms\"\n\
+        "[upstream]\nconnect_timeout = \"1s\"\ncommand_timeout = \"1s\"\n\
+         [health]\nprobe_interval = \"100ms\"\nprobe_timeout = \"1s\"\n\
          [admin]\ntoken = \"{TOKEN}\"\n\
          [shutdown]\ngrace_period = \"2s\"\n\
          [journal]\n{journal}\n"
