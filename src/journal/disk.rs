@@ -286,6 +286,8 @@ struct Inner {
     disk_bytes: u64,
     /// Encoding buffer, reused.
     scratch: Vec<u8>,
+    /// The in-memory copies of unconfirmed payloads.
+    arena: super::Arena,
     /// Highest sequence number written to a file.
     written: u64,
     /// Highest sequence number the flusher fsynced.
@@ -368,6 +370,7 @@ impl DiskJournal {
             active: None,
             disk_bytes: recovered.disk_bytes,
             scratch: Vec::new(),
+            arena: Default::default(),
             written: last_seq,
             synced: last_seq,
             unsynced: Vec::new(),
@@ -502,6 +505,7 @@ impl Journal for DiskJournal {
         g.disk_bytes += len;
         g.written = seq;
         g.last_seq = seq;
+        let payload = g.arena.own(&payload);
         g.records.push_back(Record { seq, db, commands, payload, accepted_ms });
         if g.scratch.capacity() > 1 << 20 {
             g.scratch = Vec::new();

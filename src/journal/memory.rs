@@ -18,12 +18,13 @@ struct Inner {
     records: VecDeque<Record>,
     bytes: u64,
     last_seq: u64,
+    arena: super::Arena,
 }
 
 impl MemJournal {
     pub fn new(max_entries: u64, max_bytes: u64, instance_id: String) -> MemJournal {
         MemJournal {
-            inner: Mutex::new(Inner { records: VecDeque::new(), bytes: 0, last_seq: 0 }),
+            inner: Mutex::new(Inner { records: VecDeque::new(), bytes: 0, last_seq: 0, arena: Default::default() }),
             max_entries,
             max_bytes,
             instance_id,
@@ -41,6 +42,7 @@ impl Journal for MemJournal {
         g.last_seq += 1;
         let seq = g.last_seq;
         g.bytes += len;
+        let payload = g.arena.own(&payload);
         g.records.push_back(Record { seq, db, commands, payload, accepted_ms });
         Ok(seq)
     }

@@ -54,6 +54,32 @@ pub struct JournalStats {
 /// A future that completes when a record is durable under the fsync policy.
 pub type Durable<'a> = Pin<Box<dyn Future<Output = Result<(), JournalError>> + Send + 'a>>;
 
+/// Where both journals keep the payloads of unreplayed records: copied into shared 64 KiB
+/// chunks. A payload handed to `append` is usually a slice of a client's read buffer;
+/// keeping that slice would keep the whole buffer alive (several times the payload, and
+/// invisible to `max_bytes`), and a separate allocation per record costs a malloc each.
+/// Records leave in order, so at most the chunks at both ends are partly unused.
+#[derive(Default)]
+pub struct Arena {
+    chunk: bytes::BytesMut,
+}
+
+impl Arena {
+    const CHUNK: usize = 64 << 10;
+
+    /// An owned copy of `payload`.
+    pub fn own(&mut self, payload: &[u8]) -> Bytes {
+        if payload.len() > Self::CHUNK / 4 {
+            return Bytes::copy_from_slice(payload);
+        }
+        if self.chunk.capacity() - self.chunk.len() < payload.len() {
+            self.chunk = bytes::BytesMut::with_capacity(Self::CHUNK);
+        }
+        self.chunk.extend_from_slice(payload);
+        self.chunk.split().freeze()
+    }
+}
+
 /// Up to `max_records` / about `max_bytes` of `records` (in sequence order) with `seq > after`:
 /// at least one record, then none that would pass the byte budget. Both journals keep their
 /// unreplayed records in such a deque and answer [`Journal::read_after`] with this.
