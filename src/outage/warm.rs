@@ -82,9 +82,11 @@ fn decode_at(buf: &Bytes, pos: usize, depth: u32) -> Option<(Frame, usize)> {
     }
 }
 
+/// An owned copy of a bulk string: the frame is a slice of an upstream read buffer, which a
+/// stored value must not keep alive (the store's byte bound would not see it).
 fn bulk(f: &Frame) -> Option<Bytes> {
     match f {
-        Frame::Bulk(b) => Some(b.clone()),
+        Frame::Bulk(b) => Some(Bytes::copy_from_slice(b)),
         _ => None,
     }
 }
@@ -115,17 +117,17 @@ impl Outage {
         let store = &self.store;
         match name {
             "GET" => match decode(reply) {
-                Some(Frame::Bulk(v)) => store.put(key(1), Value::Str(v), None, now),
+                Some(Frame::Bulk(v)) => store.put_str(key(1), &v, None, now),
                 Some(Frame::Nil) => store.put(key(1), Value::Absent, Some(None), now),
                 _ => store.invalidate(&key(1)),
             },
             "MGET" => {
                 if let Some(items) = decode(reply).and_then(flat) {
                     for (i, f) in items.iter().enumerate() {
-                        match bulk(f) {
-                            Some(v) => store.put(key(i + 1), Value::Str(v), None, now),
+                        match f {
+                            Frame::Bulk(v) => store.put_str(key(i + 1), v, None, now),
                             // nil: absent, or a value of another type; not knowable here.
-                            None => store.invalidate(&key(i + 1)),
+                            _ => store.invalidate(&key(i + 1)),
                         }
                     }
                 }
@@ -215,7 +217,14 @@ impl Outage {
             }
             "INCRBYFLOAT" => {
                 if let Some(Frame::Bulk(b)) = decode(reply) {
-                    return self.set_keeping_ttl(key(1), Value::Str(b), now);
+                    return self.set_keeping_ttl(key(1), Value::Str(Bytes::copy_from_slice(&b)), now);
+                }
+            }
+            // The commonest write, stored directly (the general path below runs the whole
+            // outage handler: three times the cost).
+            "SET" if reply.starts_with(b"+") => {
+                if let Some(expiry) = plain_set_expiry(args, now.ms) {
+                    return self.store.put_str(key(1), args[2], Some(expiry), now);
                 }
             }
             _ => {}
@@ -230,7 +239,7 @@ impl Outage {
         let conditional = args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"NX") || a.eq_ignore_ascii_case(b"XX"));
         let determined = matches!(name, "SETEX" | "PSETEX" | "MSET" | "GETSET" | "DEL" | "UNLINK" | "GETDEL")
             || (name == "SET" && !conditional);
-        let cached = keys.iter().all(|&i| matches!(self.store.get(&key(i), now), Lookup::Found(_)));
+        let cached = !determined && keys.iter().all(|&i| matches!(self.store.get(&key(i), now), Lookup::Found(_)));
         if let Some(entry) = local.filter(|_| determined || cached) {
             let mut scratch = BytesMut::new();
             let mut cx = self.cx(req.db, req.resp3, args, &mut scratch, now);
@@ -291,6 +300,26 @@ fn write_keys(spec: &CommandSpec, args: &[&[u8]]) -> Option<SmallVec<[usize; 4]>
         return None;
     }
     Some(spec.key_positions(args.len()).collect())
+}
+
+/// The expiry a `SET key value` with at most an `EX`/`PX` option gives the key (absolute unix
+/// ms; `None`: no expiry); `None` for every other form, which takes the general path.
+fn plain_set_expiry(args: &[&[u8]], now_ms: u64) -> Option<Option<u64>> {
+    match args.len() {
+        3 => Some(None),
+        5 => {
+            let n = parse_int(args[4]).filter(|&n| n > 0)? as u64;
+            let ms = if args[3].eq_ignore_ascii_case(b"EX") {
+                n.checked_mul(1000)?
+            } else if args[3].eq_ignore_ascii_case(b"PX") {
+                n
+            } else {
+                return None;
+            };
+            Some(Some(now_ms.checked_add(ms)?))
+        }
+        _ => None,
+    }
 }
 
 fn zset_from(items: Vec<Frame>, resp3: bool) -> Option<ZSet> {

@@ -58,6 +58,28 @@ pub enum Lookup {
     Found(Arc<Slot>),
 }
 
+/// A value to store: owned, or a string still to be copied (only if it changed).
+enum Incoming<'a> {
+    Value(Value),
+    Str(&'a [u8]),
+}
+
+impl Incoming<'_> {
+    fn same_as(&self, stored: &Value) -> bool {
+        match self {
+            Incoming::Value(v) => v == stored,
+            Incoming::Str(s) => matches!(stored, Value::Str(v) if v[..] == **s),
+        }
+    }
+
+    fn into_value(self) -> Value {
+        match self {
+            Incoming::Value(v) => v,
+            Incoming::Str(s) => Value::Str(Bytes::copy_from_slice(s)),
+        }
+    }
+}
+
 /// The byte-bounded LRU of typed values.
 pub struct Store {
     cache: moka::sync::Cache<StoreKey, Arc<Slot>, ahash::RandomState>,
@@ -136,11 +158,21 @@ impl Store {
     /// (an unchanged value then keeps what was known of its expiry). An existing slot is
     /// updated in place, so a hot key read again and again costs a lookup, not an insert.
     pub fn put(&self, key: StoreKey, value: Value, ttl: Option<Option<u64>>, now: Now) {
+        self.upsert(key, Incoming::Value(value), ttl, now);
+    }
+
+    /// [`Store::put`] of a string, copied only when it differs from the stored one (the
+    /// bytes given are usually a slice of a network buffer, which must not be kept).
+    pub fn put_str(&self, key: StoreKey, value: &[u8], ttl: Option<Option<u64>>, now: Now) {
+        self.upsert(key, Incoming::Str(value), ttl, now);
+    }
+
+    fn upsert(&self, key: StoreKey, value: Incoming<'_>, ttl: Option<Option<u64>>, now: Now) {
         if let Some(slot) = self.cache.get(&key) {
             let weight = {
                 let mut e = slot.entry.lock();
-                if e.value != value {
-                    e.value = value;
+                if !value.same_as(&e.value) {
+                    e.value = value.into_value();
                     e.ttl_known = ttl.is_some();
                     e.expires_at_ms = ttl.flatten();
                 } else if let Some(t) = ttl {
@@ -155,6 +187,7 @@ impl Store {
             }
             return;
         }
+        let value = value.into_value();
         let weight = value.weight();
         let entry = Entry { value, expires_at_ms: ttl.flatten(), ttl_known: ttl.is_some(), seen_at: now.at };
         let slot = Arc::new(Slot { entry: Mutex::new(entry), weight: AtomicU32::new(weight) });
