@@ -25,6 +25,12 @@
 //! parser and 757-922 ns with the one before, so no slowdown is visible, but those figures
 //! are not comparable with the table.
 //!
+//! Session 2 (VM not quiet, one run): warm/get_reply_hot_key 169 ns, warm/set_reply_hot_key
+//! 157 ns (437 ns before SET warming became a direct store write), warm/set_reply_4096_keys
+//! 241 ns (946 ns before), outage/store_hit_get 237 ns, outage/set_store_and_memory_journal
+//! 403 ns, journal_append/memory 47 ns (the payload is now copied into a chunk, on purpose),
+//! journal_append/disk_fsync_no 1.32 µs.
+//!
 //! These are single-thread CPU costs of the framing code only: no syscalls, no upstream.
 //! End-to-end throughput is measured by `scripts/bench.sh` (see README "Performance").
 
@@ -177,7 +183,16 @@ fn outage(c: &mut Criterion) {
     group.bench_function("store_hit_get", |b| {
         b.iter(|| {
             out.clear();
-            o.execute(0, false, get_id, Some(get_spec), black_box(&get_args), &get_raw, &mut out);
+            o.execute(
+                0,
+                false,
+                get_id,
+                Some(get_spec),
+                black_box(&get_args),
+                &get_raw,
+                respite::store::Now::current(),
+                &mut out,
+            );
         })
     });
     let (set_id, set_spec) = command::lookup(b"SET").expect("known");
@@ -192,11 +207,56 @@ fn outage(c: &mut Criterion) {
         let mut n = 0u64;
         b.iter(|| {
             out.clear();
-            o.execute(0, false, set_id, Some(set_spec), black_box(&set_args), &set_raw, &mut out);
+            o.execute(
+                0,
+                false,
+                set_id,
+                Some(set_spec),
+                black_box(&set_args),
+                &set_raw,
+                respite::store::Now::current(),
+                &mut out,
+            );
             n += 1;
             if n % 4096 == 0 {
                 o.journal.confirm(u64::MAX);
             }
+        })
+    });
+    group.finish();
+}
+
+/// Warming on the healthy path: what a forwarded GET or SET reply costs to keep the local
+/// store in step (a hot key, as in `redis-benchmark`, and a key per request).
+fn warm(c: &mut Criterion) {
+    use respite::outage::warm::Request;
+    use respite::store::Now;
+    let o = engine();
+    let mut group = c.benchmark_group("warm");
+    let (_, get_spec) = command::lookup(b"GET").expect("known");
+    let (_, set_spec) = command::lookup(b"SET").expect("known");
+    let value = [b'v'; 64];
+    let mut get_reply = b"$64\r\n".to_vec();
+    get_reply.extend_from_slice(&value);
+    get_reply.extend_from_slice(b"\r\n");
+    let get_reply = bytes::Bytes::from(get_reply);
+    let ok = bytes::Bytes::from_static(b"+OK\r\n");
+    let now = Now::current();
+    group.bench_function("get_reply_hot_key", |b| {
+        let args: [&[u8]; 2] = [b"GET", b"key:000000000001"];
+        b.iter(|| o.learn(&Request { spec: get_spec, args: black_box(&args), db: 0, resp3: false }, &get_reply, now))
+    });
+    group.bench_function("set_reply_hot_key", |b| {
+        let args: [&[u8]; 3] = [b"SET", b"key:000000000001", &value];
+        b.iter(|| o.learn(&Request { spec: set_spec, args: black_box(&args), db: 0, resp3: false }, &ok, now))
+    });
+    let keys: Vec<String> = (0..4096).map(|i| format!("key:{i:012}")).collect();
+    group.bench_function("set_reply_4096_keys", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            let args: [&[u8]; 3] = [b"SET", keys[i].as_bytes(), &value];
+            o.learn(&Request { spec: set_spec, args: black_box(&args), db: 0, resp3: false }, &ok, now)
         })
     });
     group.finish();
@@ -235,7 +295,7 @@ fn journal(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse_pipeline, scan_replies, lookup, outage, journal);
+criterion_group!(benches, parse_pipeline, scan_replies, lookup, outage, warm, journal);
 
 fn main() {
     // `cargo bench` passes `--bench`. Without it this binary runs under `cargo test`
@@ -252,7 +312,16 @@ fn main() {
         let (id, spec) = command::lookup(b"GET").expect("known");
         let mut out = BytesMut::new();
         let raw = bytes::Bytes::from_static(b"*2\r\n$3\r\nGET\r\n$16\r\nkey:000000000001\r\n");
-        o.execute(0, false, id, Some(spec), &[b"GET", b"key:000000000001"], &raw, &mut out);
+        o.execute(
+            0,
+            false,
+            id,
+            Some(spec),
+            &[b"GET", b"key:000000000001"],
+            &raw,
+            respite::store::Now::current(),
+            &mut out,
+        );
         assert!(out.starts_with(b"$64\r\n"), "the cached key is a store hit");
         println!("hot_path: benchmark inputs checked (run `cargo bench` to measure)");
         return;

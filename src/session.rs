@@ -107,6 +107,9 @@ pub struct Session {
     swallow: usize,
     /// Whether the client passed `[client]` authentication (always, when none is set).
     authed: bool,
+    /// The round's clock reading for commands served locally: one per round, as Redis
+    /// reads its clock once per command batch (expiries are absolute unix milliseconds).
+    clock: Option<crate::store::Now>,
 }
 
 #[derive(Default)]
@@ -184,6 +187,7 @@ impl Session {
             local: None,
             swallow: 0,
             authed: !ctx_auth,
+            clock: None,
         }
     }
 
@@ -222,6 +226,7 @@ impl Session {
                 continue;
             }
             let frozen = self.rbuf.split_to(consumed).freeze();
+            self.clock = None;
             // Requests before a malformed one are served first, as Redis does.
             self.process(&frozen).await;
             self.reqs.clear();
@@ -466,6 +471,7 @@ impl Session {
             self.count(i, outcome);
             return true;
         }
+        let now = *self.clock.get_or_insert_with(crate::store::Now::current);
         let req = &self.reqs[i];
         let spec = req.spec;
         let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
@@ -538,7 +544,7 @@ impl Session {
                     err(out, &msg)
                 }
             },
-            (_, None) => match outage.execute(self.db, self.resp3, req.id, spec, &args, &raw, out) {
+            (_, None) => match outage.execute(self.db, self.resp3, req.id, spec, &args, &raw, now, out) {
                 Served::Done { outcome, seq } => {
                     self.journal_seq = seq.or(self.journal_seq);
                     outcome
@@ -546,7 +552,7 @@ impl Session {
                 Served::Forward => return false,
             },
         };
-        self.count(i, outcome);
+        self.count_at(i, outcome, now.at);
         true
     }
 

@@ -210,6 +210,7 @@ impl Outage {
         spec: Option<&'static CommandSpec>,
         args: &[&[u8]],
         raw: &Bytes,
+        now: Now,
         out: &mut BytesMut,
     ) -> Served {
         // Served commands are found by id; only the others need a refusal worked out.
@@ -231,7 +232,7 @@ impl Outage {
         let writes = matches!(entry.kind, Kind::Write | Kind::Conditional);
         if !writes {
             let mark = out.len();
-            let mut cx = self.cx(db, resp3, args, out, Now::current());
+            let mut cx = self.cx(db, resp3, args, out, now);
             let result = (entry.run)(&mut cx);
             // While replaying, a key never seen has no pending write: the upstream knows it.
             if matches!(result, Err(CmdErr::Miss)) && self.health.state() == State::Replaying {
@@ -248,7 +249,7 @@ impl Outage {
             return self.journal_full(out, None);
         }
         let mark = out.len();
-        let mut cx = self.cx(db, resp3, args, out, Now::current());
+        let mut cx = self.cx(db, resp3, args, out, now);
         let now_ms = cx.now_ms;
         let result = (entry.run)(&mut cx);
         let (rewrite, touched, unseen) = (cx.rewrite.take(), std::mem::take(&mut cx.touched), cx.unseen);
