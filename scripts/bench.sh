@@ -40,12 +40,15 @@ pids+=($!)
 pids+=($!)
 # A second respite for outage mode (drill) and the replay rate: admin token, large journal.
 OUT_PORT=$(port); OUT_ADMIN=$(port)
+# Room for every SET the outage rounds journal (they are replayed only at the end), and
+# the 1,000,000 of the replay measurement.
+JOURNAL_ENTRIES=$((ROUNDS * REQUESTS * 5 + 1100000))
 cat > "$work/outage.toml" <<CFG
 [admin]
 token = "bench"
 [journal]
-max_entries = 2000000
-max_bytes = "1GiB"
+max_entries = $JOURNAL_ENTRIES
+max_bytes = "8GiB"
 CFG
 ./target/release/respite --config "$work/outage.toml" --listen "127.0.0.1:$OUT_PORT" --admin-listen "127.0.0.1:$OUT_ADMIN" \
   --upstream "redis://127.0.0.1:$REDIS_PORT" --log-level warn &
@@ -70,32 +73,43 @@ for t in "${targets[@]}"; do redis-cli -p "${t#*:}" PING >/dev/null; done
 
 results="$work/results"
 : > "$results"
-for r in $(seq 1 "$ROUNDS"); do
-  for pipeline in 1 16; do
-    for test in get set; do
-      for t in "${targets[@]}"; do
-        name=${t%%:*}; p=${t#*:}
-        n=$REQUESTS; [ "$pipeline" -gt 1 ] && n=$((REQUESTS * 4))
-        rps=$(redis-benchmark -p "$p" -c "$CLIENTS" -n "$n" -P "$pipeline" -d "$SIZE" -t "$test" -q 2>/dev/null \
-          | tr '\r' '\n' | awk '/requests per second/ {print $2}' | tail -1)
-        echo "$name $test $pipeline ${rps:-0}" >> "$results"
+# rounds FILE NAME:PORT...: GET and SET at pipeline 1 and 16 against each target, in
+# interleaved rounds; one line "name test pipeline requests/s round" per measurement.
+rounds() {
+  local file=$1; shift
+  for r in $(seq 1 "$ROUNDS"); do
+    for pipeline in 1 16; do
+      for test in get set; do
+        for t in "$@"; do
+          n=$REQUESTS; [ "$pipeline" -gt 1 ] && n=$((REQUESTS * 4))
+          rps=$(redis-benchmark -p "${t#*:}" -c "$CLIENTS" -n "$n" -P "$pipeline" -d "$SIZE" -t "$test" -q 2>/dev/null \
+            | tr '\r' '\n' | awk '/requests per second/ {print $2}' | tail -1)
+          echo "${t%%:*} $test $pipeline ${rps:-0} $r" >> "$file"
+        done
       done
     done
+    echo "round $r/$ROUNDS done" >&2
   done
-  echo "round $r/$ROUNDS done" >&2
-done
+}
+rounds "$results" "${targets[@]}"
 
+# The median over rounds of the ratio b/a measured in the same round: steadier than the
+# ratio of medians when the machine's speed drifts between rounds.
+paired() { # file a b test pipeline
+  awk -v a="$2" -v b="$3" -v t="$4" -v p="$5" '$2==t && $3==p { v[$1 " " $5] = $4; r[$5] = 1 }
+    END { for (k in r) if (v[a " " k] > 0) print v[b " " k] / v[a " " k] }' "$1" | median | awk '{ printf "%.2f", $1 }'
+}
 median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 printf '\n%s clients, %s-byte values, median of %s interleaved rounds (requests/s)\n\n' "$CLIENTS" "$SIZE" "$ROUNDS"
-printf '| test | pipeline | redis | twemproxy | respite | respite/redis | respite/twemproxy |\n'
-printf '|---|---|---|---|---|---|---|\n'
+printf '| test | pipeline | redis | twemproxy | respite | respite/redis | respite/twemproxy | paired respite/redis |\n'
+printf '|---|---|---|---|---|---|---|---|\n'
 for pipeline in 1 16; do
   for test in get set; do
     m() { awk -v n="$1" -v t="$test" -v p="$pipeline" '$1==n && $2==t && $3==p {print $4}' "$results" | median; }
     redis=$(m redis); twem=$(m twemproxy); resp=$(m respite)
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
-    printf '| %s | %s | %.0f | %.0f | %.0f | %s | %s |\n' "${test^^}" "$pipeline" "$redis" "$twem" "$resp" \
-      "$(ratio "$resp" "$redis")" "$(ratio "$resp" "$twem")"
+    printf '| %s | %s | %.0f | %.0f | %.0f | %s | %s | %s |\n' "${test^^}" "$pipeline" "$redis" "$twem" "$resp" \
+      "$(ratio "$resp" "$redis")" "$(ratio "$resp" "$twem")" "$(paired "$results" redis respite "$test" "$pipeline")"
   done
 done
 
@@ -111,25 +125,15 @@ status_field() { http GET /status | tr ',{}' '\n\n\n' | awk -F: -v k="\"$1\"" '$
 redis-cli -p "$OUT_PORT" SET key:__rand_int__ seed >/dev/null
 http POST /admin/drill '{"state":"down"}' >/dev/null
 : > "$work/outage"
-for r in $(seq 1 "$ROUNDS"); do
-  for pipeline in 1 16; do
-    for test in get set; do
-      for t in "redis:$REDIS_PORT" "outage:$OUT_PORT"; do
-        n=$REQUESTS; [ "$pipeline" -gt 1 ] && n=$((REQUESTS * 4))
-        rps=$(redis-benchmark -p "${t#*:}" -c "$CLIENTS" -n "$n" -P "$pipeline" -d "$SIZE" -t "$test" -q 2>/dev/null \
-          | tr '\r' '\n' | awk '/requests per second/ {print $2}' | tail -1)
-        echo "${t%%:*} $test $pipeline ${rps:-0}" >> "$work/outage"
-      done
-    done
-  done
-done
+rounds "$work/outage" "redis:$REDIS_PORT" "outage:$OUT_PORT"
 printf '\nOutage mode (drill: served from the local store, writes journaled), median of %s rounds\n\n' "$ROUNDS"
-printf '| test | pipeline | redis | respite (outage) | ratio |\n|---|---|---|---|---|\n'
+printf '| test | pipeline | redis | respite (outage) | ratio | paired ratio |\n|---|---|---|---|---|---|\n'
 for pipeline in 1 16; do
   for test in get set; do
     m() { awk -v n="$1" -v t="$test" -v p="$pipeline" '$1==n && $2==t && $3==p {print $4}' "$work/outage" | median; }
     a=$(m redis); b=$(m outage)
-    printf '| %s | %s | %.0f | %.0f | %s |\n' "${test^^}" "$pipeline" "$a" "$b" "$(awk -v a="$b" -v b="$a" 'BEGIN { if (b > 0) printf "%.2f", a / b }')"
+    printf '| %s | %s | %.0f | %.0f | %s | %s |\n' "${test^^}" "$pipeline" "$a" "$b" \
+      "$(awk -v a="$b" -v b="$a" 'BEGIN { if (b > 0) printf "%.2f", a / b }')" "$(paired "$work/outage" redis outage "$test" "$pipeline")"
   done
 done
 
@@ -144,3 +148,26 @@ http POST /admin/drill '{"state":"auto"}' >/dev/null
 while [ "$(status_field state)" != '"healthy"' ]; do sleep 0.02; done
 end=$(date +%s.%N)
 awk -v n="$entries" -v s="$start" -v e="$end" 'BEGIN { printf "\nReplay: %d journaled writes drained in %.2f s = %.0f writes/s\n", n, e - s, n / (e - s) }'
+
+# ---- idle memory: RSS growth of respite over 1,000 idle clients that each ran one command ----
+RESPITE_PID=${pids[1]}
+python3 - "$RESPITE_PORT" "$RESPITE_PID" <<'PY'
+import socket, sys, time
+port, pid = int(sys.argv[1]), sys.argv[2]
+def rss_kib():
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+def connect():
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"*1\r\n$4\r\nPING\r\n")
+    assert s.recv(16) == b"+PONG\r\n"
+    return s
+warm = [connect() for _ in range(50)]  # the runtime's own first-use allocations
+time.sleep(0.5)
+before = rss_kib()
+clients = [connect() for _ in range(1000)]
+time.sleep(0.5)
+after = rss_kib()
+print(f"\nIdle memory: {(after - before) / 1000:.1f} KiB per client connection "
+      f"(RSS {before} KiB -> {after} KiB over 1,000 idle clients that each ran PING)")
+PY
