@@ -24,7 +24,40 @@ pub fn free_port() -> u16 {
 }
 
 /// A listener on a loopback port no other part of this test process was given before.
+///
+/// The port is taken below the kernel's ephemeral range (`ip_local_port_range`), where
+/// neither `bind(0)` nor an outgoing connection's local port can land: a port handed to a
+/// redis-server that is still starting cannot be taken by another test's connection or
+/// listener in between. Each process starts at its own offset.
 pub fn bind_fresh() -> StdListener {
+    static NEXT: parking_lot::Mutex<Option<u16>> = parking_lot::Mutex::new(None);
+    const LOW: u16 = 10_000;
+    let high = ephemeral_start().filter(|&h| h > LOW + 1000);
+    let Some(high) = high else {
+        return bind_any_fresh();
+    };
+    let span = high - LOW;
+    let mut next = NEXT.lock();
+    let mut port = next.unwrap_or_else(|| LOW + (std::process::id() as u64 * 7919 % span as u64) as u16);
+    for _ in 0..span {
+        let candidate = port;
+        port = if port + 1 >= high { LOW } else { port + 1 };
+        if let Ok(listener) = StdListener::bind(("127.0.0.1", candidate)) {
+            *next = Some(port);
+            return listener;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{high}");
+}
+
+/// The first port of the kernel's ephemeral range, where Linux tells it.
+fn ephemeral_start() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
+}
+
+/// Fallback without `/proc`: a kernel-chosen port, never one given before.
+fn bind_any_fresh() -> StdListener {
     static GIVEN: parking_lot::Mutex<Vec<u16>> = parking_lot::Mutex::new(Vec::new());
     loop {
         let listener = StdListener::bind("127.0.0.1:0").unwrap();
@@ -90,13 +123,18 @@ impl RedisServer {
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
         self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+        // Ready means answering: a PING answered (PONG, or NOAUTH with a password) by this
+        // child, not merely a port that accepts connections.
+        for _ in 0..1000 {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("redis-server on port {} exited at start: {status}", self.port);
+            }
+            if redis_answers(self.port) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("redis-server on port {} did not start", self.port);
+        panic!("redis-server on port {} did not answer PING within 10s", self.port);
     }
 
     pub fn url(&self) -> String {
@@ -135,6 +173,17 @@ impl RedisServer {
         self.kill();
         self.spawn();
     }
+}
+
+/// Whether a RESP server on `port` answers PING (with any reply).
+fn redis_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut first = [0u8; 1];
+    s.write_all(b"*1\r\n$4\r\nPING\r\n").is_ok() && s.read_exact(&mut first).is_ok() && matches!(first[0], b'+' | b'-')
 }
 
 impl Drop for RedisServer {
