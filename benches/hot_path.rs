@@ -160,12 +160,12 @@ fn engine() -> respite::outage::Outage {
     use respite::config::HealthConfig;
     use respite::health::Health;
     use respite::metrics::Metrics;
-    use respite::store::{Now, Store, StoreKey, Value};
+    use respite::store::{KeyRef, Now, Store, Value};
     use std::sync::Arc;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(HealthConfig::default(), metrics.clone()));
     let store = Store::new(64 << 20, std::time::Duration::from_secs(3600), metrics.clone());
-    let key = StoreKey { db: 0, key: bytes::Bytes::from_static(b"key:000000000001") };
+    let key = KeyRef { db: 0, key: b"key:000000000001" };
     store.put(key, Value::Str(bytes::Bytes::from(vec![b'v'; 64])), Some(None), Now::current());
     let journal = Arc::new(respite::journal::MemJournal::new(u64::MAX, u64::MAX, "bench".into()));
     let settings = respite::outage::Settings { miss_nil: false, allow_conditional: false };

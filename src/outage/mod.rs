@@ -25,7 +25,7 @@ use crate::command::{flags, CommandSpec};
 use crate::health::{Health, State};
 use crate::journal::{Journal, JournalError};
 use crate::metrics::{Metrics, Outcome};
-use crate::store::{Entry, Lookup, Now, Slot, Store, StoreKey, Value};
+use crate::store::{Entry, KeyRef, Lookup, Now, Slot, Store, Value};
 use commands::Kind;
 use reply::Reply;
 
@@ -59,17 +59,18 @@ pub struct Cx<'a> {
     pub allow_conditional: bool,
     /// Keys written that were never seen (applied as if absent, SPEC §3.7).
     pub unseen: u32,
-    touched: SmallVec<[(StoreKey, Arc<Slot>); 2]>,
+    /// Written keys (argument index) and their slots, to re-weigh once journaled.
+    touched: SmallVec<[(usize, Arc<Slot>); 2]>,
 }
 
-impl Cx<'_> {
-    fn key(&self, i: usize) -> StoreKey {
-        StoreKey { db: self.db, key: Bytes::copy_from_slice(self.args[i]) }
+impl<'a> Cx<'a> {
+    fn key(&self, i: usize) -> KeyRef<'a> {
+        KeyRef { db: self.db, key: self.args[i] }
     }
 
     /// Reads argument `i`'s key: a miss unless seen (or `[store] miss = "nil"`).
     pub fn read<T>(&mut self, i: usize, f: impl FnOnce(&Entry) -> Result<T, CmdErr>) -> Result<T, CmdErr> {
-        match self.store.get(&self.key(i), self.now) {
+        match self.store.get(self.key(i), self.now) {
             Lookup::Found(slot) => {
                 let e = slot.entry.lock();
                 f(&e)
@@ -85,7 +86,7 @@ impl Cx<'_> {
     /// An unseen key starts as absent; an emptied collection becomes absent (as in Redis).
     pub fn write<T>(&mut self, i: usize, f: impl FnOnce(&mut Entry) -> Result<T, CmdErr>) -> Result<T, CmdErr> {
         let key = self.key(i);
-        let (slot, created) = self.store.slot_for_write(&key, self.now);
+        let (slot, created) = self.store.slot_for_write(key, self.now);
         let result = {
             let mut e = slot.entry.lock();
             let r = f(&mut e);
@@ -99,11 +100,11 @@ impl Cx<'_> {
             r
         };
         match &result {
-            Err(_) if created => self.store.invalidate(&key),
+            Err(_) if created => self.store.invalidate(key),
             Err(_) => {}
             Ok(_) => {
                 self.unseen += created as u32;
-                self.touched.push((key, slot));
+                self.touched.push((i, slot));
             }
         }
         result
@@ -262,13 +263,13 @@ impl Outage {
         };
         match self.journal.append(db, 1, payload, now_ms) {
             Ok(seq) => {
-                self.after_write(&touched, unseen);
+                self.after_write(touched.iter().map(|(i, slot)| (KeyRef { db, key: args[*i] }, slot)), unseen);
                 Served::Done { outcome: Outcome::Local, seq: Some(seq) }
             }
             Err(e) => {
                 // Not journaled, so not acknowledged: forget what was applied locally.
-                for (k, _) in &touched {
-                    self.store.invalidate(k);
+                for (i, _) in &touched {
+                    self.store.invalidate(KeyRef { db, key: args[*i] });
                 }
                 out.truncate(mark);
                 self.journal_full(out, Some(e))
@@ -306,7 +307,8 @@ impl Outage {
                         Some(a) => payload.extend_from_slice(&encode(&a)),
                         None => payload.extend_from_slice(&q.raw),
                     }
-                    touched_all.extend(touched);
+                    touched_all
+                        .extend(touched.into_iter().map(|(i, slot)| (KeyRef { db, key: args[i] }.to_owned(), slot)));
                     unseen_all += unseen;
                 }
                 Ok(()) => {}
@@ -321,7 +323,7 @@ impl Outage {
                 Ok(seq) => Some(seq),
                 Err(e) => {
                     for (k, _) in &touched_all {
-                        self.store.invalidate(k);
+                        self.store.invalidate(k.as_ref());
                     }
                     return self.journal_full(out, Some(e));
                 }
@@ -329,7 +331,7 @@ impl Outage {
         } else {
             None
         };
-        self.after_write(&touched_all, unseen_all);
+        self.after_write(touched_all.iter().map(|(k, slot)| (k.as_ref(), slot)), unseen_all);
         let mut r = Reply { out, resp3 };
         r.array(block.len());
         out.extend_from_slice(&replies);
@@ -367,8 +369,8 @@ impl Outage {
                 cx.miss_nil = true;
                 if (entry.run)(&mut cx).is_ok() {
                     let touched = std::mem::take(&mut cx.touched);
-                    for (k, slot) in &touched {
-                        self.store.reweigh(k, slot);
+                    for (i, slot) in &touched {
+                        self.store.reweigh(KeyRef { db: r.db, key: args[*i] }, slot);
                     }
                 }
             }
@@ -413,7 +415,7 @@ impl Outage {
         }
     }
 
-    fn after_write(&self, touched: &[(StoreKey, Arc<Slot>)], unseen: u32) {
+    fn after_write<'k>(&self, touched: impl Iterator<Item = (KeyRef<'k>, &'k Arc<Slot>)>, unseen: u32) {
         for (k, slot) in touched {
             self.store.reweigh(k, slot);
         }

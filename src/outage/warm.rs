@@ -16,7 +16,7 @@ use smallvec::SmallVec;
 use super::{commands, Outage};
 use crate::command::{flags, CommandSpec};
 use crate::resp::parse_int;
-use crate::store::{Lookup, Now, StoreKey, Value, ZSet};
+use crate::store::{KeyRef, Lookup, Now, Value, ZSet};
 
 /// A decoded reply, as much as warming needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,13 +113,13 @@ impl Outage {
     pub fn learn(&self, req: &Request<'_>, reply: &Bytes, now: Now) {
         let name = req.spec.name;
         let args = req.args;
-        let key = |i: usize| StoreKey { db: req.db, key: Bytes::copy_from_slice(args[i]) };
+        let key = |i: usize| KeyRef { db: req.db, key: args[i] };
         let store = &self.store;
         match name {
             "GET" => match decode(reply) {
                 Some(Frame::Bulk(v)) => store.put_str(key(1), &v, None, now),
                 Some(Frame::Nil) => store.put(key(1), Value::Absent, Some(None), now),
-                _ => store.invalidate(&key(1)),
+                _ => store.invalidate(key(1)),
             },
             "MGET" => {
                 if let Some(items) = decode(reply).and_then(flat) {
@@ -127,7 +127,7 @@ impl Outage {
                         match f {
                             Frame::Bulk(v) => store.put_str(key(i + 1), v, None, now),
                             // nil: absent, or a value of another type; not knowable here.
-                            _ => store.invalidate(&key(i + 1)),
+                            _ => store.invalidate(key(i + 1)),
                         }
                     }
                 }
@@ -140,13 +140,13 @@ impl Outage {
                             (Some(k), Some(v)) => {
                                 h.insert(k, v);
                             }
-                            _ => return store.invalidate(&key(1)),
+                            _ => return store.invalidate(key(1)),
                         }
                     }
                     let v = if h.is_empty() { Value::Absent } else { Value::Hash(h) };
                     store.put(key(1), v, None, now);
                 }
-                _ => store.invalidate(&key(1)),
+                _ => store.invalidate(key(1)),
             },
             "SMEMBERS" => match decode(reply).and_then(flat) {
                 Some(items) => {
@@ -154,18 +154,18 @@ impl Outage {
                     match s {
                         Some(s) if s.is_empty() => store.put(key(1), Value::Absent, None, now),
                         Some(s) => store.put(key(1), Value::Set(s), None, now),
-                        None => store.invalidate(&key(1)),
+                        None => store.invalidate(key(1)),
                     }
                 }
-                None => store.invalidate(&key(1)),
+                None => store.invalidate(key(1)),
             },
             "LRANGE" if args[2] == b"0" && args[3] == b"-1" => match decode(reply).and_then(flat) {
                 Some(items) => match items.iter().map(bulk).collect::<Option<std::collections::VecDeque<_>>>() {
                     Some(l) if l.is_empty() => store.put(key(1), Value::Absent, None, now),
                     Some(l) => store.put(key(1), Value::List(l), None, now),
-                    None => store.invalidate(&key(1)),
+                    None => store.invalidate(key(1)),
                 },
-                None => store.invalidate(&key(1)),
+                None => store.invalidate(key(1)),
             },
             "ZRANGE"
                 if args.len() == 5
@@ -176,13 +176,12 @@ impl Outage {
                 match decode(reply).and_then(flat).and_then(|items| zset_from(items, req.resp3)) {
                     Some(z) if z.is_empty() => store.put(key(1), Value::Absent, None, now),
                     Some(z) => store.put(key(1), Value::ZSet(z), None, now),
-                    None => store.invalidate(&key(1)),
+                    None => store.invalidate(key(1)),
                 }
             }
             "PTTL" | "TTL" => {
                 if let Some(Frame::Int(n)) = decode(reply) {
-                    let k = key(1);
-                    if let Lookup::Found(slot) = store.get(&k, now) {
+                    if let Lookup::Found(slot) = store.get(key(1), now) {
                         let mut e = slot.entry.lock();
                         match n {
                             -2 => {
@@ -206,7 +205,7 @@ impl Outage {
     fn learn_write(&self, req: &Request<'_>, reply: &Bytes, now: Now) {
         let name = req.spec.name;
         let args = req.args;
-        let key = |i: usize| StoreKey { db: req.db, key: Bytes::copy_from_slice(args[i]) };
+        let key = |i: usize| KeyRef { db: req.db, key: args[i] };
         match name {
             "FLUSHALL" | "SWAPDB" => return self.store.clear(),
             "FLUSHDB" => return self.store.invalidate_db(req.db),
@@ -239,7 +238,7 @@ impl Outage {
         let conditional = args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"NX") || a.eq_ignore_ascii_case(b"XX"));
         let determined = matches!(name, "SETEX" | "PSETEX" | "MSET" | "GETSET" | "DEL" | "UNLINK" | "GETDEL")
             || (name == "SET" && !conditional);
-        let cached = !determined && keys.iter().all(|&i| matches!(self.store.get(&key(i), now), Lookup::Found(_)));
+        let cached = !determined && keys.iter().all(|&i| matches!(self.store.get(key(i), now), Lookup::Found(_)));
         if let Some(entry) = local.filter(|_| determined || cached) {
             let mut scratch = BytesMut::new();
             let mut cx = self.cx(req.db, req.resp3, args, &mut scratch, now);
@@ -249,14 +248,14 @@ impl Outage {
             let touched = std::mem::take(&mut cx.touched);
             // Otherwise another client changed the value meanwhile (the replies differ).
             if ok && (determined || scratch[..] == reply[..]) {
-                for (k, slot) in &touched {
-                    self.store.reweigh(k, slot);
+                for (i, slot) in &touched {
+                    self.store.reweigh(key(*i), slot);
                 }
                 return;
             }
         }
         for i in keys {
-            self.store.invalidate(&key(i));
+            self.store.invalidate(key(i));
         }
     }
 
@@ -265,18 +264,18 @@ impl Outage {
         match write_keys(spec, args) {
             Some(keys) => {
                 for i in keys {
-                    self.store.invalidate(&StoreKey { db, key: Bytes::copy_from_slice(args[i]) });
+                    self.store.invalidate(KeyRef { db, key: args[i] });
                 }
             }
             None => self.store.invalidate_db(db),
         }
     }
 
-    fn set_keeping_ttl(&self, key: StoreKey, value: Value, now: Now) {
-        match self.store.get(&key, now) {
+    fn set_keeping_ttl(&self, key: KeyRef<'_>, value: Value, now: Now) {
+        match self.store.get(key, now) {
             Lookup::Found(slot) => {
                 slot.entry.lock().value = value;
-                self.store.reweigh(&key, &slot);
+                self.store.reweigh(key, &slot);
             }
             Lookup::Unseen => self.store.put(key, value, None, now),
         }

@@ -30,6 +30,33 @@ pub struct StoreKey {
     pub key: Bytes,
 }
 
+/// A borrowed [`StoreKey`] (usually a slice of a request): lookups, updates and
+/// invalidations take it, so only an insert copies the key. Hashes exactly as the
+/// `StoreKey` it stands for (`Bytes` hashes as its slice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyRef<'a> {
+    pub db: u32,
+    pub key: &'a [u8],
+}
+
+impl KeyRef<'_> {
+    pub fn to_owned(self) -> StoreKey {
+        StoreKey { db: self.db, key: Bytes::copy_from_slice(self.key) }
+    }
+}
+
+impl StoreKey {
+    pub fn as_ref(&self) -> KeyRef<'_> {
+        KeyRef { db: self.db, key: &self.key }
+    }
+}
+
+impl moka::Equivalent<StoreKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &StoreKey) -> bool {
+        self.db == key.db && self.key == &key.key[..]
+    }
+}
+
 /// A stored value with what is known of its freshness and expiry.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -127,8 +154,8 @@ impl Store {
 
     /// Looks a key up. Expired values read as `Absent`; values older than the maximum
     /// staleness read as unseen (and are dropped).
-    pub fn get(&self, key: &StoreKey, now: Now) -> Lookup {
-        match self.cache.get(key) {
+    pub fn get(&self, key: KeyRef<'_>, now: Now) -> Lookup {
+        match self.cache.get(&key) {
             None => {
                 self.metrics.store_misses.inc();
                 Lookup::Unseen
@@ -138,7 +165,7 @@ impl Store {
                     let mut e = slot.entry.lock();
                     if now.at.saturating_duration_since(e.seen_at) > self.max_staleness {
                         drop(e);
-                        self.cache.invalidate(key);
+                        self.cache.invalidate(&key);
                         self.metrics.store_misses.inc();
                         return Lookup::Unseen;
                     }
@@ -157,17 +184,17 @@ impl Store {
     /// Stores a value confirmed now; `ttl`: `Some(expiry)` when known, `None` when unknown
     /// (an unchanged value then keeps what was known of its expiry). An existing slot is
     /// updated in place, so a hot key read again and again costs a lookup, not an insert.
-    pub fn put(&self, key: StoreKey, value: Value, ttl: Option<Option<u64>>, now: Now) {
+    pub fn put(&self, key: KeyRef<'_>, value: Value, ttl: Option<Option<u64>>, now: Now) {
         self.upsert(key, Incoming::Value(value), ttl, now);
     }
 
     /// [`Store::put`] of a string, copied only when it differs from the stored one (the
     /// bytes given are usually a slice of a network buffer, which must not be kept).
-    pub fn put_str(&self, key: StoreKey, value: &[u8], ttl: Option<Option<u64>>, now: Now) {
+    pub fn put_str(&self, key: KeyRef<'_>, value: &[u8], ttl: Option<Option<u64>>, now: Now) {
         self.upsert(key, Incoming::Str(value), ttl, now);
     }
 
-    fn upsert(&self, key: StoreKey, value: Incoming<'_>, ttl: Option<Option<u64>>, now: Now) {
+    fn upsert(&self, key: KeyRef<'_>, value: Incoming<'_>, ttl: Option<Option<u64>>, now: Now) {
         if let Some(slot) = self.cache.get(&key) {
             let weight = {
                 let mut e = slot.entry.lock();
@@ -183,7 +210,7 @@ impl Store {
                 e.value.weight()
             };
             if slot.weight.swap(weight, Ordering::Relaxed) != weight {
-                self.cache.insert(key, slot);
+                self.cache.insert(key.to_owned(), slot);
             }
             return;
         }
@@ -191,11 +218,11 @@ impl Store {
         let weight = value.weight();
         let entry = Entry { value, expires_at_ms: ttl.flatten(), ttl_known: ttl.is_some(), seen_at: now.at };
         let slot = Arc::new(Slot { entry: Mutex::new(entry), weight: AtomicU32::new(weight) });
-        self.cache.insert(key, slot);
+        self.cache.insert(key.to_owned(), slot);
     }
 
     /// The slot for `key`, created as `Absent` if unseen (`created` says which).
-    pub fn slot_for_write(&self, key: &StoreKey, now: Now) -> (Arc<Slot>, bool) {
+    pub fn slot_for_write(&self, key: KeyRef<'_>, now: Now) -> (Arc<Slot>, bool) {
         match self.get(key, now) {
             Lookup::Found(slot) => (slot, false),
             Lookup::Unseen => {
@@ -208,23 +235,23 @@ impl Store {
                     }),
                     weight: AtomicU32::new(0),
                 });
-                self.cache.insert(key.clone(), slot.clone());
+                self.cache.insert(key.to_owned(), slot.clone());
                 (slot, true)
             }
         }
     }
 
     /// Re-weighs a slot after its entry changed (the lock must not be held).
-    pub fn reweigh(&self, key: &StoreKey, slot: &Arc<Slot>) {
+    pub fn reweigh(&self, key: KeyRef<'_>, slot: &Arc<Slot>) {
         let w = slot.entry.lock().value.weight();
         if slot.weight.swap(w, Ordering::Relaxed) != w {
-            self.cache.insert(key.clone(), slot.clone());
+            self.cache.insert(key.to_owned(), slot.clone());
         }
     }
 
     /// Forgets a key (its upstream value changed in a way this sidecar cannot follow).
-    pub fn invalidate(&self, key: &StoreKey) {
-        self.cache.invalidate(key);
+    pub fn invalidate(&self, key: KeyRef<'_>) {
+        self.cache.invalidate(&key);
     }
 
     /// Forgets everything in one database (FLUSHDB, or a write whose keys are unknown).
@@ -268,8 +295,21 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn key(k: &str) -> StoreKey {
-        StoreKey { db: 0, key: Bytes::copy_from_slice(k.as_bytes()) }
+    fn key(k: &str) -> KeyRef<'_> {
+        KeyRef { db: 0, key: k.as_bytes() }
+    }
+
+    #[test]
+    fn a_borrowed_key_finds_what_an_owned_key_stored() {
+        let store = Store::new(1 << 20, Duration::from_secs(3600), Arc::new(Metrics::new()));
+        store.put(key("k"), Value::Str(Bytes::from_static(b"v")), Some(None), Now::current());
+        let other_buffer = String::from("k");
+        assert!(matches!(store.get(key(&other_buffer), Now::current()), Lookup::Found(_)));
+        assert!(matches!(store.get(KeyRef { db: 1, key: b"k" }, Now::current()), Lookup::Unseen));
+        let owned = StoreKey { db: 0, key: Bytes::from_static(b"k") };
+        assert!(matches!(store.get(owned.as_ref(), Now::current()), Lookup::Found(_)));
+        store.invalidate(key("k"));
+        assert!(matches!(store.get(owned.as_ref(), Now::current()), Lookup::Unseen));
     }
 
     #[test]
@@ -290,11 +330,11 @@ mod tests {
     fn expired_values_read_as_absent_and_unseen_keys_as_unseen() {
         let store = Store::new(1 << 20, Duration::from_secs(3600), Arc::new(Metrics::new()));
         store.put(key("gone"), Value::Str(Bytes::from_static(b"v")), Some(Some(now_ms() - 1)), Now::current());
-        match store.get(&key("gone"), Now::current()) {
+        match store.get(key("gone"), Now::current()) {
             Lookup::Found(slot) => assert!(matches!(slot.entry.lock().value, Value::Absent)),
             Lookup::Unseen => panic!("expired key must read as absent"),
         }
-        assert!(matches!(store.get(&key("never"), Now::current()), Lookup::Unseen));
+        assert!(matches!(store.get(key("never"), Now::current()), Lookup::Unseen));
     }
 
     #[test]
@@ -302,6 +342,6 @@ mod tests {
         let store = Store::new(1 << 20, Duration::ZERO, Arc::new(Metrics::new()));
         store.put(key("old"), Value::Str(Bytes::from_static(b"v")), Some(None), Now::current());
         std::thread::sleep(Duration::from_millis(2));
-        assert!(matches!(store.get(&key("old"), Now::current()), Lookup::Unseen));
+        assert!(matches!(store.get(key("old"), Now::current()), Lookup::Unseen));
     }
 }
