@@ -522,6 +522,37 @@ async fn an_unwritable_journal_directory_stops_the_start_with_a_message_naming_i
     assert!(log.contains(&*journal.display().to_string()), "the message names the directory:\n{log}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_respite_on_the_same_journal_directory_is_refused_at_start() {
+    let redis = RedisServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let journal = tmp.path().join("journal");
+    let cfg = config_file(tmp.path(), "fsync = \"no\"");
+    let mut first = Proc::start(&cfg, &journal, &redis.url()).await;
+    first.drill("down").await;
+    sets(&first, "lock:", 0..10, 1).await;
+
+    let mut second = spawn(&cfg, &journal, &redis.url());
+    let status = second.wait_exit(Duration::from_secs(10)).await;
+    let log = second.stderr_text();
+    assert_eq!(status.code(), Some(73), "exit 73 (cannot create/open output), got {status}:\n{log}");
+    assert!(
+        log.contains("is in use by another respite process") && log.contains(&*journal.display().to_string()),
+        "the message names the directory and the reason:\n{log}"
+    );
+    // The first one is untouched: its journal still holds every write, and it still serves.
+    assert_eq!(first.entries().await, 10);
+    sets(&first, "lock2:", 0..5, 1).await;
+    first.sigterm().await;
+
+    // The lock dies with its process: the next start takes the directory and replays.
+    let mut next = Proc::start(&cfg, &journal, &redis.url()).await;
+    next.wait_replayed(Duration::from_secs(10)).await;
+    assert_eq!(get(&redis, "lock:9"), "v9");
+    assert_eq!(get(&redis, "lock2:4"), "v4");
+    next.sigterm().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 5. Graceful shutdown keeps unreplayed records; a start with records replays first.
 

@@ -227,6 +227,29 @@ fn io_err(what: impl std::fmt::Display, e: io::Error) -> JournalError {
     JournalError::Io(format!("{what}: {e}"))
 }
 
+/// Takes the directory's `LOCK` file (an exclusive advisory lock, released by the kernel
+/// when the process ends, however it ends): two processes appending to and deleting the
+/// same segments would each replay and discard the other's writes.
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+    let path = dir.join("LOCK");
+    let shown = path.display();
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_err(format_args!("cannot open the journal lock {shown}"), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(JournalError::Io(format!(
+            "journal directory {} is in use by another respite process (it holds {shown}); \
+             each respite needs its own journal directory",
+            dir.display()
+        ))),
+        Err(fs::TryLockError::Error(e)) => Err(io_err(format_args!("cannot lock the journal ({shown})"), e)),
+    }
+}
+
 /// Writes `name` in `dir` atomically: a temporary file, then a rename over the old one.
 fn write_atomic(dir: &Path, name: &str, contents: &[u8], sync: bool) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
@@ -315,6 +338,8 @@ struct Shared {
 
 /// The durable journal. See the module documentation.
 pub struct DiskJournal {
+    /// The directory's `LOCK` file, locked exclusively until [`Journal::close`] (or drop).
+    lock: Mutex<Option<File>>,
     shared: Arc<Shared>,
     flusher: Mutex<Option<JoinHandle<()>>>,
     instance_id: String,
@@ -340,6 +365,7 @@ impl DiskJournal {
             .and_then(|mut f| f.write_all(b"respite"))
             .and_then(|_| fs::remove_file(&probe))
             .map_err(|e| io_err(format_args!("journal directory {shown} is not writable"), e))?;
+        let lock = lock_dir(dir)?;
         let instance_id = load_instance_id(dir)?;
         let confirmed = load_confirmed(dir);
         let recovered = recover(dir, confirmed)?;
@@ -394,6 +420,7 @@ impl DiskJournal {
             .spawn(move || flusher(s, confirmed))
             .map_err(|e| io_err("cannot start the journal flusher thread", e))?;
         Ok(DiskJournal {
+            lock: Mutex::new(Some(lock)),
             shared,
             flusher: Mutex::new(Some(flusher)),
             instance_id,
@@ -627,6 +654,8 @@ impl Journal for DiskJournal {
                 return Err(JournalError::Io("the journal flusher thread panicked".into()));
             }
         }
+        // Nothing touches the directory any more: another process may take it.
+        self.lock.lock().take();
         match &self.shared.synced.borrow().failed {
             Some(e) => Err(JournalError::Io(e.to_string())),
             None => Ok(()),
@@ -901,6 +930,21 @@ mod tests {
 
     fn open(dir: &Path, fsync: Fsync, segment_bytes: u64) -> DiskJournal {
         DiskJournal::open(dir, fsync, 1_000_000, 1 << 30, segment_bytes).unwrap()
+    }
+
+    #[test]
+    fn a_directory_is_used_by_one_journal_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path(), Fsync::No, 1 << 20);
+        j.append(0, 1, payload(1), 0).unwrap();
+        let Err(e) = DiskJournal::open(dir.path(), Fsync::No, 1_000_000, 1 << 30, 1 << 20) else {
+            panic!("a second journal on a directory in use must not open");
+        };
+        assert!(e.to_string().contains("is in use by another respite process"), "{e}");
+        assert_eq!(j.stats().entries, 1, "the refused open changed nothing");
+        j.close().unwrap();
+        let again = open(dir.path(), Fsync::No, 1 << 20);
+        assert_eq!(again.stats().entries, 1);
     }
 
     fn payload(i: u64) -> Bytes {
