@@ -218,7 +218,7 @@ fn outage(c: &mut Criterion) {
                 &mut out,
             );
             n += 1;
-            if n % 4096 == 0 {
+            if n.is_multiple_of(4096) {
                 o.journal.confirm(u64::MAX);
             }
         })
@@ -273,7 +273,7 @@ fn journal(c: &mut Criterion) {
         b.iter(|| {
             let seq = mem.append(0, 1, black_box(payload.clone()), 0).expect("room");
             n += 1;
-            if n % 4096 == 0 {
+            if n.is_multiple_of(4096) {
                 mem.confirm(seq);
             }
         })
@@ -287,7 +287,7 @@ fn journal(c: &mut Criterion) {
         b.iter(|| {
             let seq = disk.append(0, 1, black_box(payload.clone()), 0).expect("room");
             n += 1;
-            if n % 4096 == 0 {
+            if n.is_multiple_of(4096) {
                 disk.confirm(seq);
             }
         })

@@ -1111,7 +1111,7 @@ fn hash_mut(e: &mut Entry) -> Result<&mut IndexMap<Bytes, Bytes>, CmdErr> {
 }
 
 fn hset_impl(cx: &mut Cx<'_>) -> Result<i64, CmdErr> {
-    if cx.args.len() < 4 || cx.args.len() % 2 != 0 {
+    if cx.args.len() < 4 || !cx.args.len().is_multiple_of(2) {
         return Err(wrong_args(cx));
     }
     let pairs: Vec<(Bytes, Bytes)> =
@@ -1422,7 +1422,7 @@ fn zadd(cx: &mut Cx<'_>) -> Res {
         i += 1;
     }
     let rest = &cx.args[i..];
-    if rest.is_empty() || rest.len() % 2 != 0 {
+    if rest.is_empty() || !rest.len().is_multiple_of(2) {
         return Err(err(SYNTAX));
     }
     if incr && rest.len() != 2 {

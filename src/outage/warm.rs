@@ -337,7 +337,7 @@ fn zset_from(items: Vec<Frame>, resp3: bool) -> Option<ZSet> {
             z.insert(bulk(p.first()?)?, score(p.get(1)?)?);
         }
     } else {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return None;
         }
         for p in items.chunks(2) {
