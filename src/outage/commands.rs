@@ -195,12 +195,59 @@ fn is(arg: &[u8], word: &str) -> bool {
     arg.eq_ignore_ascii_case(word.as_bytes())
 }
 
-fn str_of(v: &Value) -> Result<Option<&Bytes>, CmdErr> {
+type Hash = IndexMap<Bytes, Bytes>;
+type List = VecDeque<Bytes>;
+type Set = IndexSet<Bytes>;
+
+/// One of Redis's types as held in a [`Value`]: the one typed accessor pair below serves
+/// every command, with Redis's WRONGTYPE for a key of another type.
+trait Typed: Default {
+    fn of(v: &Value) -> Option<&Self>;
+    fn of_mut(v: &mut Value) -> Option<&mut Self>;
+    fn into_value(self) -> Value;
+}
+
+macro_rules! typed {
+    ($t:ty, $variant:ident) => {
+        impl Typed for $t {
+            fn of(v: &Value) -> Option<&Self> {
+                match v {
+                    Value::$variant(x) => Some(x),
+                    _ => None,
+                }
+            }
+            fn of_mut(v: &mut Value) -> Option<&mut Self> {
+                match v {
+                    Value::$variant(x) => Some(x),
+                    _ => None,
+                }
+            }
+            fn into_value(self) -> Value {
+                Value::$variant(self)
+            }
+        }
+    };
+}
+typed!(Bytes, Str);
+typed!(Hash, Hash);
+typed!(List, List);
+typed!(Set, Set);
+typed!(ZSet, ZSet);
+
+/// The value read as a `T`: `None` when absent, WRONGTYPE when of another type.
+fn typed<T: Typed>(v: &Value) -> Result<Option<&T>, CmdErr> {
     match v {
         Value::Absent => Ok(None),
-        Value::Str(b) => Ok(Some(b)),
-        _ => Err(err(WRONGTYPE)),
+        v => T::of(v).map(Some).ok_or_else(|| err(WRONGTYPE)),
     }
+}
+
+/// The value to change as a `T`, created empty when absent; WRONGTYPE when of another type.
+fn typed_mut<T: Typed>(e: &mut Entry) -> Result<&mut T, CmdErr> {
+    if matches!(e.value, Value::Absent) {
+        e.value = T::default().into_value();
+    }
+    T::of_mut(&mut e.value).ok_or_else(|| err(WRONGTYPE))
 }
 
 /// Resolves Redis's inclusive, negative-from-the-end index range over `len` items.
@@ -251,7 +298,7 @@ fn dbsize(cx: &mut Cx<'_>) -> Res {
 // ---- string reads ----
 
 fn get(cx: &mut Cx<'_>) -> Res {
-    let v = cx.read(1, |e| Ok(str_of(&e.value)?.cloned()))?;
+    let v = cx.read(1, |e| Ok(typed::<Bytes>(&e.value)?.cloned()))?;
     cx.r.bulk_or_nil(v.as_deref());
     Ok(())
 }
@@ -270,14 +317,14 @@ fn mget(cx: &mut Cx<'_>) -> Res {
 }
 
 fn strlen(cx: &mut Cx<'_>) -> Res {
-    let n = cx.read(1, |e| Ok(str_of(&e.value)?.map_or(0, |b| b.len())))?;
+    let n = cx.read(1, |e| Ok(typed::<Bytes>(&e.value)?.map_or(0, |b| b.len())))?;
     cx.r.int(n as i64);
     Ok(())
 }
 
 fn getrange(cx: &mut Cx<'_>) -> Res {
     let (start, end) = (int(cx.args[2])?, int(cx.args[3])?);
-    let v = cx.read(1, |e| Ok(str_of(&e.value)?.cloned()))?.unwrap_or_default();
+    let v = cx.read(1, |e| Ok(typed::<Bytes>(&e.value)?.cloned()))?.unwrap_or_default();
     match range(start, end, v.len()) {
         Some((s, e)) if !v.is_empty() => cx.r.bulk(&v[s..=e]),
         _ => cx.r.bulk(b""),
@@ -348,17 +395,9 @@ fn type_(cx: &mut Cx<'_>) -> Res {
 
 // ---- hash reads ----
 
-fn hash_of(v: &Value) -> Result<Option<&IndexMap<Bytes, Bytes>>, CmdErr> {
-    match v {
-        Value::Absent => Ok(None),
-        Value::Hash(h) => Ok(Some(h)),
-        _ => Err(err(WRONGTYPE)),
-    }
-}
-
 fn hget(cx: &mut Cx<'_>) -> Res {
     let field = cx.args[2];
-    let v = cx.read(1, |e| Ok(hash_of(&e.value)?.and_then(|h| h.get(field).cloned())))?;
+    let v = cx.read(1, |e| Ok(typed::<Hash>(&e.value)?.and_then(|h| h.get(field).cloned())))?;
     cx.r.bulk_or_nil(v.as_deref());
     Ok(())
 }
@@ -366,10 +405,10 @@ fn hget(cx: &mut Cx<'_>) -> Res {
 fn hmget(cx: &mut Cx<'_>) -> Res {
     let fields = &cx.args[2..];
     let vals: Vec<Option<Bytes>> = cx.read(1, |e| {
-        Ok(fields.iter().map(|f| hash_of(&e.value).ok().flatten().and_then(|h| h.get(*f).cloned())).collect())
+        Ok(fields.iter().map(|f| typed::<Hash>(&e.value).ok().flatten().and_then(|h| h.get(*f).cloned())).collect())
     })?;
     // HMGET on a wrong type is an error, checked separately so the collect above stays simple.
-    cx.read(1, |e| hash_of(&e.value).map(|_| ()))?;
+    cx.read(1, |e| typed::<Hash>(&e.value).map(|_| ()))?;
     cx.r.array(vals.len());
     for v in vals {
         cx.r.bulk_or_nil(v.as_deref());
@@ -378,7 +417,7 @@ fn hmget(cx: &mut Cx<'_>) -> Res {
 }
 
 fn hgetall(cx: &mut Cx<'_>) -> Res {
-    let h = cx.read(1, |e| Ok(hash_of(&e.value)?.cloned().unwrap_or_default()))?;
+    let h = cx.read(1, |e| Ok(typed::<Hash>(&e.value)?.cloned().unwrap_or_default()))?;
     cx.r.map(h.len());
     for (k, v) in &h {
         cx.r.bulk(k);
@@ -389,7 +428,7 @@ fn hgetall(cx: &mut Cx<'_>) -> Res {
 
 fn hkeys(cx: &mut Cx<'_>) -> Res {
     let ks: Vec<Bytes> =
-        cx.read(1, |e| Ok(hash_of(&e.value)?.map(|h| h.keys().cloned().collect()).unwrap_or_default()))?;
+        cx.read(1, |e| Ok(typed::<Hash>(&e.value)?.map(|h| h.keys().cloned().collect()).unwrap_or_default()))?;
     cx.r.array(ks.len());
     for k in ks {
         cx.r.bulk(&k);
@@ -399,7 +438,7 @@ fn hkeys(cx: &mut Cx<'_>) -> Res {
 
 fn hvals(cx: &mut Cx<'_>) -> Res {
     let vs: Vec<Bytes> =
-        cx.read(1, |e| Ok(hash_of(&e.value)?.map(|h| h.values().cloned().collect()).unwrap_or_default()))?;
+        cx.read(1, |e| Ok(typed::<Hash>(&e.value)?.map(|h| h.values().cloned().collect()).unwrap_or_default()))?;
     cx.r.array(vs.len());
     for v in vs {
         cx.r.bulk(&v);
@@ -408,39 +447,31 @@ fn hvals(cx: &mut Cx<'_>) -> Res {
 }
 
 fn hlen(cx: &mut Cx<'_>) -> Res {
-    let n = cx.read(1, |e| Ok(hash_of(&e.value)?.map_or(0, |h| h.len())))?;
+    let n = cx.read(1, |e| Ok(typed::<Hash>(&e.value)?.map_or(0, |h| h.len())))?;
     cx.r.int(n as i64);
     Ok(())
 }
 
 fn hexists(cx: &mut Cx<'_>) -> Res {
     let field = cx.args[2];
-    let n = cx.read(1, |e| Ok(hash_of(&e.value)?.is_some_and(|h| h.contains_key(field))))?;
+    let n = cx.read(1, |e| Ok(typed::<Hash>(&e.value)?.is_some_and(|h| h.contains_key(field))))?;
     cx.r.int(n as i64);
     Ok(())
 }
 
 fn hstrlen(cx: &mut Cx<'_>) -> Res {
     let field = cx.args[2];
-    let n = cx.read(1, |e| Ok(hash_of(&e.value)?.and_then(|h| h.get(field)).map_or(0, |v| v.len())))?;
+    let n = cx.read(1, |e| Ok(typed::<Hash>(&e.value)?.and_then(|h| h.get(field)).map_or(0, |v| v.len())))?;
     cx.r.int(n as i64);
     Ok(())
 }
 
 // ---- list reads ----
 
-fn list_of(v: &Value) -> Result<Option<&VecDeque<Bytes>>, CmdErr> {
-    match v {
-        Value::Absent => Ok(None),
-        Value::List(l) => Ok(Some(l)),
-        _ => Err(err(WRONGTYPE)),
-    }
-}
-
 fn lrange(cx: &mut Cx<'_>) -> Res {
     let (start, stop) = (int(cx.args[2])?, int(cx.args[3])?);
     let items: Vec<Bytes> = cx.read(1, |e| {
-        Ok(list_of(&e.value)?
+        Ok(typed::<List>(&e.value)?
             .and_then(|l| range(start, stop, l.len()).map(|(s, e)| l.range(s..=e).cloned().collect()))
             .unwrap_or_default())
     })?;
@@ -452,7 +483,7 @@ fn lrange(cx: &mut Cx<'_>) -> Res {
 }
 
 fn llen(cx: &mut Cx<'_>) -> Res {
-    let n = cx.read(1, |e| Ok(list_of(&e.value)?.map_or(0, |l| l.len())))?;
+    let n = cx.read(1, |e| Ok(typed::<List>(&e.value)?.map_or(0, |l| l.len())))?;
     cx.r.int(n as i64);
     Ok(())
 }
@@ -460,7 +491,7 @@ fn llen(cx: &mut Cx<'_>) -> Res {
 fn lindex(cx: &mut Cx<'_>) -> Res {
     let idx = int(cx.args[2])?;
     let v = cx.read(1, |e| {
-        Ok(list_of(&e.value)?.and_then(|l| {
+        Ok(typed::<List>(&e.value)?.and_then(|l| {
             let i = if idx < 0 { l.len() as i64 + idx } else { idx };
             (i >= 0).then(|| l.get(i as usize).cloned()).flatten()
         }))
@@ -471,17 +502,9 @@ fn lindex(cx: &mut Cx<'_>) -> Res {
 
 // ---- set reads ----
 
-fn set_of(v: &Value) -> Result<Option<&IndexSet<Bytes>>, CmdErr> {
-    match v {
-        Value::Absent => Ok(None),
-        Value::Set(s) => Ok(Some(s)),
-        _ => Err(err(WRONGTYPE)),
-    }
-}
-
 fn smembers(cx: &mut Cx<'_>) -> Res {
     let ms: Vec<Bytes> =
-        cx.read(1, |e| Ok(set_of(&e.value)?.map(|s| s.iter().cloned().collect()).unwrap_or_default()))?;
+        cx.read(1, |e| Ok(typed::<Set>(&e.value)?.map(|s| s.iter().cloned().collect()).unwrap_or_default()))?;
     cx.r.set(ms.len());
     for m in ms {
         cx.r.bulk(&m);
@@ -491,7 +514,7 @@ fn smembers(cx: &mut Cx<'_>) -> Res {
 
 fn sismember(cx: &mut Cx<'_>) -> Res {
     let m = cx.args[2];
-    let n = cx.read(1, |e| Ok(set_of(&e.value)?.is_some_and(|s| s.contains(m))))?;
+    let n = cx.read(1, |e| Ok(typed::<Set>(&e.value)?.is_some_and(|s| s.contains(m))))?;
     cx.r.int(n as i64);
     Ok(())
 }
@@ -499,7 +522,7 @@ fn sismember(cx: &mut Cx<'_>) -> Res {
 fn smismember(cx: &mut Cx<'_>) -> Res {
     let ms = &cx.args[2..];
     let found: Vec<bool> = cx.read(1, |e| {
-        let s = set_of(&e.value)?;
+        let s = typed::<Set>(&e.value)?;
         Ok(ms.iter().map(|m| s.is_some_and(|s| s.contains(*m))).collect())
     })?;
     cx.r.array(found.len());
@@ -510,20 +533,12 @@ fn smismember(cx: &mut Cx<'_>) -> Res {
 }
 
 fn scard(cx: &mut Cx<'_>) -> Res {
-    let n = cx.read(1, |e| Ok(set_of(&e.value)?.map_or(0, |s| s.len())))?;
+    let n = cx.read(1, |e| Ok(typed::<Set>(&e.value)?.map_or(0, |s| s.len())))?;
     cx.r.int(n as i64);
     Ok(())
 }
 
 // ---- sorted set reads ----
-
-fn zset_of(v: &Value) -> Result<Option<&ZSet>, CmdErr> {
-    match v {
-        Value::Absent => Ok(None),
-        Value::ZSet(z) => Ok(Some(z)),
-        _ => Err(err(WRONGTYPE)),
-    }
-}
 
 /// A score bound: value and whether it is exclusive (`(1.5`).
 #[derive(Clone, Copy)]
@@ -595,7 +610,7 @@ fn apply_limit(items: Vec<(Bytes, f64)>, limit: Option<(i64, i64)>) -> Vec<(Byte
 
 fn by_rank(cx: &mut Cx<'_>, start: i64, stop: i64, rev: bool) -> Result<Vec<(Bytes, f64)>, CmdErr> {
     cx.read(1, |e| {
-        let Some(z) = zset_of(&e.value)? else { return Ok(Vec::new()) };
+        let Some(z) = typed::<ZSet>(&e.value)? else { return Ok(Vec::new()) };
         let Some((s, t)) = range(start, stop, z.len()) else { return Ok(Vec::new()) };
         let items: Vec<_> = if rev {
             z.iter().rev().skip(s).take(t - s + 1).map(|(m, sc)| (m.clone(), sc)).collect()
@@ -608,7 +623,7 @@ fn by_rank(cx: &mut Cx<'_>, start: i64, stop: i64, rev: bool) -> Result<Vec<(Byt
 
 fn by_score(cx: &mut Cx<'_>, min: Bound, max: Bound, rev: bool) -> Result<Vec<(Bytes, f64)>, CmdErr> {
     cx.read(1, |e| {
-        let Some(z) = zset_of(&e.value)? else { return Ok(Vec::new()) };
+        let Some(z) = typed::<ZSet>(&e.value)? else { return Ok(Vec::new()) };
         let it = z.iter().filter(|(_, s)| in_range(*s, min, max)).map(|(m, s)| (m.clone(), s));
         Ok(if rev { it.rev().collect() } else { it.collect() })
     })
@@ -667,7 +682,7 @@ fn zrevrange(cx: &mut Cx<'_>) -> Res {
 
 fn zscore(cx: &mut Cx<'_>) -> Res {
     let m = cx.args[2];
-    let s = cx.read(1, |e| Ok(zset_of(&e.value)?.and_then(|z| z.scores.get(m).copied())))?;
+    let s = cx.read(1, |e| Ok(typed::<ZSet>(&e.value)?.and_then(|z| z.scores.get(m).copied())))?;
     cx.r.double_or_nil(s);
     Ok(())
 }
@@ -675,7 +690,7 @@ fn zscore(cx: &mut Cx<'_>) -> Res {
 fn zmscore(cx: &mut Cx<'_>) -> Res {
     let ms = &cx.args[2..];
     let scores: Vec<Option<f64>> = cx.read(1, |e| {
-        let z = zset_of(&e.value)?;
+        let z = typed::<ZSet>(&e.value)?;
         Ok(ms.iter().map(|m| z.and_then(|z| z.scores.get(*m).copied())).collect())
     })?;
     cx.r.array(scores.len());
@@ -686,15 +701,16 @@ fn zmscore(cx: &mut Cx<'_>) -> Res {
 }
 
 fn zcard(cx: &mut Cx<'_>) -> Res {
-    let n = cx.read(1, |e| Ok(zset_of(&e.value)?.map_or(0, |z| z.len())))?;
+    let n = cx.read(1, |e| Ok(typed::<ZSet>(&e.value)?.map_or(0, |z| z.len())))?;
     cx.r.int(n as i64);
     Ok(())
 }
 
 fn zcount(cx: &mut Cx<'_>) -> Res {
     let (min, max) = (bound(cx.args[2])?, bound(cx.args[3])?);
-    let n =
-        cx.read(1, |e| Ok(zset_of(&e.value)?.map_or(0, |z| z.iter().filter(|(_, s)| in_range(*s, min, max)).count())))?;
+    let n = cx.read(1, |e| {
+        Ok(typed::<ZSet>(&e.value)?.map_or(0, |z| z.iter().filter(|(_, s)| in_range(*s, min, max)).count()))
+    })?;
     cx.r.int(n as i64);
     Ok(())
 }
@@ -704,8 +720,9 @@ fn zrank_impl(cx: &mut Cx<'_>, rev: bool) -> Res {
         return Err(CmdErr::Unsupported("ZRANK WITHSCORE"));
     }
     let m = cx.args[2];
-    let rank =
-        cx.read(1, |e| Ok(zset_of(&e.value)?.and_then(|z| z.rank(m).map(|r| if rev { z.len() - 1 - r } else { r }))))?;
+    let rank = cx.read(1, |e| {
+        Ok(typed::<ZSet>(&e.value)?.and_then(|z| z.rank(m).map(|r| if rev { z.len() - 1 - r } else { r })))
+    })?;
     match rank {
         Some(r) => cx.r.int(r as i64),
         None => cx.r.nil(),
@@ -787,7 +804,7 @@ fn set(cx: &mut Cx<'_>) -> Res {
     }
     let value = Bytes::copy_from_slice(cx.args[2]);
     let (old, done) = cx.write(1, |e| {
-        let old = if o.get { str_of(&e.value)?.cloned() } else { None };
+        let old = if o.get { typed::<Bytes>(&e.value)?.cloned() } else { None };
         let exists = !matches!(e.value, Value::Absent);
         if (o.nx && exists) || (o.xx && !exists) {
             return Ok((old, false));
@@ -873,7 +890,7 @@ fn mset(cx: &mut Cx<'_>) -> Res {
 fn append(cx: &mut Cx<'_>) -> Res {
     let add = cx.args[2];
     let n = cx.write(1, |e| {
-        let mut v = str_of(&e.value)?.map(|b| b.to_vec()).unwrap_or_default();
+        let mut v = typed::<Bytes>(&e.value)?.map(|b| b.to_vec()).unwrap_or_default();
         v.extend_from_slice(add);
         let n = v.len();
         e.value = Value::Str(Bytes::from(v));
@@ -885,7 +902,7 @@ fn append(cx: &mut Cx<'_>) -> Res {
 
 fn incr_by(cx: &mut Cx<'_>, by: i64) -> Res {
     let n = cx.write(1, |e| {
-        let cur = match str_of(&e.value)? {
+        let cur = match typed::<Bytes>(&e.value)? {
             Some(b) => int(b)?,
             None => 0,
         };
@@ -922,7 +939,7 @@ fn incrbyfloat(cx: &mut Cx<'_>) -> Res {
     let by = float(cx.args[2])?;
     let cx_incr = cx.args[2];
     let s = cx.write(1, |e| {
-        let cur_text = str_of(&e.value)?.cloned();
+        let cur_text = typed::<Bytes>(&e.value)?.cloned();
         let cur = match &cur_text {
             Some(b) => float(b)?,
             None => 0.0,
@@ -954,7 +971,7 @@ fn long_double_sum(current: &[u8], increment: &[u8], n: f64) -> String {
 
 fn getdel(cx: &mut Cx<'_>) -> Res {
     let old = cx.write(1, |e| {
-        let old = str_of(&e.value)?.cloned();
+        let old = typed::<Bytes>(&e.value)?.cloned();
         e.value = Value::Absent;
         e.expires_at_ms = None;
         e.ttl_known = true;
@@ -967,7 +984,7 @@ fn getdel(cx: &mut Cx<'_>) -> Res {
 fn getset(cx: &mut Cx<'_>) -> Res {
     let value = Bytes::copy_from_slice(cx.args[2]);
     let old = cx.write(1, |e| {
-        let old = str_of(&e.value)?.cloned();
+        let old = typed::<Bytes>(&e.value)?.cloned();
         e.value = Value::Str(value);
         e.expires_at_ms = None;
         e.ttl_known = true;
@@ -1006,7 +1023,7 @@ fn getex(cx: &mut Cx<'_>) -> Res {
         _ => return Err(err(SYNTAX)),
     }
     let v = cx.write(1, |e| {
-        let v = str_of(&e.value)?.cloned();
+        let v = typed::<Bytes>(&e.value)?.cloned();
         if v.is_some() {
             if let Some(t) = expiry {
                 e.expires_at_ms = t;
@@ -1100,16 +1117,6 @@ fn persist(cx: &mut Cx<'_>) -> Res {
 
 // ---- hash writes ----
 
-fn hash_mut(e: &mut Entry) -> Result<&mut IndexMap<Bytes, Bytes>, CmdErr> {
-    if matches!(e.value, Value::Absent) {
-        e.value = Value::Hash(IndexMap::new());
-    }
-    match &mut e.value {
-        Value::Hash(h) => Ok(h),
-        _ => Err(err(WRONGTYPE)),
-    }
-}
-
 fn hset_impl(cx: &mut Cx<'_>) -> Result<i64, CmdErr> {
     if cx.args.len() < 4 || !cx.args.len().is_multiple_of(2) {
         return Err(wrong_args(cx));
@@ -1117,7 +1124,7 @@ fn hset_impl(cx: &mut Cx<'_>) -> Result<i64, CmdErr> {
     let pairs: Vec<(Bytes, Bytes)> =
         cx.args[2..].chunks(2).map(|p| (Bytes::copy_from_slice(p[0]), Bytes::copy_from_slice(p[1]))).collect();
     cx.write(1, |e| {
-        let h = hash_mut(e)?;
+        let h = typed_mut::<Hash>(e)?;
         Ok(pairs.into_iter().filter(|(f, v)| h.insert(f.clone(), v.clone()).is_none()).count() as i64)
     })
 }
@@ -1159,7 +1166,7 @@ fn hincrby(cx: &mut Cx<'_>) -> Res {
             _ => None,
         };
         let n = cur.unwrap_or(0).checked_add(by).ok_or_else(|| err(OVERFLOW))?;
-        hash_mut(e)?.insert(field, Bytes::from(n.to_string()));
+        typed_mut::<Hash>(e)?.insert(field, Bytes::from(n.to_string()));
         Ok(n)
     })?;
     cx.r.int(n);
@@ -1187,7 +1194,7 @@ fn hincrbyfloat(cx: &mut Cx<'_>) -> Res {
             _ => None,
         };
         let s = long_double_sum(cur_text.as_deref().unwrap_or(b"0"), incr_text, n);
-        hash_mut(e)?.insert(field, Bytes::from(s.clone()));
+        typed_mut::<Hash>(e)?.insert(field, Bytes::from(s.clone()));
         Ok(s)
     })?;
     cx.r.bulk(s.as_bytes());
@@ -1197,7 +1204,7 @@ fn hincrbyfloat(cx: &mut Cx<'_>) -> Res {
 fn hsetnx(cx: &mut Cx<'_>) -> Res {
     let (f, v) = (Bytes::copy_from_slice(cx.args[2]), Bytes::copy_from_slice(cx.args[3]));
     let n = cx.write(1, |e| {
-        let h = hash_mut(e)?;
+        let h = typed_mut::<Hash>(e)?;
         if h.contains_key(&f) {
             Ok(0)
         } else {
@@ -1211,20 +1218,10 @@ fn hsetnx(cx: &mut Cx<'_>) -> Res {
 
 // ---- list writes ----
 
-fn list_mut(e: &mut Entry) -> Result<&mut VecDeque<Bytes>, CmdErr> {
-    if matches!(e.value, Value::Absent) {
-        e.value = Value::List(VecDeque::new());
-    }
-    match &mut e.value {
-        Value::List(l) => Ok(l),
-        _ => Err(err(WRONGTYPE)),
-    }
-}
-
 fn push(cx: &mut Cx<'_>, left: bool) -> Res {
     let items: Vec<Bytes> = cx.args[2..].iter().map(|a| Bytes::copy_from_slice(a)).collect();
     let n = cx.write(1, |e| {
-        let l = list_mut(e)?;
+        let l = typed_mut::<List>(e)?;
         for i in items {
             if left {
                 l.push_front(i)
@@ -1370,13 +1367,8 @@ fn lset(cx: &mut Cx<'_>) -> Res {
 fn sadd(cx: &mut Cx<'_>) -> Res {
     let ms: Vec<Bytes> = cx.args[2..].iter().map(|a| Bytes::copy_from_slice(a)).collect();
     let n = cx.write(1, |e| {
-        if matches!(e.value, Value::Absent) {
-            e.value = Value::Set(IndexSet::new());
-        }
-        match &mut e.value {
-            Value::Set(s) => Ok(ms.into_iter().filter(|m| s.insert(m.clone())).count() as i64),
-            _ => Err(err(WRONGTYPE)),
-        }
+        let s = typed_mut::<Set>(e)?;
+        Ok(ms.into_iter().filter(|m| s.insert(m.clone())).count() as i64)
     })?;
     cx.r.int(n);
     Ok(())
@@ -1394,16 +1386,6 @@ fn srem(cx: &mut Cx<'_>) -> Res {
 }
 
 // ---- sorted set writes ----
-
-fn zset_mut(e: &mut Entry) -> Result<&mut ZSet, CmdErr> {
-    if matches!(e.value, Value::Absent) {
-        e.value = Value::ZSet(ZSet::default());
-    }
-    match &mut e.value {
-        Value::ZSet(z) => Ok(z),
-        _ => Err(err(WRONGTYPE)),
-    }
-}
 
 fn zadd(cx: &mut Cx<'_>) -> Res {
     let mut i = 2;
@@ -1433,7 +1415,7 @@ fn zadd(cx: &mut Cx<'_>) -> Res {
         pairs.push((float(p[0])?, Bytes::copy_from_slice(p[1])));
     }
     let result = cx.write(1, |e| {
-        let z = zset_mut(e)?;
+        let z = typed_mut::<ZSet>(e)?;
         if incr {
             let (by, m) = pairs.pop().expect("one pair");
             let n = z.scores.get(&m).copied().unwrap_or(0.0) + by;
@@ -1477,7 +1459,7 @@ fn zincrby(cx: &mut Cx<'_>) -> Res {
     let by = float(cx.args[2])?;
     let m = Bytes::copy_from_slice(cx.args[3]);
     let n = cx.write(1, |e| {
-        let z = zset_mut(e)?;
+        let z = typed_mut::<ZSet>(e)?;
         let n = z.scores.get(&m).copied().unwrap_or(0.0) + by;
         if n.is_nan() {
             return Err(CmdErr::Redis("ERR resulting score is not a number (NaN)".into()));
