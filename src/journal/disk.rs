@@ -300,7 +300,7 @@ struct Synced {
 
 struct Inner {
     /// Unconfirmed records, in order.
-    records: VecDeque<Record>,
+    records: super::Records,
     last_seq: u64,
     confirmed: u64,
     segments: VecDeque<Segment>,
@@ -570,7 +570,7 @@ impl Journal for DiskJournal {
 
     fn read_after(&self, after: u64, max_records: usize, max_bytes: usize) -> Vec<Record> {
         let g = self.shared.inner.lock();
-        super::records_after(&g.records, after, max_records, max_bytes)
+        g.records.read_after(after, max_records, max_bytes)
     }
 
     fn confirm(&self, seq: u64) {
@@ -843,7 +843,7 @@ fn load_confirmed(dir: &Path) -> u64 {
 
 /// What recovery found.
 struct Recovered {
-    records: VecDeque<Record>,
+    records: super::Records,
     segments: VecDeque<Segment>,
     disk_bytes: u64,
     /// Highest sequence number ever used (also of discarded records, and `confirmed`).
@@ -867,7 +867,8 @@ fn recover(dir: &Path, confirmed: u64) -> Result<Recovered, JournalError> {
         }
     }
     names.sort();
-    let mut out = Recovered { records: VecDeque::new(), segments: VecDeque::new(), disk_bytes: 0, last_seq: confirmed };
+    let mut out =
+        Recovered { records: Default::default(), segments: VecDeque::new(), disk_bytes: 0, last_seq: confirmed };
     let mut prev = 0u64;
     let mut broken = false;
     for (first_seq, path) in names {

@@ -1,7 +1,5 @@
 //! The in-memory journal: bounded in entries and bytes, lost with the process.
 
-use std::collections::VecDeque;
-
 use bytes::Bytes;
 use parking_lot::Mutex;
 
@@ -15,7 +13,7 @@ pub struct MemJournal {
 }
 
 struct Inner {
-    records: VecDeque<Record>,
+    records: super::Records,
     bytes: u64,
     last_seq: u64,
     arena: super::Arena,
@@ -24,7 +22,7 @@ struct Inner {
 impl MemJournal {
     pub fn new(max_entries: u64, max_bytes: u64, instance_id: String) -> MemJournal {
         MemJournal {
-            inner: Mutex::new(Inner { records: VecDeque::new(), bytes: 0, last_seq: 0, arena: Default::default() }),
+            inner: Mutex::new(Inner { records: Default::default(), bytes: 0, last_seq: 0, arena: Default::default() }),
             max_entries,
             max_bytes,
             instance_id,
@@ -58,7 +56,7 @@ impl Journal for MemJournal {
 
     fn read_after(&self, after: u64, max_records: usize, max_bytes: usize) -> Vec<Record> {
         let g = self.inner.lock();
-        super::records_after(&g.records, after, max_records, max_bytes)
+        g.records.read_after(after, max_records, max_bytes)
     }
 
     fn confirm(&self, seq: u64) {

@@ -6,6 +6,7 @@
 //! [`DiskJournal`] (`--journal-dir`) keeps them in checksummed segment files that survive a
 //! crash and a restart.
 
+mod buffers;
 mod disk;
 mod memory;
 
@@ -15,6 +16,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use thiserror::Error;
 
+pub use buffers::{Arena, Records};
 pub use disk::{encode_record, scan_segment, Damage, DiskJournal, Scan, RECORD_HEADER, SEGMENT_MAGIC};
 pub use memory::MemJournal;
 
@@ -53,98 +55,6 @@ pub struct JournalStats {
 
 /// A future that completes when a record is durable under the fsync policy.
 pub type Durable<'a> = Pin<Box<dyn Future<Output = Result<(), JournalError>> + Send + 'a>>;
-
-/// Where both journals keep the payloads of unreplayed records: copied into shared 1 MiB
-/// chunks. A payload handed to `append` is usually a slice of a client's read buffer;
-/// keeping that slice would keep the whole buffer alive (several times the payload, and
-/// invisible to `max_bytes`), and a separate allocation per record costs a malloc each.
-/// Records leave in order, so at most the chunks at both ends are partly unused.
-///
-/// A journal grows into memory the process never touched, and on a VM each first touch
-/// of a page is a fault costing microseconds (measured: one per ~40 journaled SETs, ~8%
-/// of an outage SET's CPU). Chunks therefore come pre-faulted from a helper thread
-/// ([`Prefault`]), started by the first append, so the client-serving thread only copies.
-#[derive(Default)]
-pub struct Arena {
-    chunk: bytes::BytesMut,
-}
-
-impl Arena {
-    const CHUNK: usize = 1 << 20;
-    /// Larger payloads get an allocation of their own (they fill pages themselves).
-    const ALONE: usize = 16 << 10;
-
-    /// An owned copy of `payload`.
-    pub fn own(&mut self, payload: &[u8]) -> Bytes {
-        if payload.len() > Self::ALONE {
-            return Bytes::copy_from_slice(payload);
-        }
-        if self.chunk.capacity() - self.chunk.len() < payload.len() {
-            self.chunk = Prefault::chunk();
-        }
-        self.chunk.extend_from_slice(payload);
-        self.chunk.split().freeze()
-    }
-}
-
-/// The helper thread that prepares the [`Arena`]'s next chunks: allocated and written
-/// once (so resident) while the serving thread is busy elsewhere. At most two chunks wait.
-struct Prefault {
-    ready: parking_lot::Mutex<std::sync::mpsc::Receiver<bytes::BytesMut>>,
-}
-
-impl Prefault {
-    const WAITING: usize = 2;
-
-    /// A chunk of [`Arena::CHUNK`] bytes: a prepared one when ready, else a fresh one.
-    fn chunk() -> bytes::BytesMut {
-        static HELPER: std::sync::OnceLock<Option<Prefault>> = std::sync::OnceLock::new();
-        let helper = HELPER.get_or_init(Prefault::start);
-        helper
-            .as_ref()
-            .and_then(|h| h.ready.lock().try_recv().ok())
-            .unwrap_or_else(|| bytes::BytesMut::with_capacity(Arena::CHUNK))
-    }
-
-    /// `None` if no thread can be started (chunks are then allocated in place).
-    fn start() -> Option<Prefault> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(Self::WAITING);
-        std::thread::Builder::new()
-            .name("respite-prefault".into())
-            .spawn(move || loop {
-                let mut chunk = bytes::BytesMut::with_capacity(Arena::CHUNK);
-                chunk.resize(Arena::CHUNK, 0);
-                chunk.clear();
-                if tx.send(chunk).is_err() {
-                    return;
-                }
-            })
-            .ok()?;
-        Some(Prefault { ready: parking_lot::Mutex::new(rx) })
-    }
-}
-
-/// Up to `max_records` / about `max_bytes` of `records` (in sequence order) with `seq > after`:
-/// at least one record, then none that would pass the byte budget. Both journals keep their
-/// unreplayed records in such a deque and answer [`Journal::read_after`] with this.
-pub fn records_after(
-    records: &std::collections::VecDeque<Record>,
-    after: u64,
-    max_records: usize,
-    max_bytes: usize,
-) -> Vec<Record> {
-    let start = records.partition_point(|r| r.seq <= after);
-    let mut out = Vec::new();
-    let mut bytes = 0;
-    for r in records.range(start..) {
-        if out.len() >= max_records || (bytes > 0 && bytes + r.payload.len() > max_bytes) {
-            break;
-        }
-        bytes += r.payload.len();
-        out.push(r.clone());
-    }
-    out
-}
 
 /// The journal interface.
 pub trait Journal: Send + Sync {
