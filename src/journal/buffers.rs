@@ -117,8 +117,10 @@ impl Records {
     /// The records with `seq > after`, in order.
     pub fn after(&self, after: u64) -> impl Iterator<Item = &Record> {
         let first = self.blocks.partition_point(|b| b.back().is_some_and(|r| r.seq <= after));
-        let skip = self.blocks.get(first).map_or(0, |b| b.partition_point(|r| r.seq <= after));
-        self.blocks.range(first..).flatten().skip(skip)
+        let mut blocks = self.blocks.range(first..);
+        // Binary searches only: the replayer reads after a point deep in a block.
+        let head = blocks.next().map(|b| b.range(b.partition_point(|r| r.seq <= after)..));
+        head.into_iter().flatten().chain(blocks.flatten())
     }
 
     /// Up to `max_records` / about `max_bytes` of the records with `seq > after`: at least
