@@ -636,7 +636,7 @@ async fn memory_stays_within_the_journal_and_store_bounds_when_writes_far_exceed
         oom += b;
         echoed += e;
     }
-    let sent_mib = 4 * ROUNDS * (SETS + ECHOS) * 4096 >> 20;
+    let sent_mib = (4 * ROUNDS * (SETS + ECHOS) * 4096) >> 20;
     assert_eq!((ok + oom, echoed), ((4 * ROUNDS * SETS) as u64, (4 * ROUNDS * ECHOS) as u64));
     assert!(oom > 0, "the journal bound must refuse writes");
     assert_eq!(p.entries().await, ok, "every acknowledged write is journaled");
