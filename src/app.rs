@@ -125,6 +125,10 @@ pub async fn run_with_reloads(
         m.journal_entries.set(s.entries as i64);
         m.journal_bytes.set(s.bytes as i64);
         m.journal_oldest_age.set(s.oldest_ms.map_or(0.0, |t| now_ms().saturating_sub(t) as f64 / 1000.0));
+        // Counters kept by the journal itself, brought up to date at each scrape.
+        m.journal_fsyncs.inc_by(s.fsyncs.saturating_sub(m.journal_fsyncs.get()));
+        m.journal_fsync_seconds.inc_by((s.fsync_seconds - m.journal_fsync_seconds.get()).max(0.0));
+        m.journal_failed.set(s.failed as i64);
         m.store_entries.set(o.store.entries() as i64);
         m.store_bytes.set(o.store.bytes() as i64);
     });

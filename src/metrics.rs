@@ -93,6 +93,9 @@ pub struct Metrics {
     pub journal_appends: IntCounter,
     pub journal_replayed: IntCounter,
     pub journal_replay_errors: IntCounter,
+    pub journal_fsyncs: IntCounter,
+    pub journal_fsync_seconds: prometheus::Counter,
+    pub journal_failed: IntGauge,
     pub outage_refused: IntCounterVec,
     /// Refreshes scrape-time gauges (store and journal sizes) just before rendering.
     refresh: parking_lot::Mutex<Option<Refresh>>,
@@ -203,6 +206,19 @@ impl Metrics {
                 "respite_journal_replay_errors_total",
                 "Replayed commands the upstream answered with an error (counted, logged, not retried).",
             ),
+            journal_fsyncs: counter(
+                "respite_journal_fsyncs_total",
+                "fsync rounds of the durable journal (concurrent writes share one with fsync = always).",
+            ),
+            journal_fsync_seconds: prometheus::Counter::new(
+                "respite_journal_fsync_seconds_total",
+                "Time spent in the durable journal's fsyncs; divided by the rounds: mean fsync latency.",
+            )
+            .expect("valid metric"),
+            journal_failed: gauge(
+                "respite_journal_failed",
+                "1 after a failed journal fsync: respite refuses outage writes until restarted.",
+            ),
             outage_refused: IntCounterVec::new(
                 Opts::new("respite_outage_refused_total", "Commands refused during an outage, by reason."),
                 &["reason"],
@@ -244,6 +260,9 @@ impl Metrics {
             Box::new(self.journal_appends.clone()),
             Box::new(self.journal_replayed.clone()),
             Box::new(self.journal_replay_errors.clone()),
+            Box::new(self.journal_fsyncs.clone()),
+            Box::new(self.journal_fsync_seconds.clone()),
+            Box::new(self.journal_failed.clone()),
             Box::new(self.outage_refused.clone()),
         ];
         for c in all {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::{free_port, http, redis_cli, respite_bin, RedisServer};
+use common::{free_port, http, metric_value, redis_cli, respite_bin, RedisServer};
 use respite::journal::{scan_segment, RECORD_HEADER};
 use tokio::time::Instant;
 
@@ -694,6 +694,14 @@ async fn fsync_always_serves_many_concurrent_writers() {
     sets(&p, "a:", 0..800, 16).await;
     let took = started.elapsed();
     assert_eq!(p.entries().await, 800);
+    // Group commit, visible to operators: fewer fsync rounds than writes, and their time.
+    let (code, body) = http(p.admin, "GET", "/metrics", None, None).await;
+    assert_eq!(code, 200);
+    let rounds = metric_value(&body, "respite_journal_fsyncs_total").expect("fsync rounds exported");
+    assert!(rounds >= 1.0 && rounds < 800.0, "{rounds} fsync rounds for 800 writes");
+    let seconds = metric_value(&body, "respite_journal_fsync_seconds_total").expect("fsync time exported");
+    assert!(seconds > 0.0 && seconds < took.as_secs_f64() * 2.0, "{seconds}s of fsync");
+    assert_eq!(metric_value(&body, "respite_journal_failed"), Some(0.0));
     p.drill("auto").await;
     p.wait_replayed(Duration::from_secs(10)).await;
     assert_sets_upstream(&redis, "a:", 0..800);

@@ -332,6 +332,8 @@ struct Shared {
     synced: watch::Sender<Synced>,
     /// fsync rounds so far (each may cover many records).
     fsyncs: std::sync::atomic::AtomicU64,
+    /// Time spent in those fsyncs, nanoseconds.
+    fsync_nanos: std::sync::atomic::AtomicU64,
     dir: PathBuf,
     fsync: Fsync,
 }
@@ -411,6 +413,7 @@ impl DiskJournal {
             wake: Condvar::new(),
             synced,
             fsyncs: Default::default(),
+            fsync_nanos: Default::default(),
             dir: dir.to_owned(),
             fsync,
         });
@@ -625,6 +628,9 @@ impl Journal for DiskJournal {
             bytes: g.disk_bytes,
             oldest_ms: g.records.front().map(|r| r.accepted_ms),
             last_seq: g.last_seq,
+            fsyncs: self.shared.fsyncs.load(std::sync::atomic::Ordering::Relaxed),
+            fsync_seconds: self.shared.fsync_nanos.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9,
+            failed: g.failed.is_some(),
         }
     }
 
@@ -722,7 +728,7 @@ fn flusher(shared: Arc<Shared>, mut confirmed_on_disk: u64) {
             }
         };
         if !job.files.is_empty() || job.sync_dir || job.upto > shared.synced.borrow().seq {
-            shared.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let started = Instant::now();
             let mut result = Ok(());
             for f in &job.files {
                 result = result.and_then(|_| f.sync_data());
@@ -730,6 +736,9 @@ fn flusher(shared: Arc<Shared>, mut confirmed_on_disk: u64) {
             if job.sync_dir {
                 result = result.and_then(|_| sync_dir(&shared.dir));
             }
+            let took = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+            shared.fsync_nanos.fetch_add(took, std::sync::atomic::Ordering::Relaxed);
+            shared.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut g = shared.inner.lock();
             match result {
                 Ok(()) => {

@@ -74,6 +74,7 @@ impl Journal for MemJournal {
             bytes: g.bytes,
             oldest_ms: g.records.front().map(|r| r.accepted_ms),
             last_seq: g.last_seq,
+            ..Default::default()
         }
     }
 

@@ -44,13 +44,18 @@ pub enum JournalError {
 }
 
 /// Figures for `/status` and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct JournalStats {
     pub entries: u64,
     pub bytes: u64,
     /// Acceptance time of the oldest unreplayed record, unix milliseconds.
     pub oldest_ms: Option<u64>,
     pub last_seq: u64,
+    /// fsync rounds of a durable journal so far, and the time they took.
+    pub fsyncs: u64,
+    pub fsync_seconds: f64,
+    /// An fsync failed: outage writes are refused until a restart.
+    pub failed: bool,
 }
 
 /// A future that completes when a record is durable under the fsync policy.
