@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Miss, Validated};
+use crate::config::Validated;
 use crate::health::{Health, State};
 use crate::journal::{DiskJournal, Journal, JournalError, MemJournal};
 use crate::metrics::Metrics;
@@ -112,8 +112,7 @@ pub async fn run_with_reloads(
         &background,
     );
     let store = Store::new(cfg.raw.store.max_bytes.0, cfg.raw.store.max_staleness.0, metrics.clone());
-    let settings =
-        Settings { miss_nil: cfg.raw.store.miss == Miss::Nil, allow_conditional: cfg.raw.outage.allow_conditional };
+    let settings = Settings::from_config(&cfg.raw);
     let outage = Arc::new(Outage::new(store, journal, settings, metrics.clone(), health.clone()));
     let restored = outage.restore();
     if restored > 0 {

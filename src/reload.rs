@@ -7,11 +7,12 @@
 //!   `max_bulk_bytes`, `max_array_len`, `max_query_buffer`, `max_pipeline`, `idle_timeout`,
 //!   `output_buffer_limit`, `write_timeout`), `[upstream]` `command_timeout`,
 //!   `blocking_margin`, `max_retries`, `retry_backoff_base`/`_max`, all of `[health]`,
-//!   `admin.token`, `log.level` and `shutdown.grace_period`. These are values read per round,
+//!   `[store] miss`, `[outage] allow_conditional`, `admin.token`, `log.level` and
+//!   `shutdown.grace_period`. These are values read per round,
 //!   per request or per event; a new one takes effect at the next read, and nothing in
 //!   flight is interrupted. Everything else needs a restart (see [`is_live`]): listen
 //!   addresses, the upstream URL, credentials, TLS and `pool_size` (open connections and
-//!   sockets carry them), `[client]` authentication, `[store]`, `[outage]`, `[journal]`,
+//!   sockets carry them), `[client]` authentication, `[store]` sizes, `[journal]`,
 //!   `log.format`, `[runtime]`.
 //! - **How it is read.** The live values sit in one immutable [`LiveSettings`] behind an
 //!   `ArcSwap` ([`Live`]). A reload builds a new one and swaps it in; readers never lock. A
@@ -21,7 +22,8 @@
 //!   upstream connections read `command_timeout` once per write, the accept loop
 //!   `max_connections` once per connection, the admin endpoint the token once per request.
 //!   `[health]` lives in [`Health`](crate::health::Health) itself (atomics), which the probe
-//!   and the breaker already read. The journal replayer keeps the timeout it started with.
+//!   and the breaker already read; the outage settings sit in the outage engine as atomic
+//!   bits read per command. The journal replayer keeps the timeout it started with.
 //! - **Where it comes from.** The binary, on SIGHUP, loads the configuration again exactly
 //!   as at start (same file, same flags, same environment, same precedence) and sends the
 //!   result through [`Reloads::requests`]; tests can send a [`Config`] directly.
@@ -179,6 +181,8 @@ pub const LIVE_KEYS: &[&str] = &[
     "health.probe_timeout",
     "health.down_after_failures",
     "health.degraded_latency",
+    "store.miss",
+    "outage.allow_conditional",
     "admin.token",
     "log.level",
     "shutdown.grace_period",
@@ -330,6 +334,7 @@ fn apply(ctx: &Ctx, current: &Config, new: &Validated, set_log_level: Option<&Se
     if !changes.live.is_empty() {
         ctx.live.store(LiveSettings::from_config(&new.raw));
         ctx.health.set_config(&new.raw.health);
+        ctx.outage.set_settings(crate::outage::Settings::from_config(&new.raw));
     }
     let level_changed = changes.live.iter().any(|c| c.key == "log.level");
     // Log under whichever filter shows the line: the old one if it does, else the new one.

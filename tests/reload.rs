@@ -253,6 +253,39 @@ async fn a_lower_max_connections_refuses_new_clients_until_some_leave() {
 }
 
 #[tokio::test]
+async fn outage_settings_change_live_for_commands_served_during_an_outage() {
+    let redis = RedisServer::start();
+    let [port, admin] = ports::<2>();
+    let strict = config(port, admin, &redis.url(), "", TOKEN_A);
+    let lenient = format!("{strict}[store]\nmiss = \"nil\"\n[outage]\nallow_conditional = true\n");
+    let s = Server::start(&strict, port, admin, &[]);
+    let (code, body) =
+        http(([127, 0, 0, 1], admin).into(), "POST", "/admin/drill", Some(TOKEN_A), Some(r#"{"state":"down"}"#)).await;
+    assert_eq!(code, 200, "{body}");
+    let mut c = Raw::connect(s.addr()).await;
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    let refused = text(c.call(&[b"SETNX", b"lock", b"me"]).await);
+    assert!(refused.starts_with("-UNAVAILABLE") && refused.contains("SETNX"), "{refused}");
+    let miss = text(c.call(&[b"GET", b"never-seen"]).await);
+    assert!(miss.starts_with("-UNAVAILABLE"), "{miss}");
+
+    s.reload(&lenient);
+    s.wait_log("outage.allow_conditional: false -> true", 1).await;
+    assert!(s.log().contains("store.miss: error -> nil"), "{}", s.log());
+    // The same connection, still in the outage: the new settings apply at once.
+    assert_eq!(c.call(&[b"SETNX", b"lock", b"me"]).await, b":1\r\n");
+    assert_eq!(c.call(&[b"SETNX", b"lock", b"you"]).await, b":0\r\n");
+    assert_eq!(c.call(&[b"GET", b"never-seen"]).await, b"$-1\r\n");
+
+    s.reload(&strict);
+    s.wait_log("outage.allow_conditional: true -> false", 1).await;
+    let refused = text(c.call(&[b"SETNX", b"other", b"me"]).await);
+    assert!(refused.starts_with("-UNAVAILABLE"), "{refused}");
+    assert!(!s.log().contains("restart"), "nothing here needs a restart:\n{}", s.log());
+    s.stop();
+}
+
+#[tokio::test]
 async fn a_shorter_command_timeout_applies_to_a_client_connected_before() {
     let redis = RedisServer::start();
     let [port, admin] = ports::<2>();

@@ -111,13 +111,28 @@ impl<'a> Cx<'a> {
     }
 }
 
-/// Outage-mode settings (`[store]` and `[outage]`).
-#[derive(Debug, Clone, Copy)]
+/// Outage-mode settings (`[store] miss` and `[outage]`); a configuration reload changes
+/// them live ([`Outage::set_settings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
     /// Answer a never-seen key as absent (nil) instead of an error.
     pub miss_nil: bool,
     /// Serve SET NX/XX, SETNX, HSETNX, MSETNX from local state.
     pub allow_conditional: bool,
+}
+
+impl Settings {
+    pub fn from_config(c: &crate::config::Config) -> Settings {
+        Settings { miss_nil: c.store.miss == crate::config::Miss::Nil, allow_conditional: c.outage.allow_conditional }
+    }
+
+    fn bits(self) -> u8 {
+        self.miss_nil as u8 | (self.allow_conditional as u8) << 1
+    }
+
+    fn from_bits(b: u8) -> Settings {
+        Settings { miss_nil: b & 1 != 0, allow_conditional: b & 2 != 0 }
+    }
 }
 
 /// The outage engine.
@@ -127,7 +142,8 @@ pub struct Outage {
     pub broker: crate::pubsub::Broker,
     pub journal: Arc<dyn Journal>,
     lock: Mutex<()>,
-    settings: Settings,
+    /// [`Settings`] as bits: read per command, swapped by a reload.
+    settings: std::sync::atomic::AtomicU8,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 }
@@ -156,7 +172,17 @@ impl Outage {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Outage {
+        let settings = std::sync::atomic::AtomicU8::new(settings.bits());
         Outage { store, journal, broker: Default::default(), lock: Mutex::new(()), settings, metrics, health }
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings::from_bits(self.settings.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Applies reloaded settings; commands served from now on use them.
+    pub fn set_settings(&self, s: Settings) {
+        self.settings.store(s.bits(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether commands are served locally now: the upstream is down, or the journal is
@@ -227,7 +253,7 @@ impl Outage {
             );
             return Served::Done { outcome: Outcome::Error, seq: None };
         }
-        if entry.kind == Kind::Conditional && !self.settings.allow_conditional {
+        if entry.kind == Kind::Conditional && !self.settings().allow_conditional {
             return self.refuse(out, "coordination", &conditional_message(spec.name));
         }
         let writes = matches!(entry.kind, Kind::Write | Kind::Conditional);
@@ -392,7 +418,7 @@ impl Outage {
         let spec = spec.expect("checked");
         let entry = commands::by_id(id).expect("refusal() checked the table");
         match entry.kind {
-            Kind::Conditional if !self.settings.allow_conditional => {
+            Kind::Conditional if !self.settings().allow_conditional => {
                 Err(("coordination", conditional_message(spec.name)))
             }
             _ => Ok(entry),
@@ -400,6 +426,7 @@ impl Outage {
     }
 
     fn cx<'a>(&'a self, db: u32, resp3: bool, args: &'a [&'a [u8]], out: &'a mut BytesMut, now: Now) -> Cx<'a> {
+        let settings = self.settings();
         Cx {
             store: &self.store,
             db,
@@ -408,8 +435,8 @@ impl Outage {
             now,
             r: Reply { out, resp3 },
             rewrite: None,
-            miss_nil: self.settings.miss_nil,
-            allow_conditional: self.settings.allow_conditional,
+            miss_nil: settings.miss_nil,
+            allow_conditional: settings.allow_conditional,
             unseen: 0,
             touched: SmallVec::new(),
         }
