@@ -137,7 +137,7 @@ pub async fn run_with_reloads(
         health: health.clone(),
         metrics: metrics.clone(),
         batch: cfg.raw.journal.replay_batch,
-        timeout: cfg.raw.upstream.command_timeout.0.max(std::time::Duration::from_secs(5)),
+        live: live.clone(),
     };
     tracker.spawn(replayer.run(background.clone()));
     let auth = crate::auth::Auth::from_config(&cfg.raw.client).unwrap_or_default();

@@ -23,7 +23,7 @@
 //!   `max_connections` once per connection, the admin endpoint the token once per request.
 //!   `[health]` lives in [`Health`](crate::health::Health) itself (atomics), which the probe
 //!   and the breaker already read; the outage settings sit in the outage engine as atomic
-//!   bits read per command. The journal replayer keeps the timeout it started with.
+//!   bits read per command. The journal replayer reads `command_timeout` per transaction.
 //! - **Where it comes from.** The binary, on SIGHUP, loads the configuration again exactly
 //!   as at start (same file, same flags, same environment, same precedence) and sends the
 //!   result through [`Reloads::requests`]; tests can send a [`Config`] directly.

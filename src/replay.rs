@@ -34,9 +34,13 @@ pub struct Replayer {
     pub metrics: Arc<Metrics>,
     /// Commands per transaction.
     pub batch: usize,
-    /// Longest wait for one transaction's replies.
-    pub timeout: Duration,
+    /// The live settings: the longest wait for one transaction's replies follows
+    /// `upstream.command_timeout` (at least [`MIN_TIMEOUT`]), read per transaction.
+    pub live: Arc<crate::reload::Live>,
 }
+
+/// A replay transaction may carry `journal.replay_batch` commands: never less than this.
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The watermark key of a journal.
 pub fn watermark_key(instance_id: &str) -> String {
@@ -44,6 +48,10 @@ pub fn watermark_key(instance_id: &str) -> String {
 }
 
 impl Replayer {
+    fn timeout(&self) -> Duration {
+        self.live.load().command_timeout.max(MIN_TIMEOUT)
+    }
+
     /// Runs until cancelled: whenever the state is `replaying`, drains the journal.
     pub async fn run(self, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -80,7 +88,7 @@ impl Replayer {
     pub async fn drain(&self, cancel: &CancellationToken) -> Result<bool, UpstreamError> {
         let journal = &self.outage.journal;
         let key = watermark_key(journal.instance_id());
-        let mut conn = Conn::open(&self.connector, self.timeout).await?;
+        let mut conn = Conn::open(&self.connector, self.timeout()).await?;
         let watermark = conn.watermark(&key).await?;
         // Records the upstream already applied (a lost EXEC reply) count as replayed.
         let before = journal.stats().entries;
@@ -100,6 +108,7 @@ impl Replayer {
                 }
                 continue;
             }
+            conn.timeout = self.timeout();
             done = self.apply(&mut conn, &key, &records).await?;
             journal.confirm(done);
         }
