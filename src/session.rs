@@ -656,7 +656,13 @@ impl Session {
                 // on a failed AOF write: -MISCONF), and close.
                 tracing::error!(error = %e, "journal write failed; refusing the round's acknowledgements");
                 self.out.clear();
-                write_error_line(&mut self.out, &format!("MISCONF respite: journal write failed: {e}"));
+                write_error_line(
+                    &mut self.out,
+                    &format!(
+                        "MISCONF respite: {e}; the outcome of this round's writes is unknown \
+                         (they stay journaled and may still be replayed)"
+                    ),
+                );
                 self.closing = true;
             }
         }
