@@ -1103,6 +1103,28 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_failed_fsync_fails_its_waiters_and_refuses_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path(), Fsync::Always, 1 << 20);
+        let seq = j.append(0, 1, payload(1), 0).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), j.durable(seq)).await.unwrap().unwrap();
+        assert!(!j.stats().failed);
+        let fsyncs = j.stats().fsyncs;
+        assert!(fsyncs >= 1 && j.stats().fsync_seconds > 0.0, "{:?}", j.stats());
+        // /dev/null takes the write but cannot be fsynced (EINVAL): a disk whose fsync fails.
+        let null = OpenOptions::new().read(true).write(true).open("/dev/null").unwrap();
+        j.replace_active_file(Arc::new(null)).unwrap();
+        let seq = j.append(0, 1, payload(2), 0).unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(5), j.durable(seq)).await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("fsync of the journal"), "{e}");
+        assert!(j.stats().failed, "{:?}", j.stats());
+        assert!(j.stats().fsyncs > fsyncs);
+        let refused = j.append(0, 1, payload(3), 0).unwrap_err();
+        assert!(refused.to_string().contains("fsync of the journal"), "{refused}");
+        assert_eq!(j.stats().entries, 2, "what was appended stays (its outcome is unknown), nothing more");
+    }
+
     #[test]
     fn a_failed_write_is_not_acknowledged_and_leaves_no_record() {
         let dir = tempfile::tempdir().unwrap();
