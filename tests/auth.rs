@@ -175,16 +175,23 @@ async fn a_client_that_never_reads_is_disconnected_and_others_are_not_starved() 
         assert!(start.elapsed() < Duration::from_secs(1), "starved: {:?}", start.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // After the write timeout the slow client is gone.
+    // After the write timeout the slow client is gone. The disconnect is counted when the
+    // timeout fires, the connection a moment later when its session has closed the socket
+    // (seen in CI: connections still 3 right after the counter): wait for both.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if respite.metric("respite_client_disconnects_total{reason=\"write_timeout\"}").await == Some(1.0) {
+        let disconnects = respite.metric("respite_client_disconnects_total{reason=\"write_timeout\"}").await;
+        let connections = respite.metric("respite_client_connections").await;
+        if disconnects == Some(1.0) && connections == Some(2.0) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the slow reader was not disconnected");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow reader was not disconnected (disconnects {disconnects:?}), or not only it \
+             (connections {connections:?}; setup and other remain)"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(respite.metric("respite_client_connections").await, Some(2.0), "setup and other remain");
     respite.shutdown().await;
 }
 
