@@ -105,7 +105,9 @@ impl Records {
     pub fn pop_front(&mut self) -> Option<Record> {
         let block = self.blocks.front_mut()?;
         let record = block.pop_front();
-        if block.is_empty() {
+        // The last block stays when drained: a replay that keeps up with a trickle of new
+        // writes would otherwise free it and have the helper prepare a new one per write.
+        if block.is_empty() && self.blocks.len() > 1 {
             self.blocks.pop_front();
         }
         if record.is_some() {
@@ -210,6 +212,16 @@ mod tests {
         assert_eq!(rs.len(), seqs.len());
         while rs.pop_front().is_some() {}
         assert!(rs.is_empty() && rs.front().is_none() && rs.after(0).next().is_none());
+        // Drained, the last block is kept and reused: appending and confirming one record at
+        // a time takes no new block.
+        assert_eq!(rs.blocks.len(), 1);
+        for seq in n + 2..n + 2 + 3 * Records::BLOCK as u64 {
+            rs.push_back(record(seq));
+            assert_eq!(rs.after(seq - 1).map(|r| r.seq).collect::<Vec<_>>(), [seq]);
+            assert_eq!(rs.pop_front().map(|r| r.seq), Some(seq));
+            assert_eq!(rs.blocks.len(), 1);
+        }
+        assert!(rs.is_empty());
     }
 
     #[test]
