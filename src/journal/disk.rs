@@ -438,11 +438,6 @@ impl DiskJournal {
         &self.shared.dir
     }
 
-    /// fsync rounds so far; with `always`, concurrent writers share them (group commit).
-    pub fn fsync_rounds(&self) -> u64 {
-        self.shared.fsyncs.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// Closes the segment appends go to, after cutting any bytes a failed write left.
     fn seal(&self, g: &mut Inner) -> Result<(), JournalError> {
         let Some(a) = &mut g.active else { return Ok(()) };
@@ -1089,7 +1084,7 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(20), t).await.unwrap().unwrap();
         }
         assert_eq!(j.stats().entries, 800);
-        let rounds = j.fsync_rounds();
+        let rounds = j.stats().fsyncs;
         assert!(rounds > 0 && rounds < 800, "{rounds} fsyncs for 800 acknowledged writes: shared");
     }
 
