@@ -9,6 +9,19 @@
 use bytes::{BufMut, BytesMut};
 use thiserror::Error;
 
+/// Smallest room a socket read is given. `read_buf` into a full `BytesMut` would make room
+/// for only 64 bytes, and after `split_to` the room left is whatever the last round did not
+/// use: without this a 16-request pipeline often arrives in two reads (and its replies go
+/// out in two writes). Room is reclaimed in place when the buffer is no longer shared.
+pub const READ_ROOM: usize = 4096;
+
+/// Makes sure the next read into `buf` can take at least `min` bytes.
+pub fn make_room(buf: &mut BytesMut, min: usize) {
+    if buf.capacity() - buf.len() < min {
+        buf.reserve(min);
+    }
+}
+
 /// Size limits applied to client requests (Redis: `proto-max-bulk-len` and friends).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

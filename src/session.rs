@@ -86,6 +86,9 @@ pub struct Session {
     txn: Txn,
     /// Close after the pending replies are written (QUIT, protocol error).
     closing: bool,
+    /// This round waited for the upstream (its replies come back to sessions in batches,
+    /// so no yield is needed to write them together).
+    forwarded: bool,
     /// The relayed stream (pub/sub, MONITOR, CLIENT TRACKING) once the client entered it.
     stream: Option<(UpstreamStream, BytesMut)>,
     /// The last round stopped at `client.max_pipeline` with requests left in the buffer.
@@ -176,6 +179,7 @@ impl Session {
             dedicated: None,
             txn: Txn::None,
             closing: false,
+            forwarded: false,
             stream: None,
             backlog: false,
             db: ctx_db,
@@ -238,6 +242,16 @@ impl Session {
                     write_error_line(&mut self.out, &format!("ERR {e}"));
                 }
             }
+            if !std::mem::take(&mut self.forwarded) && !self.out.is_empty() {
+                // Served here (outage mode, local replies): let the other sessions that are
+                // ready process their requests first, then all write (tokio runs yielded
+                // tasks once its queue is empty). The replies leave back to back, as Redis
+                // writes them before it sleeps, so a client woken by the first finds the
+                // rest without another wake-up: outage SET at pipeline 16 went from 0.52x
+                // to 0.73x of redis. Forwarded rounds need none of it: the mux hands the
+                // replies of many sessions out together.
+                tokio::task::yield_now().await;
+            }
             if let Err(e) = self.flush().await {
                 return End::Io(e);
             }
@@ -258,6 +272,7 @@ impl Session {
         // Subscribed clients are never idle.
         let idle = if self.local.is_some() { Duration::ZERO } else { self.live.idle_timeout };
         let result = loop {
+            crate::resp::make_room(&mut self.rbuf, crate::resp::READ_ROOM);
             let read = self.read.read_buf(&mut self.rbuf);
             let local = async {
                 match &mut self.local {
@@ -949,6 +964,7 @@ impl Session {
 
     /// Sends a batch on the client's connection (dedicated or shared); counts a timeout once.
     async fn send(&mut self, bytes: Bytes, count: usize, deadline: Option<Instant>, blocking: bool) -> BatchResult {
+        self.forwarded = true;
         let result = match &mut self.dedicated {
             Some(d) => d.round(&bytes, count, deadline, matches!(self.txn, Txn::Multi | Txn::Watching), blocking).await,
             None => {
@@ -1174,6 +1190,7 @@ impl Session {
     /// the upstream connection was lost (the client was told, and goes back to rounds).
     async fn relay(&mut self) -> Option<End> {
         loop {
+            crate::resp::make_room(&mut self.rbuf, crate::resp::READ_ROOM);
             let (up, ubuf) = self.stream.as_mut().expect("in stream mode");
             let client_read = self.read.read_buf(&mut self.rbuf);
             tokio::select! {

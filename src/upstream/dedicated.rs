@@ -237,6 +237,7 @@ async fn read_replies_partial(stream: &mut UpstreamStream, buf: &mut BytesMut, c
                 }));
             }
         }
+        crate::resp::make_room(buf, super::UPSTREAM_READ_ROOM);
         let n = match stream.read_buf(buf).await {
             Ok(n) => n,
             Err(e) => {

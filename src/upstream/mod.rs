@@ -27,6 +27,9 @@ use crate::metrics::Metrics;
 use crate::reload::Live;
 use crate::resp::{put_decimal, ReplyScanner};
 
+/// Smallest room an upstream read is given (replies to many clients arrive together).
+const UPSTREAM_READ_ROOM: usize = 16 << 10;
+
 pub use mux::{BatchFailure, BatchReply, Mux};
 pub use stream::UpstreamStream;
 use tls::TlsSetup;

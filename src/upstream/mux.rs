@@ -251,6 +251,7 @@ async fn reader(
             break UpstreamError::Protocol("reply without a request".into());
         }
         let deadline = cur.as_ref().map(|c| (c.p.sent_at + c.p.timeout, c.p.timeout));
+        crate::resp::make_room(&mut buf, super::UPSTREAM_READ_ROOM);
         tokio::select! {
             r = read.read_buf(&mut buf) => match r {
                 Ok(0) => break UpstreamError::Broken { reason: "closed by the upstream".into(), sent: true },
