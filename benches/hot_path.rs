@@ -271,7 +271,7 @@ fn journal(c: &mut Criterion) {
     group.bench_function("memory", |b| {
         let mut n = 0u64;
         b.iter(|| {
-            let seq = mem.append(0, 1, black_box(payload.clone()), 0).expect("room");
+            let seq = mem.append(0, 1, black_box(&payload), 0).expect("room");
             n += 1;
             if n.is_multiple_of(4096) {
                 mem.confirm(seq);
@@ -285,7 +285,7 @@ fn journal(c: &mut Criterion) {
     group.bench_function("disk_fsync_no", |b| {
         let mut n = 0u64;
         b.iter(|| {
-            let seq = disk.append(0, 1, black_box(payload.clone()), 0).expect("room");
+            let seq = disk.append(0, 1, black_box(&payload), 0).expect("room");
             n += 1;
             if n.is_multiple_of(4096) {
                 disk.confirm(seq);

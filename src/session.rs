@@ -490,9 +490,9 @@ impl Session {
         let req = &self.reqs[i];
         let spec = req.spec;
         let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
-        let raw = match &req.inline {
-            Some(b) => b.clone(),
-            None => frozen.slice(req.range.clone()),
+        let raw: &[u8] = match &req.inline {
+            Some(b) => b,
+            None => &frozen[req.range.clone()],
         };
         let args = req_args(&self.args, base, req.args.clone());
         let outage = &self.ctx.outage;
@@ -536,7 +536,7 @@ impl Session {
                     let d = self.dedicated.get_or_insert_with(|| {
                         Dedicated::new(ctx.upstream.connector.clone(), ctx.health.clone(), ctx.metrics.clone())
                     });
-                    d.record_state(StateKey::Select, raw);
+                    d.record_state(StateKey::Select, Bytes::copy_from_slice(raw));
                     Outcome::Local
                 }
                 _ => err(out, "ERR value is not an integer or out of range"),
@@ -547,7 +547,7 @@ impl Session {
                     multi.queued.push(Queued {
                         spec,
                         entry,
-                        raw,
+                        raw: Bytes::copy_from_slice(raw),
                         args: args.iter().map(|a| Bytes::copy_from_slice(a)).collect(),
                     });
                     out.extend_from_slice(b"+QUEUED\r\n");
@@ -559,7 +559,7 @@ impl Session {
                     err(out, &msg)
                 }
             },
-            (_, None) => match outage.execute(self.db, self.resp3, req.id, spec, &args, &raw, now, out) {
+            (_, None) => match outage.execute(self.db, self.resp3, req.id, spec, &args, raw, now, out) {
                 Served::Done { outcome, seq } => {
                     self.journal_seq = seq.or(self.journal_seq);
                     outcome

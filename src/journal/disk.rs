@@ -487,7 +487,7 @@ impl Drop for DiskJournal {
 }
 
 impl Journal for DiskJournal {
-    fn append(&self, db: u32, commands: u32, payload: Bytes, accepted_ms: u64) -> Result<u64, JournalError> {
+    fn append(&self, db: u32, commands: u32, payload: &[u8], accepted_ms: u64) -> Result<u64, JournalError> {
         let mut guard = self.shared.inner.lock();
         let g = &mut *guard;
         if let Some(e) = &g.failed {
@@ -513,7 +513,7 @@ impl Journal for DiskJournal {
             self.create_segment(g, seq)?;
         }
         g.scratch.clear();
-        encode_record(&mut g.scratch, seq, db, commands, accepted_ms, &payload);
+        encode_record(&mut g.scratch, seq, db, commands, accepted_ms, payload);
         let a = g.active.as_mut().expect("created above");
         let seg = g.segments.back_mut().expect("the active segment is the last");
         if let Err(e) = a.file.write_all_at(&g.scratch, a.end) {
@@ -530,7 +530,7 @@ impl Journal for DiskJournal {
         g.disk_bytes += len;
         g.written = seq;
         g.last_seq = seq;
-        let payload = g.arena.own(&payload);
+        let payload = g.arena.own(payload);
         g.records.push_back(Record { seq, db, commands, payload, accepted_ms });
         if g.scratch.capacity() > 1 << 20 {
             g.scratch = Vec::new();
@@ -941,7 +941,7 @@ mod tests {
     fn a_directory_is_used_by_one_journal_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         let j = open(dir.path(), Fsync::No, 1 << 20);
-        j.append(0, 1, payload(1), 0).unwrap();
+        j.append(0, 1, &payload(1), 0).unwrap();
         let Err(e) = DiskJournal::open(dir.path(), Fsync::No, 1_000_000, 1 << 30, 1 << 20) else {
             panic!("a second journal on a directory in use must not open");
         };
@@ -990,7 +990,7 @@ mod tests {
         let id = j.instance_id().to_string();
         assert_eq!(id.len(), 16);
         for i in 1..=10 {
-            assert_eq!(j.append(i as u32 % 3, 1, payload(i), 1000 + i).unwrap(), i);
+            assert_eq!(j.append(i as u32 % 3, 1, &payload(i), 1000 + i).unwrap(), i);
         }
         let before = j.read_after(0, 100, usize::MAX);
         drop(j);
@@ -998,7 +998,7 @@ mod tests {
         assert_eq!(j.instance_id(), id, "the instance id is kept across restarts");
         assert_eq!(j.read_after(0, 100, usize::MAX), before);
         assert_eq!(j.stats().entries, 10);
-        assert_eq!(j.append(0, 1, payload(11), 0).unwrap(), 11, "numbering continues");
+        assert_eq!(j.append(0, 1, &payload(11), 0).unwrap(), 11, "numbering continues");
     }
 
     #[test]
@@ -1006,7 +1006,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = open(dir.path(), Fsync::Always, 256);
         for i in 1..=20 {
-            j.append(0, 1, payload(i), 0).unwrap();
+            j.append(0, 1, &payload(i), 0).unwrap();
         }
         assert!(segments(dir.path()).len() > 3, "small segments roll");
         j.confirm(12);
@@ -1018,7 +1018,7 @@ mod tests {
         assert!(segments(dir.path()).is_empty(), "every segment is deleted once everything is confirmed");
         let j = open(dir.path(), Fsync::Always, 256);
         assert_eq!(j.stats().entries, 0);
-        assert_eq!(j.append(0, 1, payload(1), 0).unwrap(), 21, "numbering continues past the confirmed ones");
+        assert_eq!(j.append(0, 1, &payload(1), 0).unwrap(), 21, "numbering continues past the confirmed ones");
     }
 
     #[test]
@@ -1026,7 +1026,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = open(dir.path(), Fsync::No, 300);
         for i in 1..=30 {
-            j.append(0, 1, payload(i), 0).unwrap();
+            j.append(0, 1, &payload(i), 0).unwrap();
         }
         let files = segments(dir.path());
         let size = |files: &[PathBuf]| files.iter().map(|p| fs::metadata(p).unwrap().len()).sum::<u64>();
@@ -1041,7 +1041,7 @@ mod tests {
         });
         j.confirm(30);
         wait_until("everything deleted", || segments(dir.path()).is_empty() && j.stats().bytes == 0);
-        assert_eq!(j.append(0, 1, payload(31), 0).unwrap(), 31);
+        assert_eq!(j.append(0, 1, &payload(31), 0).unwrap(), 31);
     }
 
     #[test]
@@ -1051,10 +1051,10 @@ mod tests {
         let p = Bytes::from_static(b"0123456789");
         let mut n = 0;
         while j.has_room(p.len()) {
-            j.append(0, 1, p.clone(), 0).unwrap();
+            j.append(0, 1, &p.clone(), 0).unwrap();
             n += 1;
         }
-        assert!(matches!(j.append(0, 1, p.clone(), 0), Err(JournalError::Full { .. })));
+        assert!(matches!(j.append(0, 1, &p.clone(), 0), Err(JournalError::Full { .. })));
         assert_eq!(j.stats().entries, n);
         assert!(j.stats().bytes <= 200);
         j.close().unwrap();
@@ -1074,7 +1074,7 @@ mod tests {
             let j = j.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..50 {
-                    let seq = j.append(0, 1, payload(t * 100 + i), 0).unwrap();
+                    let seq = j.append(0, 1, &payload(t * 100 + i), 0).unwrap();
                     j.durable(seq).await.unwrap();
                     assert!(j.shared.synced.borrow().seq >= seq);
                 }
@@ -1093,7 +1093,7 @@ mod tests {
         for policy in [Fsync::Everysec, Fsync::No] {
             let dir = tempfile::tempdir().unwrap();
             let j = open(dir.path(), policy, 1 << 20);
-            let seq = j.append(0, 1, payload(1), 0).unwrap();
+            let seq = j.append(0, 1, &payload(1), 0).unwrap();
             tokio::time::timeout(Duration::from_millis(100), j.durable(seq)).await.unwrap().unwrap();
         }
     }
@@ -1102,7 +1102,7 @@ mod tests {
     async fn a_failed_fsync_fails_its_waiters_and_refuses_later_writes() {
         let dir = tempfile::tempdir().unwrap();
         let j = open(dir.path(), Fsync::Always, 1 << 20);
-        let seq = j.append(0, 1, payload(1), 0).unwrap();
+        let seq = j.append(0, 1, &payload(1), 0).unwrap();
         tokio::time::timeout(Duration::from_secs(5), j.durable(seq)).await.unwrap().unwrap();
         assert!(!j.stats().failed);
         let fsyncs = j.stats().fsyncs;
@@ -1110,12 +1110,12 @@ mod tests {
         // /dev/null takes the write but cannot be fsynced (EINVAL): a disk whose fsync fails.
         let null = OpenOptions::new().read(true).write(true).open("/dev/null").unwrap();
         j.replace_active_file(Arc::new(null)).unwrap();
-        let seq = j.append(0, 1, payload(2), 0).unwrap();
+        let seq = j.append(0, 1, &payload(2), 0).unwrap();
         let e = tokio::time::timeout(Duration::from_secs(5), j.durable(seq)).await.unwrap().unwrap_err();
         assert!(e.to_string().contains("fsync of the journal"), "{e}");
         assert!(j.stats().failed, "{:?}", j.stats());
         assert!(j.stats().fsyncs > fsyncs);
-        let refused = j.append(0, 1, payload(3), 0).unwrap_err();
+        let refused = j.append(0, 1, &payload(3), 0).unwrap_err();
         assert!(refused.to_string().contains("fsync of the journal"), "{refused}");
         assert_eq!(j.stats().entries, 2, "what was appended stays (its outcome is unknown), nothing more");
     }
@@ -1124,16 +1124,16 @@ mod tests {
     fn a_failed_write_is_not_acknowledged_and_leaves_no_record() {
         let dir = tempfile::tempdir().unwrap();
         let j = open(dir.path(), Fsync::No, 1 << 20);
-        j.append(0, 1, payload(1), 0).unwrap();
+        j.append(0, 1, &payload(1), 0).unwrap();
         let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
         let real = j.replace_active_file(Arc::new(full)).unwrap();
         let before = j.stats();
-        let e = j.append(0, 1, payload(2), 0).unwrap_err();
+        let e = j.append(0, 1, &payload(2), 0).unwrap_err();
         assert!(matches!(&e, JournalError::Io(m) if m.contains("No space left")), "{e:?}");
         assert_eq!(j.stats(), before, "nothing appended, no number used");
         // Space is back: writing resumes where the journal's intact end is.
         j.replace_active_file(real);
-        assert_eq!(j.append(0, 1, payload(3), 0).unwrap(), 2);
+        assert_eq!(j.append(0, 1, &payload(3), 0).unwrap(), 2);
         drop(j);
         let j = open(dir.path(), Fsync::Everysec, 1 << 20);
         assert_eq!(seqs(&j), vec![1, 2]);
@@ -1145,7 +1145,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = open(dir.path(), Fsync::No, 200);
         for i in 1..=12 {
-            j.append(0, 1, payload(i), 0).unwrap();
+            j.append(0, 1, &payload(i), 0).unwrap();
         }
         drop(j);
         let files = segments(dir.path());
@@ -1162,7 +1162,7 @@ mod tests {
         assert_eq!(seqs(&j), (1..=first_of_victim).collect::<Vec<_>>(), "every intact record before the damage");
         assert_eq!(fs::metadata(victim).unwrap().len() as usize, second);
         assert_eq!(segments(dir.path()).len(), 2, "segments after the corrupt one are deleted");
-        assert_eq!(j.append(0, 1, payload(99), 0).unwrap(), 13, "numbers of discarded records are not reused");
+        assert_eq!(j.append(0, 1, &payload(99), 0).unwrap(), 13, "numbers of discarded records are not reused");
     }
 
     #[test]
@@ -1170,7 +1170,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = open(dir.path(), Fsync::No, 1 << 20);
         for i in 1..=5 {
-            j.append(0, 1, payload(i), 0).unwrap();
+            j.append(0, 1, &payload(i), 0).unwrap();
         }
         drop(j);
         let seg = &segments(dir.path())[0];
@@ -1191,7 +1191,7 @@ mod tests {
         fs::write(dir.path().join(segment_name(2000)), b"").unwrap();
         let j = open(dir.path(), Fsync::No, 1 << 20);
         assert_eq!(seqs(&j), vec![1, 2, 3, 4]);
-        assert!(j.append(0, 1, payload(9), 0).unwrap() > 1000);
+        assert!(j.append(0, 1, &payload(9), 0).unwrap() > 1000);
     }
 
     #[test]
@@ -1216,9 +1216,9 @@ mod tests {
     fn a_watermark_beyond_the_end_moves_numbering_past_it() {
         let dir = tempfile::tempdir().unwrap();
         let j = open(dir.path(), Fsync::No, 1 << 20);
-        j.append(0, 1, payload(1), 0).unwrap();
+        j.append(0, 1, &payload(1), 0).unwrap();
         j.confirm(50);
-        assert_eq!(j.append(0, 1, payload(2), 0).unwrap(), 51);
+        assert_eq!(j.append(0, 1, &payload(2), 0).unwrap(), 51);
         j.close().unwrap();
         let j = open(dir.path(), Fsync::No, 1 << 20);
         assert_eq!(seqs(&j), vec![51]);
@@ -1229,7 +1229,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = open(dir.path(), Fsync::Always, 1 << 20);
         j.close().unwrap();
-        assert!(matches!(j.append(0, 1, payload(1), 0), Err(JournalError::Io(_))));
+        assert!(matches!(j.append(0, 1, &payload(1), 0), Err(JournalError::Io(_))));
     }
 
     fn arb_records() -> impl Strategy<Value = Vec<(u64, u32, u32, u64, Vec<u8>)>> {

@@ -1,6 +1,5 @@
 //! The in-memory journal: bounded in entries and bytes, lost with the process.
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{Durable, Journal, JournalError, JournalStats, Record};
@@ -31,7 +30,7 @@ impl MemJournal {
 }
 
 impl Journal for MemJournal {
-    fn append(&self, db: u32, commands: u32, payload: Bytes, accepted_ms: u64) -> Result<u64, JournalError> {
+    fn append(&self, db: u32, commands: u32, payload: &[u8], accepted_ms: u64) -> Result<u64, JournalError> {
         let mut g = self.inner.lock();
         let len = payload.len() as u64;
         if g.records.len() as u64 >= self.max_entries || g.bytes + len > self.max_bytes {
@@ -40,7 +39,7 @@ impl Journal for MemJournal {
         g.last_seq += 1;
         let seq = g.last_seq;
         g.bytes += len;
-        let payload = g.arena.own(&payload);
+        let payload = g.arena.own(payload);
         g.records.push_back(Record { seq, db, commands, payload, accepted_ms });
         Ok(seq)
     }
@@ -86,12 +85,13 @@ impl Journal for MemJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn appends_in_order_reads_after_and_confirms() {
         let j = MemJournal::new(100, 1 << 20, "t".into());
         for i in 0..10u8 {
-            assert_eq!(j.append(0, 1, Bytes::from(vec![i; 10]), 0).unwrap(), i as u64 + 1);
+            assert_eq!(j.append(0, 1, &Bytes::from(vec![i; 10]), 0).unwrap(), i as u64 + 1);
         }
         let r = j.read_after(3, 4, usize::MAX);
         assert_eq!(r.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5, 6, 7]);
@@ -106,13 +106,13 @@ mod tests {
     #[test]
     fn limits_refuse_without_dropping_anything() {
         let j = MemJournal::new(3, 25, "t".into());
-        j.append(0, 1, Bytes::from_static(b"0123456789"), 0).unwrap();
-        j.append(0, 1, Bytes::from_static(b"0123456789"), 0).unwrap();
-        assert!(matches!(j.append(0, 1, Bytes::from_static(b"0123456789"), 0), Err(JournalError::Full { .. })));
+        j.append(0, 1, &Bytes::from_static(b"0123456789"), 0).unwrap();
+        j.append(0, 1, &Bytes::from_static(b"0123456789"), 0).unwrap();
+        assert!(matches!(j.append(0, 1, &Bytes::from_static(b"0123456789"), 0), Err(JournalError::Full { .. })));
         assert!(!j.has_room(10));
         assert!(j.has_room(5));
-        j.append(0, 1, Bytes::from_static(b"01234"), 0).unwrap();
-        assert!(matches!(j.append(0, 1, Bytes::new(), 0), Err(JournalError::Full { .. })));
+        j.append(0, 1, &Bytes::from_static(b"01234"), 0).unwrap();
+        assert!(matches!(j.append(0, 1, &Bytes::new(), 0), Err(JournalError::Full { .. })));
         assert_eq!(j.stats().entries, 3);
     }
 }

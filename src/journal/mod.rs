@@ -66,7 +66,7 @@ pub trait Journal: Send + Sync {
     /// Appends a record and returns its sequence number. Called under the outage lock, so
     /// records are in acceptance order. Fails when full; then nothing was appended.
     /// `accepted_ms`: acceptance time, unix milliseconds.
-    fn append(&self, db: u32, commands: u32, payload: Bytes, accepted_ms: u64) -> Result<u64, JournalError>;
+    fn append(&self, db: u32, commands: u32, payload: &[u8], accepted_ms: u64) -> Result<u64, JournalError>;
 
     /// Completes once `seq` is durable under the configured policy (at once in memory); a
     /// write is acknowledged only after this.

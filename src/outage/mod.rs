@@ -236,7 +236,7 @@ impl Outage {
         id: CommandId,
         spec: Option<&'static CommandSpec>,
         args: &[&[u8]],
-        raw: &Bytes,
+        raw: &[u8],
         now: Now,
         out: &mut BytesMut,
     ) -> Served {
@@ -283,9 +283,13 @@ impl Outage {
         if let Err(e) = result {
             return self.finish_read(Err(e), spec.name, out);
         }
-        let payload = match rewrite {
-            Some(a) => encode(&a),
-            None => raw.clone(),
+        let encoded;
+        let payload: &[u8] = match rewrite {
+            Some(a) => {
+                encoded = encode(&a);
+                &encoded
+            }
+            None => raw,
         };
         match self.journal.append(db, 1, payload, now_ms) {
             Ok(seq) => {
@@ -345,7 +349,7 @@ impl Outage {
             }
         }
         let seq = if writes > 0 {
-            match self.journal.append(db, writes, payload.freeze(), now_ms) {
+            match self.journal.append(db, writes, &payload, now_ms) {
                 Ok(seq) => Some(seq),
                 Err(e) => {
                     for (k, _) in &touched_all {
