@@ -113,6 +113,10 @@ pub struct Session {
     /// The round's clock reading for commands served locally: one per round, as Redis
     /// reads its clock once per command batch (expiries are absolute unix milliseconds).
     clock: Option<crate::store::Now>,
+    /// Command durations observed this round, added to the shared histogram in one go
+    /// before the replies are written (a shared observe is four atomic updates; per command
+    /// that was 3-5% of outage-mode CPU at pipeline 16).
+    durations: prometheus::local::LocalHistogram,
 }
 
 #[derive(Default)]
@@ -165,6 +169,7 @@ impl Session {
         let ctx_db = ctx.cfg.upstream.db;
         let ctx_auth = ctx.auth.required();
         let live = ctx.live.load_full();
+        let durations = ctx.metrics.command_duration.local();
         Session {
             ctx,
             live,
@@ -192,12 +197,14 @@ impl Session {
             swallow: 0,
             authed: !ctx_auth,
             clock: None,
+            durations,
         }
     }
 
     /// Serves the client until it leaves, misbehaves, idles out or respite shuts down.
     pub async fn run(mut self) {
         let end = self.serve().await;
+        self.durations.flush();
         tracing::debug!(?end, "client session ended");
         let reason = match end {
             End::Idle => Some("idle"),
@@ -956,10 +963,12 @@ impl Session {
         }
     }
 
-    async fn backoff(&self, attempt: u32, deadline: Option<Instant>) {
+    /// Sleeps before retry `attempt` (not borrowing the session across the sleep: it is
+    /// not `Sync`, so a borrow held there would make the task not `Send`).
+    fn backoff(&self, attempt: u32, deadline: Option<Instant>) -> tokio::time::Sleep {
         let live = &self.live;
         let wake = Instant::now() + backoff::delay(attempt, live.retry_backoff_base, live.retry_backoff_max);
-        tokio::time::sleep_until(deadline.map_or(wake, |d| wake.min(d))).await;
+        tokio::time::sleep_until(deadline.map_or(wake, |d| wake.min(d)))
     }
 
     /// Sends a batch on the client's connection (dedicated or shared); counts a timeout once.
@@ -1142,7 +1151,7 @@ impl Session {
         let req = &self.reqs[i];
         let m = &self.ctx.metrics;
         m.command(req.id, outcome);
-        m.command_duration.observe(now.saturating_duration_since(req.received).as_secs_f64());
+        self.durations.observe(now.saturating_duration_since(req.received).as_secs_f64());
     }
 
     /// Writes the pending replies. A client whose replies exceed `client.output_buffer_limit`,
@@ -1172,6 +1181,8 @@ impl Session {
 impl Session {
     /// Writes to the client within `client.write_timeout`.
     async fn write_client(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        // The durations of the commands answered here are visible before their replies.
+        self.durations.flush();
         let timeout = self.live.write_timeout;
         if timeout.is_zero() {
             return self.write.write_all(bytes).await;
