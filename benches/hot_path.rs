@@ -1,37 +1,17 @@
-//! Criterion micro-benchmarks of the per-request work respite does on the healthy path:
-//! parsing a client pipeline, finding reply boundaries, looking a command up.
+//! Criterion micro-benchmarks of the per-request work: parsing a client pipeline, finding
+//! reply boundaries, looking a command up, serving from the store in outage mode, keeping
+//! the store warm, appending to a journal.
 //!
 //! Run: `cargo bench --bench hot_path -- --warm-up-time 1 --measurement-time 3`
 //!
-//! Measured with exactly that command on a quiet 2-vCPU AMD EPYC VM (release profile, rustc
-//! 1.95.0), with the code of commit f68f69f (the measured functions were unchanged, apart
-//! from formatting, up to 04a69eb). Criterion's estimate and 95% interval per iteration; a
-//! pipeline iteration handles 16 requests or replies:
+//! The baseline figures (one run of exactly that command, session 4, commit ec6f2d4, on a
+//! quiet 2-vCPU Intel Xeon VM) are in README "Criterion micro-benchmarks", beside the
+//! earlier ones taken on other VMs. Per iteration: parse_pipeline_16 356 ns (22 ns per
+//! request), scan_replies_16 237 ns, command lookups 5-14 ns, outage store-hit GET 225 ns,
+//! outage SET into store and memory journal 349 ns, warm/* 144-212 ns, journal append
+//! 53 ns (memory) and 475 ns (disk, no fsync).
 //!
-//! | benchmark                    | time per iteration      | per request / reply |
-//! |------------------------------|-------------------------|---------------------|
-//! | resp/parse_pipeline_16       | 569.6 ns [569.3, 570.0] | 35.6 ns             |
-//! | resp/scan_replies_16         | 285.4 ns [281.7, 290.2] | 17.8 ns             |
-//! | command_lookup/get           | 7.55 ns [7.45, 7.70]    |                     |
-//! | command_lookup/SET           | 7.54 ns [7.50, 7.58]    |                     |
-//! | command_lookup/hgetall       | 15.7 ns [15.6, 15.8]    |                     |
-//! | command_lookup/zrangebyscore | 20.8 ns [20.3, 21.4]    |                     |
-//! | command_lookup/unknown       | 7.30 ns [7.28, 7.32]    |                     |
-//!
-//! An earlier quiet run gave 621 ns, 296 ns and 18.4 ns (hgetall): expect about ±10%
-//! between runs. Commit d5cf54c then changed `RequestParser` (a partial request's
-//! arguments are kept in the parser and appended when it completes). The VM was busy from
-//! then on (load 1-3.5): interleaved runs gave 633-730 ns for parse_pipeline_16 with that
-//! parser and 757-922 ns with the one before, so no slowdown is visible, but those figures
-//! are not comparable with the table.
-//!
-//! Session 2 (VM not quiet, one run): warm/get_reply_hot_key 169 ns, warm/set_reply_hot_key
-//! 157 ns (437 ns before SET warming became a direct store write), warm/set_reply_4096_keys
-//! 241 ns (946 ns before), outage/store_hit_get 237 ns, outage/set_store_and_memory_journal
-//! 403 ns, journal_append/memory 47 ns (the payload is now copied into a chunk, on purpose),
-//! journal_append/disk_fsync_no 1.32 µs.
-//!
-//! These are single-thread CPU costs of the framing code only: no syscalls, no upstream.
+//! These are single-thread CPU costs only: no syscalls, no upstream.
 //! End-to-end throughput is measured by `scripts/bench.sh` (see README "Performance").
 
 use std::hint::black_box;
