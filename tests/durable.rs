@@ -1,6 +1,7 @@
 //! The durable journal (`--journal-dir`) with the real binary: SIGKILL and SIGTERM during an
 //! outage, torn and corrupt tails, no double application across restarts, bounded disk,
-//! segment deletion, an unwritable directory, and group commit under `fsync = "always"`.
+//! segment deletion, an unwritable directory, group commit under `fsync = "always"`, and a
+//! failed fsync as clients see it (an `LD_PRELOAD` library makes fsync fail on demand).
 //!
 //! Outages come from the admin drill or from killing the upstream (started with an
 //! append-only file, so its data survives its restart). Every wait is bounded.
@@ -43,6 +44,11 @@ struct Proc {
 }
 
 fn spawn(config: &Path, journal_dir: &Path, upstream: &str) -> Proc {
+    spawn_env(config, journal_dir, upstream, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+fn spawn_env(config: &Path, journal_dir: &Path, upstream: &str, env: &[(&str, &std::ffi::OsStr)]) -> Proc {
     let port = free_port();
     let mut admin_port = free_port();
     while admin_port == port {
@@ -61,6 +67,7 @@ fn spawn(config: &Path, journal_dir: &Path, upstream: &str) -> Proc {
         .arg(journal_dir)
         .arg("--upstream")
         .arg(upstream)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
@@ -71,7 +78,12 @@ fn spawn(config: &Path, journal_dir: &Path, upstream: &str) -> Proc {
 impl Proc {
     /// Starts respite and waits (at most 10s) until both listeners accept connections.
     async fn start(config: &Path, journal_dir: &Path, upstream: &str) -> Proc {
-        let mut p = spawn(config, journal_dir, upstream);
+        Self::start_env(config, journal_dir, upstream, &[]).await
+    }
+
+    /// [`Proc::start`] with extra environment variables.
+    async fn start_env(config: &Path, journal_dir: &Path, upstream: &str, env: &[(&str, &std::ffi::OsStr)]) -> Proc {
+        let mut p = spawn_env(config, journal_dir, upstream, env);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if std::net::TcpStream::connect(("127.0.0.1", p.port)).is_ok()
@@ -739,5 +751,97 @@ async fn pending_writes_are_served_locally_after_a_restart() {
     p.wait_replayed(Duration::from_secs(10)).await;
     assert_eq!(get(&redis, "profile"), "v2");
     assert_eq!(redis_cli(redis.port, &["LRANGE", "queue", "0", "-1"]).trim(), "a\nb");
+    p.sigterm().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. A failed fsync, as the client sees it: -MISCONF, nothing acknowledged after it, and the
+//    journaled records kept for the next start.
+
+/// An `LD_PRELOAD` library that makes `fsync` and `fdatasync` fail with EIO while the file
+/// named by `RESPITE_TEST_FAIL_FSYNC_WHEN` exists (the real calls otherwise). Built with the
+/// C compiler that links Rust programs (`cc`, or `$CC`).
+fn failing_fsync_library(dir: &Path) -> PathBuf {
+    let src = dir.join("failsync.c");
+    std::fs::write(
+        &src,
+        r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+static int failing(void) {
+    const char *t = getenv("RESPITE_TEST_FAIL_FSYNC_WHEN");
+    return t != NULL && access(t, F_OK) == 0;
+}
+int fsync(int fd) {
+    if (failing()) { errno = EIO; return -1; }
+    return ((int (*)(int))dlsym(RTLD_NEXT, "fsync"))(fd);
+}
+int fdatasync(int fd) {
+    if (failing()) { errno = EIO; return -1; }
+    return ((int (*)(int))dlsym(RTLD_NEXT, "fdatasync"))(fd);
+}
+"#,
+    )
+    .unwrap();
+    let lib = dir.join("libfailsync.so");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let out = Command::new(&cc)
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .arg("-ldl")
+        .output()
+        .unwrap_or_else(|e| panic!("{cc} (needed to build the fsync-failing library) did not run: {e}"));
+    assert!(out.status.success(), "{cc} failed: {}", String::from_utf8_lossy(&out.stderr));
+    lib
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_answers_misconf_refuses_later_writes_and_keeps_the_records() {
+    let redis = RedisServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let journal = tmp.path().join("journal");
+    let cfg = config_file(tmp.path(), "fsync = \"always\"");
+    let lib = failing_fsync_library(tmp.path());
+    let trigger = tmp.path().join("fail-fsync-now");
+    let env = [("LD_PRELOAD", lib.as_os_str()), ("RESPITE_TEST_FAIL_FSYNC_WHEN", trigger.as_os_str())];
+    let mut p = Proc::start_env(&cfg, &journal, &redis.url(), &env).await;
+    p.drill("down").await;
+    let addr: SocketAddr = ([127, 0, 0, 1], p.port).into();
+
+    let mut c = common::Raw::connect(addr).await;
+    assert_eq!(c.call(&[b"SET", b"f:kept", b"1"]).await, b"+OK\r\n", "fsync works until the trigger exists");
+
+    std::fs::write(&trigger, b"").unwrap();
+    let reply = String::from_utf8(c.call(&[b"SET", b"f:unknown", b"2"]).await).unwrap();
+    assert!(
+        reply.starts_with("-MISCONF respite: ") && reply.contains("outcome of this round's writes is unknown"),
+        "{reply:?}"
+    );
+    assert!(c.closed_within(Duration::from_secs(2)).await, "the connection closes after -MISCONF");
+
+    // Nothing more is acknowledged; reads are still served from the store.
+    let mut c = common::Raw::connect(addr).await;
+    let refused = String::from_utf8(c.call(&[b"SET", b"f:refused", b"3"]).await).unwrap();
+    assert!(refused.starts_with("-OOM respite: journal write failed"), "{refused:?}");
+    assert_eq!(c.call(&[b"GET", b"f:kept"]).await, b"$1\r\n1\r\n");
+    let (code, body) = http(p.admin, "GET", "/metrics", None, None).await;
+    assert_eq!(code, 200);
+    assert_eq!(metric_value(&body, "respite_journal_failed"), Some(1.0), "{body}");
+    assert!(p.stderr_text().contains("journal write failed"), "logged:\n{}", p.stderr_text());
+
+    // The records written before and at the failure are still in the segment (the data
+    // reached the file; only its fsync failed). A restart with fsync working replays both;
+    // the refused write was never journaled.
+    p.sigkill().await;
+    std::fs::remove_file(&trigger).unwrap();
+    let p = Proc::start_env(&cfg, &journal, &redis.url(), &env).await;
+    p.wait_replayed(Duration::from_secs(10)).await;
+    assert_eq!(get(&redis, "f:kept"), "1");
+    assert_eq!(get(&redis, "f:unknown"), "2", "journaled before its fsync failed: replayed");
+    assert_eq!(get(&redis, "f:refused"), "", "refused, so never journaled");
+    let mut p = p;
     p.sigterm().await;
 }
