@@ -1051,10 +1051,10 @@ mod tests {
         let p = Bytes::from_static(b"0123456789");
         let mut n = 0;
         while j.has_room(p.len()) {
-            j.append(0, 1, &p.clone(), 0).unwrap();
+            j.append(0, 1, &p, 0).unwrap();
             n += 1;
         }
-        assert!(matches!(j.append(0, 1, &p.clone(), 0), Err(JournalError::Full { .. })));
+        assert!(matches!(j.append(0, 1, &p, 0), Err(JournalError::Full { .. })));
         assert_eq!(j.stats().entries, n);
         assert!(j.stats().bytes <= 200);
         j.close().unwrap();
