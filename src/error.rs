@@ -59,8 +59,9 @@ impl UpstreamError {
         }
     }
 
-    /// Appends the RESP error the client gets for `command`.
-    pub fn write_reply(&self, command: &str, read_only: bool, out: &mut BytesMut) {
+    /// Appends the RESP error the client gets for `command`; `down_context` (from
+    /// [`crate::health::Health::down_context`]) follows the `Down` error.
+    pub fn write_reply(&self, command: &str, read_only: bool, down_context: Option<&str>, out: &mut BytesMut) {
         let msg = match self {
             UpstreamError::Timeout(d) if read_only => {
                 format!("-TIMEOUT respite: upstream did not answer {command} within {d:?}")
@@ -68,7 +69,10 @@ impl UpstreamError {
             UpstreamError::Timeout(d) => format!(
                 "-TIMEOUT respite: upstream did not answer {command} within {d:?}; its outcome is unknown and it was not retried"
             ),
-            UpstreamError::Down => format!("-UNAVAILABLE respite: upstream down: {command} was not sent"),
+            UpstreamError::Down => match down_context {
+                Some(c) => format!("-UNAVAILABLE respite: upstream down: {command} was not sent {c}"),
+                None => format!("-UNAVAILABLE respite: upstream down: {command} was not sent"),
+            },
             e if !e.maybe_executed() || read_only => format!("-UNAVAILABLE respite: {command} was not served: {}", oneline(e)),
             e => format!(
                 "-UNKNOWN respite: {}; {command} was sent, its outcome is unknown and it was not retried",
@@ -102,7 +106,7 @@ mod tests {
 
     fn reply(e: &UpstreamError, read_only: bool) -> String {
         let mut out = BytesMut::new();
-        e.write_reply("INCR", read_only, &mut out);
+        e.write_reply("INCR", read_only, None, &mut out);
         String::from_utf8(out.to_vec()).unwrap()
     }
 

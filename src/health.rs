@@ -64,6 +64,8 @@ pub struct Health {
     /// The journal holds writes not yet replayed: recovery goes through `replaying`.
     journal_pending: AtomicBool,
     last_error: Mutex<Option<LastError>>,
+    /// The cause of the last transition to `down`, for the errors clients get while it lasts.
+    down_cause: Mutex<String>,
     /// Serialises transitions so each is logged and counted exactly once.
     transition: Mutex<()>,
     /// `[health]`, in microseconds: atomics because a configuration reload (SIGHUP) replaces
@@ -88,6 +90,7 @@ impl Health {
             drill: AtomicBool::new(false),
             journal_pending: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            down_cause: Mutex::new(String::new()),
             transition: Mutex::new(()),
             degraded_latency_us: AtomicU64::new(0),
             down_after_failures: AtomicU32::new(0),
@@ -135,6 +138,18 @@ impl Health {
     /// Moving average of upstream round trips.
     pub fn latency(&self) -> Duration {
         Duration::from_micros(self.latency_ewma_us.load(Ordering::Relaxed))
+    }
+
+    /// What a client refused because the upstream is down is told, in brackets after the
+    /// error: the state, for how long, and why it went down (the breaker's cause, or the
+    /// operator drill), e.g. `[upstream down for 12s, down because: 3 consecutive upstream
+    /// failures, last: cannot connect to upstream 10.0.0.5:6379: Connection refused (os
+    /// error 111)]`. Causes never contain secrets.
+    pub fn down_context(&self) -> String {
+        let cause = self.down_cause.lock().clone();
+        let secs = self.since.lock().elapsed().as_secs();
+        let cause = if cause.is_empty() { "unknown" } else { &cause };
+        format!("[upstream {} for {secs}s, down because: {cause}]", self.state().as_str())
     }
 
     pub fn last_error(&self) -> Option<LastError> {
@@ -245,8 +260,11 @@ impl Health {
         if from == to || (self.drill_active() && to != State::Down) {
             return;
         }
-        self.state.store(to as u8, Ordering::Release);
+        if to == State::Down {
+            *self.down_cause.lock() = cause.to_string();
+        }
         *self.since.lock() = Instant::now();
+        self.state.store(to as u8, Ordering::Release);
         self.metrics.upstream_state.with_label_values(&[from.as_str()]).set(0);
         self.metrics.upstream_state.with_label_values(&[to.as_str()]).set(1);
         self.metrics.state_transitions.with_label_values(&[from.as_str(), to.as_str()]).inc();
@@ -280,6 +298,10 @@ mod tests {
         h.record_failure("connection refused");
         assert_eq!(h.state(), State::Down);
         assert!(!h.upstream_usable());
+        assert_eq!(
+            h.down_context(),
+            "[upstream down for 0s, down because: 3 consecutive upstream failures, last: connection refused]"
+        );
         h.record_success(Duration::from_micros(100));
         assert_eq!(h.state(), State::Down, "real traffic does not reopen the breaker");
         h.probe_succeeded(Duration::from_micros(100));

@@ -563,7 +563,7 @@ impl Session {
                 Err((reason, msg)) => {
                     multi.aborted = true;
                     self.ctx.metrics.outage_refused.with_label_values(&[reason]).inc();
-                    err(out, &msg)
+                    err(out, &format!("{msg} {}", self.ctx.health.down_context()))
                 }
             },
             (_, None) => match outage.execute(self.db, self.resp3, req.id, spec, &args, raw, now, out) {
@@ -1059,7 +1059,8 @@ impl Session {
             }
             let read_only = req.read_only();
             let name = display_name(req, &self.args, frozen);
-            error.write_reply(&name, read_only, &mut self.out);
+            let context = (*error == UpstreamError::Down).then(|| self.ctx.health.down_context());
+            error.write_reply(&name, read_only, context.as_deref(), &mut self.out);
             self.count(i, error.outcome(read_only));
         }
         let lost_connection = lost_connection || *error == UpstreamError::TransactionLost;

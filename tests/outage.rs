@@ -987,6 +987,11 @@ async fn coordination_scripts_blocking_and_unsupported_commands_are_refused_at_o
         if !(reply.starts_with('-') && reply.contains(name) && reply.contains("upstream down")) {
             problems.push(format!("{c}: {reply:?} does not name {name} and \"upstream down\""));
         }
+        // The state, its duration and why it went down follow in brackets.
+        if !(reply.contains(" [upstream down for ") && reply.ends_with("s, down because: operator drill started]\r\n"))
+        {
+            problems.push(format!("{c}: {reply:?} does not say since when and why the upstream is down"));
+        }
         if took > Duration::from_millis(200) {
             problems.push(format!("{c}: answered after {took:?}"));
         }

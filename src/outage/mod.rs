@@ -480,7 +480,7 @@ impl Outage {
 
     fn refuse(&self, out: &mut BytesMut, reason: &'static str, msg: &str) -> Served {
         self.metrics.outage_refused.with_label_values(&[reason]).inc();
-        crate::error::write_error_line(out, msg);
+        crate::error::write_error_line(out, &format!("{msg} {}", self.health.down_context()));
         Served::Done { outcome: Outcome::Refused, seq: None }
     }
 
