@@ -416,6 +416,37 @@ async fn never_seen_keys_are_an_error_by_default_and_nil_when_configured() {
     nils.shutdown().await;
 }
 
+/// FLUSHDB (and FLUSHALL) through respite forget what the local store held for that
+/// database, so an outage afterwards cannot serve values the upstream no longer has; other
+/// databases keep theirs. Regression: the store's per-database invalidation was a no-op
+/// (moka refuses predicate invalidation unless enabled when built), and a flushed key was
+/// served from memory during the next outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushdb_forgets_the_database_in_the_local_store() {
+    let redis = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut r = Raw::connect(respite.addr).await;
+    let mut other_db = Raw::connect(respite.addr).await;
+    assert_eq!(cmd(&mut r, "SET flushed v").await, b"+OK\r\n");
+    assert_eq!(cmd(&mut r, "HSET flushed-h f v").await, b":1\r\n");
+    assert_eq!(cmd(&mut other_db, "SELECT 1").await, b"+OK\r\n");
+    assert_eq!(cmd(&mut other_db, "SET kept v1").await, b"+OK\r\n");
+    assert_eq!(cmd(&mut r, "FLUSHDB").await, b"+OK\r\n");
+    drill(&respite, "down").await;
+    for c in ["GET flushed", "HGETALL flushed-h"] {
+        let reply = text(&cmd(&mut r, c).await);
+        assert!(reply.contains("needs a key this sidecar has not seen"), "{c} after FLUSHDB: {reply:?}");
+    }
+    assert_eq!(cmd(&mut other_db, "GET kept").await, b"$2\r\nv1\r\n", "database 1 was not flushed");
+    end_drill(&respite).await;
+    assert_eq!(cmd(&mut r, "FLUSHALL").await, b"+OK\r\n");
+    drill(&respite, "down").await;
+    let reply = text(&cmd(&mut other_db, "GET kept").await);
+    assert!(reply.contains("needs a key this sidecar has not seen"), "GET kept after FLUSHALL: {reply:?}");
+    end_drill(&respite).await;
+    respite.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_stays_within_its_byte_bound() {
     let redis = RedisServer::start();

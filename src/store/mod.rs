@@ -140,6 +140,8 @@ impl Store {
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .eviction_policy(EvictionPolicy::lru())
+            // For `invalidate_db` (FLUSHDB): without it moka refuses predicate invalidation.
+            .support_invalidation_closures()
             .weigher(|k: &StoreKey, v: &Arc<Slot>| {
                 (k.key.len() as u32).saturating_add(48).saturating_add(v.weight.load(Ordering::Relaxed))
             })
@@ -256,7 +258,9 @@ impl Store {
 
     /// Forgets everything in one database (FLUSHDB, or a write whose keys are unknown).
     pub fn invalidate_db(&self, db: u32) {
-        let _ = self.cache.invalidate_entries_if(move |k, _| k.db == db);
+        self.cache
+            .invalidate_entries_if(move |k, _| k.db == db)
+            .expect("the cache is built with support_invalidation_closures");
     }
 
     /// Forgets everything.
@@ -335,6 +339,18 @@ mod tests {
             Lookup::Unseen => panic!("expired key must read as absent"),
         }
         assert!(matches!(store.get(key("never"), Now::current()), Lookup::Unseen));
+    }
+
+    #[test]
+    fn invalidating_a_database_forgets_only_its_keys() {
+        let store = Store::new(1 << 20, Duration::from_secs(3600), Arc::new(Metrics::new()));
+        let v = || Value::Str(Bytes::from_static(b"v"));
+        store.put(key("a"), v(), Some(None), Now::current());
+        store.put(KeyRef { db: 1, key: b"b" }, v(), Some(None), Now::current());
+        store.invalidate_db(0);
+        assert!(matches!(store.get(key("a"), Now::current()), Lookup::Unseen));
+        assert!(matches!(store.get(KeyRef { db: 1, key: b"b" }, Now::current()), Lookup::Found(_)));
+        assert_eq!(store.entries(), 1);
     }
 
     #[test]
