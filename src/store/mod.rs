@@ -1,6 +1,8 @@
 //! The local store: what respite serves reads from when the upstream is down.
 //!
-//! A moka LRU bounded in bytes (each entry weighs its key and value). Entries are typed
+//! A moka LRU bounded in bytes (each entry weighs its key and value), with an index beside
+//! it that lookups use so that moka's per-read bookkeeping is paid once per key per
+//! `TOUCH_MS`, not per command (see `Index`). Entries are typed
 //! Redis values, or `Absent` when the upstream said the key does not exist. Each entry
 //! knows when it was last confirmed (`seen_at`, for `store.max_staleness`) and its Redis
 //! expiry as an absolute wall-clock time where known (`expires_at_ms`), so a served value
@@ -9,11 +11,12 @@
 
 mod value;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use hashbrown::HashTable;
 use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use parking_lot::Mutex;
@@ -75,6 +78,16 @@ pub struct Entry {
 pub struct Slot {
     pub entry: Mutex<Entry>,
     weight: AtomicU32,
+    /// When moka was last told of an access to this slot (wall clock, unix milliseconds:
+    /// the round's reading, so no clock arithmetic per lookup; a clock step only moves
+    /// one report): see [`Index`].
+    touched_ms: AtomicU64,
+}
+
+impl Slot {
+    fn new(entry: Entry, weight: u32, now_ms: u64) -> Arc<Slot> {
+        Arc::new(Slot { entry: Mutex::new(entry), weight: AtomicU32::new(weight), touched_ms: AtomicU64::new(now_ms) })
+    }
 }
 
 /// What a lookup found.
@@ -107,9 +120,128 @@ impl Incoming<'_> {
     }
 }
 
+/// How often, at most, an access to a slot found through the [`Index`] is reported to moka
+/// (its LRU order): a key read or written continuously stays recent, and costs moka's
+/// bookkeeping once per interval instead of once per command.
+const TOUCH_MS: u64 = 100;
+
+const SHARDS: usize = 16;
+
+/// One shard of the [`Index`].
+type Shard = Mutex<HashTable<(StoreKey, Arc<Slot>)>>;
+
+/// The slots by key, beside moka. moka holds every entry, weighs it and decides what to
+/// evict, but its `get` records each read for its LRU order (a clock read, a channel send
+/// and the housekeeping that applies them: ~780 instructions, a fifth of an outage-mode
+/// SET). Lookups therefore go through this table (one hash, a short lock) and tell moka of
+/// the access only every [`TOUCH_MS`].
+///
+/// The two stay in step: an entry is added here before moka gets it and removed when moka
+/// reports its removal; a shard's lock is held across both changes for a key, so moka and
+/// the index never disagree on which slot a key has. moka's removal notifications (which
+/// can come from inside any moka call) only queue the slot; the queue is applied at the
+/// start of the next store operation, outside every lock.
+struct Index {
+    hasher: ahash::RandomState,
+    shards: Box<[Shard]>,
+    /// Slots moka removed (evicted, invalidated, replaced), to drop from the index.
+    removed: Mutex<Vec<(StoreKey, Arc<Slot>)>>,
+    removed_any: AtomicBool,
+}
+
+impl Index {
+    fn new() -> Index {
+        Index {
+            hasher: ahash::RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
+            removed: Mutex::new(Vec::new()),
+            removed_any: AtomicBool::new(false),
+        }
+    }
+
+    fn shard(&self, key: KeyRef<'_>) -> (u64, &Shard) {
+        let h = self.hasher.hash_one(key);
+        // Bits hashbrown uses neither for the bucket (low) nor for the tag (top 7).
+        (h, &self.shards[(h >> 32) as usize % SHARDS])
+    }
+
+    fn get(&self, key: KeyRef<'_>) -> Option<Arc<Slot>> {
+        let (h, shard) = self.shard(key);
+        shard.lock().find(h, |(k, _)| moka::Equivalent::equivalent(&key, k)).map(|(_, s)| s.clone())
+    }
+
+    /// Runs `f` with the key's shard locked and its current slot (`None` if absent); `f`
+    /// returns the slot the key must have afterwards (`None`: no entry). A new entry keeps
+    /// `owned` as its key when given (shared with moka's copy), else a copy of `key`.
+    fn with<R>(
+        &self,
+        key: KeyRef<'_>,
+        owned: Option<StoreKey>,
+        f: impl FnOnce(Option<&Arc<Slot>>) -> (Option<Arc<Slot>>, R),
+    ) -> R {
+        let (h, shard) = self.shard(key);
+        let mut t = shard.lock();
+        let current = t.find(h, |(k, _)| moka::Equivalent::equivalent(&key, k)).map(|(_, s)| s.clone());
+        let (next, r) = f(current.as_ref());
+        match (current, next) {
+            (Some(c), Some(n)) if Arc::ptr_eq(&c, &n) => {}
+            (Some(_), Some(n)) => {
+                if let Some((_, s)) = t.find_mut(h, |(k, _)| moka::Equivalent::equivalent(&key, k)) {
+                    *s = n;
+                }
+            }
+            (None, Some(n)) => {
+                let k = owned.unwrap_or_else(|| key.to_owned());
+                t.insert_unique(h, (k, n), |(k, _)| self.hasher.hash_one(k));
+            }
+            (Some(_), None) => {
+                if let Ok(e) = t.find_entry(h, |(k, _)| moka::Equivalent::equivalent(&key, k)) {
+                    e.remove();
+                }
+            }
+            (None, None) => {}
+        }
+        r
+    }
+
+    /// moka removed `slot` (called from moka's listener: only queues it).
+    fn moka_removed(&self, key: StoreKey, slot: Arc<Slot>) {
+        self.removed.lock().push((key, slot));
+        self.removed_any.store(true, Ordering::Release);
+    }
+
+    /// Drops the slots moka removed, unless the key has another slot by now.
+    fn apply_removals(&self) {
+        if !self.removed_any.load(Ordering::Acquire) || !self.removed_any.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let removed = std::mem::take(&mut *self.removed.lock());
+        for (k, slot) in removed {
+            let (h, shard) = self.shard(k.as_ref());
+            let mut t = shard.lock();
+            if let Ok(e) = t.find_entry(h, |(key, s)| key == &k && Arc::ptr_eq(s, &slot)) {
+                e.remove();
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.apply_removals();
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    fn retain(&self, keep: impl Fn(&StoreKey) -> bool) {
+        for shard in self.shards.iter() {
+            shard.lock().retain(|(k, _)| keep(k));
+        }
+    }
+}
+
 /// The byte-bounded LRU of typed values.
 pub struct Store {
     cache: moka::sync::Cache<StoreKey, Arc<Slot>, ahash::RandomState>,
+    index: Arc<Index>,
     max_staleness: Duration,
     metrics: Arc<Metrics>,
 }
@@ -137,27 +269,61 @@ pub fn now_ms() -> u64 {
 impl Store {
     pub fn new(max_bytes: u64, max_staleness: Duration, metrics: Arc<Metrics>) -> Store {
         let evictions = metrics.store_evictions.clone();
+        let index = Arc::new(Index::new());
+        let removed = index.clone();
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .eviction_policy(EvictionPolicy::lru())
             // For `invalidate_db` (FLUSHDB): without it moka refuses predicate invalidation.
             .support_invalidation_closures()
+            // The value, the key (counted twice: the index may hold its own copy) and the
+            // entry's share of moka's and the index's tables.
             .weigher(|k: &StoreKey, v: &Arc<Slot>| {
-                (k.key.len() as u32).saturating_add(48).saturating_add(v.weight.load(Ordering::Relaxed))
+                (k.key.len() as u32)
+                    .saturating_mul(2)
+                    .saturating_add(96)
+                    .saturating_add(v.weight.load(Ordering::Relaxed))
             })
-            .eviction_listener(move |_k, _v, cause| {
+            .eviction_listener(move |k: Arc<StoreKey>, v: Arc<Slot>, cause| {
                 if cause == RemovalCause::Size {
                     evictions.inc();
                 }
+                if cause != RemovalCause::Replaced {
+                    removed.moka_removed((*k).clone(), v);
+                }
             })
             .build_with_hasher(ahash::RandomState::new());
-        Store { cache, max_staleness, metrics }
+        Store { cache, index, max_staleness, metrics }
+    }
+
+    /// The key's slot, telling moka of the access if it has not heard of one for a while.
+    fn find(&self, key: KeyRef<'_>, now: Now) -> Option<Arc<Slot>> {
+        self.index.apply_removals();
+        let slot = self.index.get(key)?;
+        let t = now.ms;
+        if t.abs_diff(slot.touched_ms.load(Ordering::Relaxed)) >= TOUCH_MS {
+            slot.touched_ms.store(t, Ordering::Relaxed);
+            let _ = self.cache.get(&key);
+        }
+        Some(slot)
+    }
+
+    /// Makes `slot` the key's entry in the index and in moka (which weighs it), under the
+    /// shard's lock so that both agree. moka may evict inside `insert`; its listener only
+    /// queues, so holding the lock here cannot deadlock.
+    fn install(&self, key: KeyRef<'_>, slot: Arc<Slot>) {
+        self.index.apply_removals();
+        let owned = key.to_owned();
+        self.index.with(key, Some(owned.clone()), |_| {
+            self.cache.insert(owned, slot.clone());
+            (Some(slot), ())
+        });
     }
 
     /// Looks a key up. Expired values read as `Absent`; values older than the maximum
     /// staleness read as unseen (and are dropped).
     pub fn get(&self, key: KeyRef<'_>, now: Now) -> Lookup {
-        match self.cache.get(&key) {
+        match self.find(key, now) {
             None => {
                 self.metrics.store_misses.inc();
                 Lookup::Unseen
@@ -167,7 +333,7 @@ impl Store {
                     let mut e = slot.entry.lock();
                     if now.at.saturating_duration_since(e.seen_at) > self.max_staleness {
                         drop(e);
-                        self.cache.invalidate(&key);
+                        self.invalidate(key);
                         self.metrics.store_misses.inc();
                         return Lookup::Unseen;
                     }
@@ -197,8 +363,8 @@ impl Store {
     }
 
     fn upsert(&self, key: KeyRef<'_>, value: Incoming<'_>, ttl: Option<Option<u64>>, now: Now) {
-        if let Some(slot) = self.cache.get(&key) {
-            let weight = {
+        if let Some(slot) = self.find(key, now) {
+            {
                 let mut e = slot.entry.lock();
                 if !value.same_as(&e.value) {
                     e.value = value.into_value();
@@ -209,18 +375,14 @@ impl Store {
                     e.expires_at_ms = t;
                 }
                 e.seen_at = now.at;
-                e.value.weight()
-            };
-            if slot.weight.swap(weight, Ordering::Relaxed) != weight {
-                self.cache.insert(key.to_owned(), slot);
             }
+            self.reweigh(key, &slot);
             return;
         }
         let value = value.into_value();
         let weight = value.weight();
         let entry = Entry { value, expires_at_ms: ttl.flatten(), ttl_known: ttl.is_some(), seen_at: now.at };
-        let slot = Arc::new(Slot { entry: Mutex::new(entry), weight: AtomicU32::new(weight) });
-        self.cache.insert(key.to_owned(), slot);
+        self.install(key, Slot::new(entry, weight, now.ms));
     }
 
     /// The slot for `key`, created as `Absent` if unseen (`created` says which).
@@ -228,36 +390,40 @@ impl Store {
         match self.get(key, now) {
             Lookup::Found(slot) => (slot, false),
             Lookup::Unseen => {
-                let slot = Arc::new(Slot {
-                    entry: Mutex::new(Entry {
-                        value: Value::Absent,
-                        expires_at_ms: None,
-                        ttl_known: true,
-                        seen_at: now.at,
-                    }),
-                    weight: AtomicU32::new(0),
-                });
-                self.cache.insert(key.to_owned(), slot.clone());
+                let entry = Entry { value: Value::Absent, expires_at_ms: None, ttl_known: true, seen_at: now.at };
+                let slot = Slot::new(entry, 0, now.ms);
+                self.install(key, slot.clone());
                 (slot, true)
             }
         }
     }
 
-    /// Re-weighs a slot after its entry changed (the lock must not be held).
+    /// Re-weighs a slot after its entry changed (the lock must not be held). moka learns
+    /// the new weight by a re-insert, made only while the key still has this slot.
     pub fn reweigh(&self, key: KeyRef<'_>, slot: &Arc<Slot>) {
         let w = slot.entry.lock().value.weight();
         if slot.weight.swap(w, Ordering::Relaxed) != w {
-            self.cache.insert(key.to_owned(), slot.clone());
+            self.index.with(key, None, |current| {
+                let current = current.cloned();
+                if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, slot)) {
+                    self.cache.insert(key.to_owned(), slot.clone());
+                }
+                (current, ())
+            });
         }
     }
 
     /// Forgets a key (its upstream value changed in a way this sidecar cannot follow).
     pub fn invalidate(&self, key: KeyRef<'_>) {
-        self.cache.invalidate(&key);
+        self.index.with(key, None, |_| {
+            self.cache.invalidate(&key);
+            (None, ())
+        });
     }
 
     /// Forgets everything in one database (FLUSHDB, or a write whose keys are unknown).
     pub fn invalidate_db(&self, db: u32) {
+        self.index.retain(|k| k.db != db);
         self.cache
             .invalidate_entries_if(move |k, _| k.db == db)
             .expect("the cache is built with support_invalidation_closures");
@@ -265,18 +431,21 @@ impl Store {
 
     /// Forgets everything.
     pub fn clear(&self) {
+        self.index.retain(|_| false);
         self.cache.invalidate_all();
     }
 
     /// Entries currently stored (approximate, as moka counts).
     pub fn entries(&self) -> u64 {
         self.cache.run_pending_tasks();
+        self.index.apply_removals();
         self.cache.entry_count()
     }
 
     /// Bytes currently stored (the weighted size).
     pub fn bytes(&self) -> u64 {
         self.cache.run_pending_tasks();
+        self.index.apply_removals();
         self.cache.weighted_size()
     }
 
@@ -359,5 +528,52 @@ mod tests {
         store.put(key("old"), Value::Str(Bytes::from_static(b"v")), Some(None), Now::current());
         std::thread::sleep(Duration::from_millis(2));
         assert!(matches!(store.get(key("old"), Now::current()), Lookup::Unseen));
+    }
+    #[test]
+    fn the_index_follows_moka_through_evictions_invalidations_and_reweighs() {
+        let store = Store::new(64 << 10, Duration::from_secs(3600), Arc::new(Metrics::new()));
+        let value = Bytes::from(vec![b'x'; 500]);
+        for i in 0..2_000 {
+            store.put(key(&format!("k{i}")), Value::Str(value.clone()), Some(None), Now::current());
+        }
+        store.cache.run_pending_tasks();
+        let entries = store.entries();
+        assert!(entries < 2_000, "moka evicted: {entries}");
+        assert_eq!(store.index.len() as u64, entries, "every slot moka dropped left the index");
+        // Every key the index has is one moka has, and the other way round.
+        for (k, slot) in store.cache.iter() {
+            let found = store.index.get((*k).as_ref()).expect("moka's key is in the index");
+            assert!(Arc::ptr_eq(&found, &slot));
+        }
+        // A weight change re-inserts the same slot into moka: still found, still one entry.
+        let last = format!("k{}", 1_999);
+        store.put(key(&last), Value::Str(Bytes::from(vec![b'y'; 900])), Some(None), Now::current());
+        assert!(matches!(store.get(key(&last), Now::current()), Lookup::Found(_)));
+        store.cache.run_pending_tasks();
+        assert_eq!(store.index.len() as u64, store.entries());
+        store.invalidate(key(&last));
+        assert!(matches!(store.get(key(&last), Now::current()), Lookup::Unseen));
+        store.put(KeyRef { db: 1, key: b"other-db" }, Value::Str(value.clone()), Some(None), Now::current());
+        store.invalidate_db(0);
+        store.cache.run_pending_tasks();
+        assert_eq!(store.index.len(), 1, "only db 1 is left");
+        assert!(matches!(store.get(KeyRef { db: 1, key: b"other-db" }, Now::current()), Lookup::Found(_)));
+        store.clear();
+        assert!(matches!(store.get(KeyRef { db: 1, key: b"other-db" }, Now::current()), Lookup::Unseen));
+    }
+
+    #[test]
+    fn a_key_in_use_stays_recent_in_the_lru_although_lookups_skip_moka() {
+        let store = Store::new(64 << 10, Duration::from_secs(3600), Arc::new(Metrics::new()));
+        let value = Bytes::from(vec![b'x'; 500]);
+        let mut now = Now::current();
+        store.put(key("hot"), Value::Str(value.clone()), Some(None), now);
+        for i in 0..2_000 {
+            // Time passes between rounds (as in real traffic); the hot key is read in each.
+            now.ms += 10;
+            store.put(key(&format!("cold{i}")), Value::Str(value.clone()), Some(None), now);
+            assert!(matches!(store.get(key("hot"), now), Lookup::Found(_)), "hot key evicted at {i}");
+        }
+        assert!(store.entries() < 2_000);
     }
 }
