@@ -54,7 +54,7 @@ impl Arena {
     }
 }
 
-/// A journal's unreplayed records in sequence order: a deque of blocks of [`Self::BLOCK`]
+/// A journal's unreplayed records in sequence order: a deque of blocks of `BLOCK` (8,192)
 /// records each. Appends go to the last block, confirmations empty the first.
 #[derive(Default)]
 pub struct Records {
