@@ -576,4 +576,50 @@ mod tests {
         }
         assert!(store.entries() < 2_000);
     }
+    #[test]
+    fn the_index_and_moka_agree_after_concurrent_writers_readers_and_invalidations() {
+        let store = Arc::new(Store::new(32 << 10, Duration::from_secs(3600), Arc::new(Metrics::new())));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000u32 {
+                        let k = format!("k{}", (i * 7 + t) % 300);
+                        let now = Now::current();
+                        match i % 5 {
+                            0 => store.invalidate(key(&k)),
+                            1 => {
+                                let _ = store.get(key(&k), now);
+                            }
+                            2 => {
+                                let (slot, _) = store.slot_for_write(key(&k), now);
+                                slot.entry.lock().value = Value::Str(Bytes::from(vec![b'w'; (i % 400) as usize]));
+                                store.reweigh(key(&k), &slot);
+                            }
+                            _ => store.put(
+                                key(&k),
+                                Value::Str(Bytes::from(vec![b'p'; (i % 300) as usize])),
+                                Some(None),
+                                now,
+                            ),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        store.cache.run_pending_tasks();
+        assert!(store.bytes() <= 32 << 10, "{}", store.bytes());
+        // Every slot the index has is the one moka has for that key (the reverse may lag by
+        // the documented eviction race, which can only leave moka an entry the index lacks).
+        for shard in store.index.shards.iter() {
+            for (k, slot) in shard.lock().iter() {
+                let in_moka = store.cache.get(k).expect("an indexed key is in moka");
+                assert!(Arc::ptr_eq(&in_moka, slot), "index and moka hold different slots for {k:?}");
+            }
+        }
+        assert!(store.index.len() as u64 <= store.entries());
+    }
 }
