@@ -364,7 +364,7 @@ impl Store {
 
     fn upsert(&self, key: KeyRef<'_>, value: Incoming<'_>, ttl: Option<Option<u64>>, now: Now) {
         if let Some(slot) = self.find(key, now) {
-            {
+            let weight = {
                 let mut e = slot.entry.lock();
                 if !value.same_as(&e.value) {
                     e.value = value.into_value();
@@ -375,8 +375,9 @@ impl Store {
                     e.expires_at_ms = t;
                 }
                 e.seen_at = now.at;
-            }
-            self.reweigh(key, &slot);
+                e.value.weight()
+            };
+            self.set_weight(key, &slot, weight);
             return;
         }
         let value = value.into_value();
@@ -402,6 +403,10 @@ impl Store {
     /// the new weight by a re-insert, made only while the key still has this slot.
     pub fn reweigh(&self, key: KeyRef<'_>, slot: &Arc<Slot>) {
         let w = slot.entry.lock().value.weight();
+        self.set_weight(key, slot, w);
+    }
+
+    fn set_weight(&self, key: KeyRef<'_>, slot: &Arc<Slot>, w: u32) {
         if slot.weight.swap(w, Ordering::Relaxed) != w {
             self.index.with(key, None, |current| {
                 let current = current.cloned();
