@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use hashbrown::hash_table::Entry as TableEntry;
 use hashbrown::HashTable;
 use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
@@ -136,9 +137,9 @@ type Shard = Mutex<HashTable<(StoreKey, Arc<Slot>)>>;
 /// SET). Lookups therefore go through this table (one hash, a short lock) and tell moka of
 /// the access only every [`TOUCH_MS`].
 ///
-/// The two stay in step: an entry is added here before moka gets it and removed when moka
-/// reports its removal; a shard's lock is held across both changes for a key, so moka and
-/// the index never disagree on which slot a key has. moka's removal notifications (which
+/// The two stay in step: a key's slot changes in moka and here under the key's shard lock
+/// (so they never disagree on which slot a key has), and a slot moka removes on its own
+/// (eviction) leaves the index when moka reports it. moka's removal notifications (which
 /// can come from inside any moka call) only queue the slot; the queue is applied at the
 /// start of the next store operation, outside every lock.
 struct Index {
@@ -181,27 +182,24 @@ impl Index {
     ) -> R {
         let (h, shard) = self.shard(key);
         let mut t = shard.lock();
-        let current = t.find(h, |(k, _)| moka::Equivalent::equivalent(&key, k)).map(|(_, s)| s.clone());
-        let (next, r) = f(current.as_ref());
-        match (current, next) {
-            (Some(c), Some(n)) if Arc::ptr_eq(&c, &n) => {}
-            (Some(_), Some(n)) => {
-                if let Some((_, s)) = t.find_mut(h, |(k, _)| moka::Equivalent::equivalent(&key, k)) {
-                    *s = n;
+        let eq = |(k, _): &(StoreKey, Arc<Slot>)| moka::Equivalent::equivalent(&key, k);
+        match t.entry(h, eq, |(k, _)| self.hasher.hash_one(k)) {
+            TableEntry::Occupied(mut e) => {
+                let (next, r) = f(Some(&e.get().1));
+                match next {
+                    Some(n) => e.get_mut().1 = n,
+                    None => drop(e.remove()),
                 }
+                r
             }
-            (None, Some(n)) => {
-                let k = owned.unwrap_or_else(|| key.to_owned());
-                t.insert_unique(h, (k, n), |(k, _)| self.hasher.hash_one(k));
-            }
-            (Some(_), None) => {
-                if let Ok(e) = t.find_entry(h, |(k, _)| moka::Equivalent::equivalent(&key, k)) {
-                    e.remove();
+            TableEntry::Vacant(v) => {
+                let (next, r) = f(None);
+                if let Some(n) = next {
+                    v.insert((owned.unwrap_or_else(|| key.to_owned()), n));
                 }
+                r
             }
-            (None, None) => {}
         }
-        r
     }
 
     /// moka removed `slot` (called from moka's listener: only queues it).
