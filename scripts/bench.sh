@@ -64,7 +64,8 @@ bench:
   servers:
    - 127.0.0.1:$REDIS_PORT:1
 NUT
-  nutcracker -c "$work/nut.yml" -o "$work/nut.log" -p "$work/nut.pid" &
+  # Its stats port too (default 22222): a second twemproxy on the machine would take it.
+  nutcracker -c "$work/nut.yml" -s "$(port)" -o "$work/nut.log" -p "$work/nut.pid" &
   pids+=($!)
   targets=("redis:$REDIS_PORT" "twemproxy:$NUT_PORT" "respite:$RESPITE_PORT")
 fi

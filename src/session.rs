@@ -10,6 +10,7 @@
 //! failed: every request gets a reply or an error saying what is known of its outcome.
 
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use crate::upstream::mux::{BatchFailure, BatchReply, BatchResult};
 use crate::upstream::{Mux, UpstreamStream};
 use indexmap::IndexSet;
 use smallvec::SmallVec;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// One parsed request of the current round.
 struct Req {
@@ -117,6 +119,14 @@ pub struct Session {
     /// before the replies are written (a shared observe is four atomic updates; per command
     /// that was 3-5% of outage-mode CPU at pipeline 16).
     durations: prometheus::local::LocalHistogram,
+    /// Resolves when respite shuts down. Kept across reads: a fresh `cancelled()` per read
+    /// joins and leaves the token's waiter list (a lock each way) every round.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The command timeout of the batch waiting on a shared connection. Kept across
+    /// batches: moving a registered timer later is one atomic swap, where a fresh timer per
+    /// batch registers with the runtime's timer wheel and leaves it again (a lock each way;
+    /// ~8% of respite's instructions per request at pipeline 1).
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 #[derive(Default)]
@@ -170,6 +180,8 @@ impl Session {
         let ctx_auth = ctx.auth.required();
         let live = ctx.live.load_full();
         let durations = ctx.metrics.command_duration.local();
+        let shutdown = Box::pin(ctx.shutdown.clone().cancelled_owned());
+        let timer = Box::pin(tokio::time::sleep(live.command_timeout));
         Session {
             ctx,
             live,
@@ -198,6 +210,8 @@ impl Session {
             authed: !ctx_auth,
             clock: None,
             durations,
+            shutdown,
+            timer,
         }
     }
 
@@ -289,7 +303,7 @@ impl Session {
             };
             tokio::select! {
                 r = read => break r,
-                _ = self.ctx.shutdown.cancelled() => return Some(End::Shutdown),
+                _ = &mut self.shutdown => return Some(End::Shutdown),
                 _ = sleep_or_never(idle) => return Some(End::Idle),
                 msg = local => {
                     if let Some(msg) = msg {
@@ -979,12 +993,17 @@ impl Session {
             None => {
                 let send = self.mux.send(bytes, count);
                 match deadline {
-                    Some(d) => tokio::time::timeout_at(d, send).await.unwrap_or_else(|_| {
-                        Err(Box::new(BatchFailure {
-                            done: BatchReply::default(),
-                            error: UpstreamError::Timeout(self.live.command_timeout),
-                        }))
-                    }),
+                    Some(d) => {
+                        self.timer.as_mut().reset(d);
+                        tokio::select! {
+                            biased;
+                            r = send => r,
+                            _ = self.timer.as_mut() => Err(Box::new(BatchFailure {
+                                done: BatchReply::default(),
+                                error: UpstreamError::Timeout(self.live.command_timeout),
+                            })),
+                        }
+                    }
                     None => send.await,
                 }
             }
@@ -1184,6 +1203,13 @@ impl Session {
     async fn write_client(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         // The durations of the commands answered here are visible before their replies.
         self.durations.flush();
+        // Usually the socket takes it all at once: no timer, no future.
+        let bytes = match self.write.try_write(bytes) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(n) => &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => bytes,
+            Err(e) => return Err(e),
+        };
         let timeout = self.live.write_timeout;
         if timeout.is_zero() {
             return self.write.write_all(bytes).await;
@@ -1268,7 +1294,7 @@ impl Session {
                         return None;
                     }
                 },
-                _ = self.ctx.shutdown.cancelled() => return Some(End::Shutdown),
+                _ = &mut self.shutdown => return Some(End::Shutdown),
                 // An outage that leaves this connection open (a drill, a partition) is
                 // still an outage: subscribers move to local delivery.
                 _ = tokio::time::sleep(Duration::from_millis(100)), if self.subs.count() > 0 => {

@@ -217,6 +217,10 @@ async fn reader(
     let mut buf = BytesMut::with_capacity(16 << 10);
     let mut scanner = ReplyScanner::default();
     let mut cur: Option<Current> = None;
+    // One timer for the connection, moved to each batch's deadline: moving a registered
+    // timer later is one atomic swap; a fresh one per read would register and deregister.
+    let timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(timer);
     let error = 'conn: loop {
         // Hand out every batch whose replies are complete.
         loop {
@@ -251,6 +255,9 @@ async fn reader(
             break UpstreamError::Protocol("reply without a request".into());
         }
         let deadline = cur.as_ref().map(|c| (c.p.sent_at + c.p.timeout, c.p.timeout));
+        if let Some((at, _)) = deadline {
+            timer.as_mut().reset(at);
+        }
         crate::resp::make_room(&mut buf, super::UPSTREAM_READ_ROOM);
         tokio::select! {
             r = read.read_buf(&mut buf) => match r {
@@ -264,7 +271,7 @@ async fn reader(
             },
             _ = dead.cancelled() => break UpstreamError::Broken { reason: "write to upstream failed".into(), sent: true },
             // Counted in respite_upstream_timeouts_total by the session that waited.
-            _ = tokio::time::sleep_until(deadline.map_or_else(Instant::now, |d| d.0)), if deadline.is_some() => {
+            _ = timer.as_mut(), if deadline.is_some() => {
                 break UpstreamError::Timeout(deadline.map_or(Duration::ZERO, |d| d.1));
             }
         }
