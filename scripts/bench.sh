@@ -54,6 +54,8 @@ CFG
   --upstream "redis://127.0.0.1:$REDIS_PORT" --log-level warn &
 pids+=($!)
 targets=("redis:$REDIS_PORT" "respite:$RESPITE_PORT")
+# The process behind each target name, for the CPU each request costs it.
+declare -A pid_of=([redis]=${pids[0]} [respite]=${pids[1]} [outage]=${pids[2]})
 if command -v nutcracker >/dev/null; then
   cat > "$work/nut.yml" <<NUT
 bench:
@@ -67,6 +69,7 @@ NUT
   # Its stats port too (default 22222): a second twemproxy on the machine would take it.
   nutcracker -c "$work/nut.yml" -s "$(port)" -o "$work/nut.log" -p "$work/nut.pid" &
   pids+=($!)
+  pid_of[twemproxy]=$!
   targets=("redis:$REDIS_PORT" "twemproxy:$NUT_PORT" "respite:$RESPITE_PORT")
 fi
 sleep 1
@@ -74,8 +77,13 @@ for t in "${targets[@]}"; do redis-cli -p "${t#*:}" PING >/dev/null; done
 
 results="$work/results"
 : > "$results"
+# CPU time (user + system, clock ticks) a process has used so far.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
 # rounds FILE NAME:PORT...: GET and SET at pipeline 1 and 16 against each target, in
-# interleaved rounds; one line "name test pipeline requests/s round" per measurement.
+# interleaved rounds; one line per measurement: "name test pipeline requests/s round
+# cpu cpu-redis", the last two the CPU microseconds per request of the target's process
+# and of redis-server (for redis itself both are redis's).
 rounds() {
   local file=$1; shift
   for r in $(seq 1 "$ROUNDS"); do
@@ -83,9 +91,12 @@ rounds() {
       for test in get set; do
         for t in "$@"; do
           n=$REQUESTS; [ "$pipeline" -gt 1 ] && n=$((REQUESTS * 4))
+          p=${pid_of[${t%%:*}]}; c0=$(ticks "$p"); r0=$(ticks "${pid_of[redis]}")
           rps=$(redis-benchmark -p "${t#*:}" -c "$CLIENTS" -n "$n" -P "$pipeline" -d "$SIZE" -t "$test" -q 2>/dev/null \
             | tr '\r' '\n' | awk '/requests per second/ {print $2}' | tail -1)
-          echo "${t%%:*} $test $pipeline ${rps:-0} $r" >> "$file"
+          c1=$(ticks "$p"); r1=$(ticks "${pid_of[redis]}")
+          echo "${t%%:*} $test $pipeline ${rps:-0} $r $(awk -v a=$((c1 - c0)) -v b=$((r1 - r0)) -v n="$n" -v u="$TICK_US" \
+            'BEGIN { printf "%.2f %.2f", a * u / n, b * u / n }')" >> "$file"
         done
       done
     done
@@ -114,6 +125,19 @@ for pipeline in 1 16; do
   done
 done
 
+# CPU per request: steadier than requests/s on a shared 2-core machine, and the proxy's own
+# cost next to twemproxy's.
+printf '\nCPU microseconds per request (median of %s rounds): the target process, and redis-server behind a proxy\n\n' "$ROUNDS"
+printf '| test | pipeline | redis | twemproxy | redis behind twemproxy | respite | redis behind respite |\n'
+printf '|---|---|---|---|---|---|---|\n'
+for pipeline in 1 16; do
+  for test in get set; do
+    c() { awk -v n="$1" -v t="$test" -v p="$pipeline" -v col="$2" '$1==n && $2==t && $3==p {print $col}' "$results" | median; }
+    printf '| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f |\n' "${test^^}" "$pipeline" "$(c redis 6)" \
+      "$(c twemproxy 6)" "$(c twemproxy 7)" "$(c respite 6)" "$(c respite 7)"
+  done
+done
+
 # ---- outage mode: served from memory (drill), against redis direct, interleaved ----
 http() { # method path [body] -> body (bash /dev/tcp: no curl needed)
   local body=${3:-}
@@ -128,13 +152,15 @@ http POST /admin/drill '{"state":"down"}' >/dev/null
 : > "$work/outage"
 rounds "$work/outage" "redis:$REDIS_PORT" "outage:$OUT_PORT"
 printf '\nOutage mode (drill: served from the local store, writes journaled), median of %s rounds\n\n' "$ROUNDS"
-printf '| test | pipeline | redis | respite (outage) | ratio | paired ratio |\n|---|---|---|---|---|---|\n'
+printf '| test | pipeline | redis | respite (outage) | ratio | paired ratio | CPU us/request: redis | respite (outage) |\n'
+printf '|---|---|---|---|---|---|---|---|\n'
 for pipeline in 1 16; do
   for test in get set; do
-    m() { awk -v n="$1" -v t="$test" -v p="$pipeline" '$1==n && $2==t && $3==p {print $4}' "$work/outage" | median; }
+    m() { awk -v n="$1" -v t="$test" -v p="$pipeline" -v col="${2:-4}" '$1==n && $2==t && $3==p {print $col}' "$work/outage" | median; }
     a=$(m redis); b=$(m outage)
-    printf '| %s | %s | %.0f | %.0f | %s | %s |\n' "${test^^}" "$pipeline" "$a" "$b" \
-      "$(awk -v a="$b" -v b="$a" 'BEGIN { if (b > 0) printf "%.2f", a / b }')" "$(paired "$work/outage" redis outage "$test" "$pipeline")"
+    printf '| %s | %s | %.0f | %.0f | %s | %s | %.2f | %.2f |\n' "${test^^}" "$pipeline" "$a" "$b" \
+      "$(awk -v a="$b" -v b="$a" 'BEGIN { if (b > 0) printf "%.2f", a / b }')" "$(paired "$work/outage" redis outage "$test" "$pipeline")" \
+      "$(m redis 6)" "$(m outage 6)"
   done
 done
 
