@@ -802,14 +802,14 @@ fn set(cx: &mut Cx<'_>) -> Res {
     if (o.nx || o.xx) && !cx.allow_conditional {
         return Err(CmdErr::Conditional(if o.nx { "SET NX" } else { "SET XX" }));
     }
-    let value = Bytes::copy_from_slice(cx.args[2]);
+    let value = cx.args[2];
     let (old, done) = cx.write(1, |e| {
         let old = if o.get { typed::<Bytes>(&e.value)?.cloned() } else { None };
         let exists = !matches!(e.value, Value::Absent);
         if (o.nx && exists) || (o.xx && !exists) {
             return Ok((old, false));
         }
-        e.value = Value::Str(value);
+        e.value.set_str(value);
         if !o.keepttl {
             e.expires_at_ms = o.expiry;
             e.ttl_known = true;
@@ -844,9 +844,9 @@ fn set_with_ttl(cx: &mut Cx<'_>, mult: u64, name: &str) -> Res {
         return Err(CmdErr::Redis(format!("ERR invalid expire time in '{name}' command")));
     }
     let t = cx.now_ms.saturating_add((v as u64).saturating_mul(mult));
-    let value = Bytes::copy_from_slice(cx.args[3]);
+    let value = cx.args[3];
     cx.write(1, |e| {
-        e.value = Value::Str(value);
+        e.value.set_str(value);
         e.expires_at_ms = Some(t);
         e.ttl_known = true;
         Ok(())
@@ -875,9 +875,9 @@ fn mset(cx: &mut Cx<'_>) -> Res {
         return Err(wrong_args(cx));
     }
     for i in (1..cx.args.len()).step_by(2) {
-        let value = Bytes::copy_from_slice(cx.args[i + 1]);
+        let value = cx.args[i + 1];
         cx.write(i, |e| {
-            e.value = Value::Str(value);
+            e.value.set_str(value);
             e.expires_at_ms = None;
             e.ttl_known = true;
             Ok(())
@@ -982,10 +982,10 @@ fn getdel(cx: &mut Cx<'_>) -> Res {
 }
 
 fn getset(cx: &mut Cx<'_>) -> Res {
-    let value = Bytes::copy_from_slice(cx.args[2]);
+    let value = cx.args[2];
     let old = cx.write(1, |e| {
         let old = typed::<Bytes>(&e.value)?.cloned();
-        e.value = Value::Str(value);
+        e.value.set_str(value);
         e.expires_at_ms = None;
         e.ttl_known = true;
         Ok(old)

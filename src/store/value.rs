@@ -45,6 +45,28 @@ impl Value {
         }
     }
 
+    /// Makes this a string holding `bytes`. When it is already a string of the same length
+    /// that nothing else holds (a SET over a key it set before: counters, fixed-size
+    /// values), the bytes are written in place: no allocation for the new value and no
+    /// free of the old, which were ~12% of an outage-mode SET.
+    pub fn set_str(&mut self, bytes: &[u8]) {
+        if let Value::Str(old) = self {
+            if old.len() == bytes.len() {
+                match std::mem::take(old).try_into_mut() {
+                    // Same length and capacity: `freeze` keeps the buffer as it is.
+                    Ok(mut owned) if owned.capacity() == bytes.len() => {
+                        owned.clear();
+                        owned.extend_from_slice(bytes);
+                        *old = owned.freeze();
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        *self = Value::Str(Bytes::copy_from_slice(bytes));
+    }
+
     /// Whether a collection became empty (Redis deletes empty collections).
     pub fn is_empty_collection(&self) -> bool {
         match self {
@@ -129,6 +151,39 @@ impl ZSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_str_reuses_an_unshared_buffer_of_the_same_length_only() {
+        let mut v = Value::Absent;
+        v.set_str(b"12345678");
+        let Value::Str(first) = &v else { panic!("not a string") };
+        let at = first.as_ptr();
+        v.set_str(b"abcdefgh");
+        let Value::Str(second) = &v else { panic!("not a string") };
+        assert_eq!(&second[..], b"abcdefgh");
+        assert_eq!(second.as_ptr(), at, "same length, unshared: written in place");
+
+        // A reader holding the old value keeps it unchanged.
+        let held = second.clone();
+        v.set_str(b"ABCDEFGH");
+        assert_eq!(&held[..], b"abcdefgh");
+        assert!(matches!(&v, Value::Str(b) if &b[..] == b"ABCDEFGH"));
+
+        // Other lengths and other types get a fresh string.
+        v.set_str(b"short");
+        assert!(matches!(&v, Value::Str(b) if &b[..] == b"short"));
+        v.set_str(b"a much longer value than before");
+        assert!(matches!(&v, Value::Str(b) if &b[..] == b"a much longer value than before"));
+        let mut h = Value::Hash(IndexMap::new());
+        h.set_str(b"x");
+        assert!(matches!(&h, Value::Str(b) if &b[..] == b"x"));
+        // A slice of a larger buffer is never written through.
+        let big = Bytes::from_static(b"0123456789");
+        let mut s = Value::Str(big.slice(2..5));
+        s.set_str(b"xyz");
+        assert!(matches!(&s, Value::Str(b) if &b[..] == b"xyz"));
+        assert_eq!(&big[..], b"0123456789");
+    }
 
     #[test]
     fn zset_orders_by_score_then_member() {
