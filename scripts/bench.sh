@@ -112,13 +112,16 @@ paired() { # file a b test pipeline
     END { for (k in r) if (v[a " " k] > 0) print v[b " " k] / v[a " " k] }' "$1" | median | awk '{ printf "%.2f", $1 }'
 }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+# at FILE NAME TEST PIPELINE [COLUMN]: the median over rounds of a column of the lines
+# `rounds` wrote (4: requests/s, the default; 6: CPU per request; 7: redis's CPU per request).
+at() { awk -v n="$2" -v t="$3" -v p="$4" -v col="${5:-4}" '$1==n && $2==t && $3==p {print $col}' "$1" | median; }
 printf '\n%s clients, %s-byte values, median of %s interleaved rounds (requests/s)\n\n' "$CLIENTS" "$SIZE" "$ROUNDS"
 printf '| test | pipeline | redis | twemproxy | respite | respite/redis | respite/twemproxy | paired respite/redis |\n'
 printf '|---|---|---|---|---|---|---|---|\n'
 for pipeline in 1 16; do
   for test in get set; do
-    m() { awk -v n="$1" -v t="$test" -v p="$pipeline" '$1==n && $2==t && $3==p {print $4}' "$results" | median; }
-    redis=$(m redis); twem=$(m twemproxy); resp=$(m respite)
+    redis=$(at "$results" redis "$test" "$pipeline"); twem=$(at "$results" twemproxy "$test" "$pipeline")
+    resp=$(at "$results" respite "$test" "$pipeline")
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
     printf '| %s | %s | %.0f | %.0f | %.0f | %s | %s | %s |\n' "${test^^}" "$pipeline" "$redis" "$twem" "$resp" \
       "$(ratio "$resp" "$redis")" "$(ratio "$resp" "$twem")" "$(paired "$results" redis respite "$test" "$pipeline")"
@@ -132,7 +135,7 @@ printf '| test | pipeline | redis | twemproxy | redis behind twemproxy | respite
 printf '|---|---|---|---|---|---|---|\n'
 for pipeline in 1 16; do
   for test in get set; do
-    c() { awk -v n="$1" -v t="$test" -v p="$pipeline" -v col="$2" '$1==n && $2==t && $3==p {print $col}' "$results" | median; }
+    c() { at "$results" "$1" "$test" "$pipeline" "$2"; }
     printf '| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f |\n' "${test^^}" "$pipeline" "$(c redis 6)" \
       "$(c twemproxy 6)" "$(c twemproxy 7)" "$(c respite 6)" "$(c respite 7)"
   done
@@ -156,7 +159,7 @@ printf '| test | pipeline | redis | respite (outage) | ratio | paired ratio | CP
 printf '|---|---|---|---|---|---|---|---|\n'
 for pipeline in 1 16; do
   for test in get set; do
-    m() { awk -v n="$1" -v t="$test" -v p="$pipeline" -v col="${2:-4}" '$1==n && $2==t && $3==p {print $col}' "$work/outage" | median; }
+    m() { at "$work/outage" "$1" "$test" "$pipeline" "${2:-4}"; }
     a=$(m redis); b=$(m outage)
     printf '| %s | %s | %.0f | %.0f | %s | %s | %.2f | %.2f |\n' "${test^^}" "$pipeline" "$a" "$b" \
       "$(awk -v a="$b" -v b="$a" 'BEGIN { if (b > 0) printf "%.2f", a / b }')" "$(paired "$work/outage" redis outage "$test" "$pipeline")" \
