@@ -620,8 +620,14 @@ pub struct Flags {
     /// Client-facing RESP listener address [default: 127.0.0.1:6380].
     #[arg(long, env = "RESPITE_LISTEN", global = true)]
     pub listen: Option<String>,
-    /// Upstream Redis URL: redis://[user:password@]host:port[/db] or rediss://… [default: redis://127.0.0.1:6379].
-    #[arg(long, env = "RESPITE_UPSTREAM", global = true)]
+    /// The upstream Redis URL (`--upstream`; its help text is the `help` below, which
+    /// rustdoc does not read as a link).
+    #[arg(
+        long,
+        env = "RESPITE_UPSTREAM",
+        global = true,
+        help = "Upstream Redis URL: redis://[user:password@]host:port[/db] or rediss://… [default: redis://127.0.0.1:6379]"
+    )]
     pub upstream: Option<String>,
     /// Admin HTTP listener for /metrics, /healthz, /readyz, /status [default: 127.0.0.1:9480].
     #[arg(long, env = "RESPITE_ADMIN_LISTEN", global = true)]
