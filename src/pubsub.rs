@@ -1,8 +1,9 @@
 //! Pub/sub between this sidecar's own clients while the upstream is down.
 //!
 //! During an outage PUBLISH is delivered to the local subscribers of the channel (and of
-//! matching patterns), and answers how many received it — as Redis would if this sidecar's
-//! clients were its only clients. Messages published elsewhere during the outage are not
+//! matching patterns), and SPUBLISH to the local subscribers of the shard channel (a
+//! namespace of its own, as in Redis 7: patterns never match it), each answering how many
+//! received it — as Redis would if this sidecar's clients were its only clients. Messages published elsewhere during the outage are not
 //! seen, and nothing is replayed: pub/sub is fire-and-forget in Redis too. Each subscriber
 //! has a bounded queue; a subscriber that does not keep up misses messages (counted).
 
@@ -20,6 +21,7 @@ use crate::resp::put_decimal;
 pub enum Msg {
     Message { channel: Bytes, payload: Bytes },
     PMessage { pattern: Bytes, channel: Bytes, payload: Bytes },
+    SMessage { channel: Bytes, payload: Bytes },
 }
 
 impl Msg {
@@ -27,9 +29,9 @@ impl Msg {
     pub fn encode(&self, resp3: bool, out: &mut BytesMut) {
         let head = if resp3 { b'>' } else { b'*' };
         match self {
-            Msg::Message { channel, payload } => {
+            Msg::Message { channel, payload } | Msg::SMessage { channel, payload } => {
                 header(out, head, 3);
-                bulk(out, b"message");
+                bulk(out, if matches!(self, Msg::Message { .. }) { b"message" } else { b"smessage" });
                 bulk(out, channel);
                 bulk(out, payload);
             }
@@ -76,12 +78,15 @@ pub fn confirmation(out: &mut BytesMut, resp3: bool, kind: &[u8], name: Option<&
 pub const QUEUE: usize = 1024;
 
 type Subscribers = Vec<(u64, mpsc::Sender<Msg>)>;
+type Channels = Mutex<HashMap<Bytes, Subscribers>>;
 
 /// The local broker.
 #[derive(Default)]
 pub struct Broker {
-    channels: Mutex<HashMap<Bytes, Subscribers>>,
+    channels: Channels,
     patterns: Mutex<Vec<(Bytes, u64, mpsc::Sender<Msg>)>>,
+    /// Shard channels (SSUBSCRIBE/SPUBLISH).
+    shard: Channels,
     next_id: AtomicU64,
     /// Messages a slow local subscriber missed.
     pub dropped: AtomicU64,
@@ -94,21 +99,19 @@ impl Broker {
     }
 
     pub fn subscribe(&self, id: u64, channel: Bytes, tx: mpsc::Sender<Msg>) {
-        let mut c = self.channels.lock();
-        let subs = c.entry(channel).or_default();
-        if !subs.iter().any(|(i, _)| *i == id) {
-            subs.push((id, tx));
-        }
+        join(&self.channels, id, channel, tx);
     }
 
     pub fn unsubscribe(&self, id: u64, channel: &[u8]) {
-        let mut c = self.channels.lock();
-        if let Some(subs) = c.get_mut(channel) {
-            subs.retain(|(i, _)| *i != id);
-            if subs.is_empty() {
-                c.remove(channel);
-            }
-        }
+        leave(&self.channels, id, channel);
+    }
+
+    pub fn ssubscribe(&self, id: u64, channel: Bytes, tx: mpsc::Sender<Msg>) {
+        join(&self.shard, id, channel, tx);
+    }
+
+    pub fn sunsubscribe(&self, id: u64, channel: &[u8]) {
+        leave(&self.shard, id, channel);
     }
 
     pub fn psubscribe(&self, id: u64, pattern: Bytes, tx: mpsc::Sender<Msg>) {
@@ -124,10 +127,12 @@ impl Broker {
 
     /// Removes every subscription of a subscriber.
     pub fn remove(&self, id: u64) {
-        self.channels.lock().retain(|_, subs| {
-            subs.retain(|(i, _)| *i != id);
-            !subs.is_empty()
-        });
+        for channels in [&self.channels, &self.shard] {
+            channels.lock().retain(|_, subs| {
+                subs.retain(|(i, _)| *i != id);
+                !subs.is_empty()
+            });
+        }
         self.patterns.lock().retain(|(_, i, _)| *i != id);
     }
 
@@ -151,6 +156,16 @@ impl Broker {
         n
     }
 
+    /// Delivers a shard message (SPUBLISH); returns how many subscribers received it.
+    pub fn spublish(&self, channel: &[u8], payload: &[u8]) -> usize {
+        let shard = self.shard.lock();
+        let Some(subs) = shard.get(channel) else { return 0 };
+        let (channel, payload) = (Bytes::copy_from_slice(channel), Bytes::copy_from_slice(payload));
+        subs.iter()
+            .map(|(_, tx)| self.deliver(tx, Msg::SMessage { channel: channel.clone(), payload: payload.clone() }))
+            .sum()
+    }
+
     fn deliver(&self, tx: &mpsc::Sender<Msg>, msg: Msg) -> usize {
         match tx.try_send(msg) {
             Ok(()) => 1,
@@ -159,6 +174,24 @@ impl Broker {
                 0
             }
             Err(mpsc::error::TrySendError::Closed(_)) => 0,
+        }
+    }
+}
+
+fn join(channels: &Channels, id: u64, channel: Bytes, tx: mpsc::Sender<Msg>) {
+    let mut c = channels.lock();
+    let subs = c.entry(channel).or_default();
+    if !subs.iter().any(|(i, _)| *i == id) {
+        subs.push((id, tx));
+    }
+}
+
+fn leave(channels: &Channels, id: u64, channel: &[u8]) {
+    let mut c = channels.lock();
+    if let Some(subs) = c.get_mut(channel) {
+        subs.retain(|(i, _)| *i != id);
+        if subs.is_empty() {
+            c.remove(channel);
         }
     }
 }
@@ -282,5 +315,29 @@ mod tests {
         let mut out = BytesMut::new();
         Msg::Message { channel: Bytes::from_static(b"c"), payload: Bytes::from_static(b"p") }.encode(false, &mut out);
         assert_eq!(&out[..], b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\np\r\n");
+    }
+
+    #[tokio::test]
+    async fn shard_channels_are_a_namespace_of_their_own() {
+        let b = Broker::default();
+        let (tx1, mut rx1) = mpsc::channel(QUEUE);
+        let (tx2, mut rx2) = mpsc::channel(QUEUE);
+        let (s1, s2) = (b.subscriber(), b.subscriber());
+        b.ssubscribe(s1, Bytes::from_static(b"orders"), tx1);
+        b.psubscribe(s2, Bytes::from_static(b"*"), tx2.clone());
+        b.subscribe(s2, Bytes::from_static(b"orders"), tx2);
+        assert_eq!(b.spublish(b"orders", b"1"), 1, "SPUBLISH reaches shard subscribers only");
+        assert!(matches!(rx1.recv().await, Some(Msg::SMessage { .. })));
+        assert!(rx2.try_recv().is_err(), "patterns and plain channels do not see shard messages");
+        assert_eq!(b.publish(b"orders", b"2"), 2, "PUBLISH reaches the channel and the pattern");
+        assert!(rx1.try_recv().is_err(), "a shard subscriber does not see PUBLISH");
+        b.sunsubscribe(s1, b"orders");
+        assert_eq!(b.spublish(b"orders", b"3"), 0);
+        b.ssubscribe(s1, Bytes::from_static(b"x"), mpsc::channel(1).0);
+        b.remove(s1);
+        assert_eq!(b.spublish(b"x", b"4"), 0, "remove drops shard subscriptions too");
+        let mut out = BytesMut::new();
+        Msg::SMessage { channel: Bytes::from_static(b"c"), payload: Bytes::from_static(b"p") }.encode(true, &mut out);
+        assert_eq!(&out[..], b">3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$1\r\np\r\n");
     }
 }

@@ -135,11 +135,19 @@ pub struct Session {
 struct Subs {
     channels: IndexSet<Bytes>,
     patterns: IndexSet<Bytes>,
+    /// Shard channels (SSUBSCRIBE).
+    shard: IndexSet<Bytes>,
 }
 
 impl Subs {
+    /// The count SUBSCRIBE/PSUBSCRIBE confirmations carry (shard channels have their own).
     fn count(&self) -> usize {
         self.channels.len() + self.patterns.len()
+    }
+
+    /// Channels, patterns and shard channels: the confirmations a re-subscription makes.
+    fn total(&self) -> usize {
+        self.count() + self.shard.len()
     }
 }
 
@@ -500,8 +508,17 @@ impl Session {
             return true;
         }
         let name = self.reqs[i].name();
-        if matches!(name, "SUBSCRIBE" | "PSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "PUBLISH")
-            || (name == "PING" && self.local.is_some())
+        if matches!(
+            name,
+            "SUBSCRIBE"
+                | "PSUBSCRIBE"
+                | "SSUBSCRIBE"
+                | "UNSUBSCRIBE"
+                | "PUNSUBSCRIBE"
+                | "SUNSUBSCRIBE"
+                | "PUBLISH"
+                | "SPUBLISH"
+        ) || (name == "PING" && self.local.is_some())
         {
             let req = &self.reqs[i];
             let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
@@ -712,11 +729,18 @@ impl Session {
     fn serve_pubsub(&mut self, name: &str, args: &[Bytes]) -> Outcome {
         let broker = &self.ctx.outage.broker;
         let resp3 = self.resp3;
-        if name == "PUBLISH" {
+        if name == "PUBLISH" || name == "SPUBLISH" {
             if args.len() != 3 {
-                return err(&mut self.out, "ERR wrong number of arguments for 'publish' command");
+                return err(
+                    &mut self.out,
+                    &format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()),
+                );
             }
-            let n = broker.publish(&args[1], &args[2]);
+            let n = if name == "PUBLISH" {
+                broker.publish(&args[1], &args[2])
+            } else {
+                broker.spublish(&args[1], &args[2])
+            };
             self.out.extend_from_slice(format!(":{n}\r\n").as_bytes());
             return Outcome::Local;
         }
@@ -730,7 +754,7 @@ impl Session {
             }
             return Outcome::Local;
         }
-        let subscribing = matches!(name, "SUBSCRIBE" | "PSUBSCRIBE");
+        let subscribing = matches!(name, "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE");
         if subscribing && args.len() < 2 {
             return err(
                 &mut self.out,
@@ -741,40 +765,62 @@ impl Session {
             let (tx, rx) = tokio::sync::mpsc::channel(crate::pubsub::QUEUE);
             LocalSub { id: broker.subscriber(), tx, rx }
         });
-        let patterns = name.starts_with('P');
+        #[derive(PartialEq)]
+        enum Space {
+            Channels,
+            Patterns,
+            Shard,
+        }
+        let space = match name {
+            "PSUBSCRIBE" | "PUNSUBSCRIBE" => Space::Patterns,
+            "SSUBSCRIBE" | "SUNSUBSCRIBE" => Space::Shard,
+            _ => Space::Channels,
+        };
+        // As Redis: shard confirmations count shard channels; the others count the rest.
+        let count = |subs: &Subs| if space == Space::Shard { subs.shard.len() } else { subs.count() };
         let kind = name.to_ascii_lowercase();
         let targets: Vec<Bytes> = if args.len() > 1 {
             args[1..].to_vec()
-        } else if patterns {
-            self.subs.patterns.iter().cloned().collect()
         } else {
-            self.subs.channels.iter().cloned().collect()
+            match space {
+                Space::Channels => self.subs.channels.iter().cloned().collect(),
+                Space::Patterns => self.subs.patterns.iter().cloned().collect(),
+                Space::Shard => self.subs.shard.iter().cloned().collect(),
+            }
         };
         if targets.is_empty() {
-            crate::pubsub::confirmation(&mut self.out, resp3, kind.as_bytes(), None, self.subs.count());
+            crate::pubsub::confirmation(&mut self.out, resp3, kind.as_bytes(), None, count(&self.subs));
         }
         for t in targets {
-            match (subscribing, patterns) {
-                (true, false) => {
+            match (subscribing, &space) {
+                (true, Space::Channels) => {
                     broker.subscribe(local.id, t.clone(), local.tx.clone());
                     self.subs.channels.insert(t.clone());
                 }
-                (true, true) => {
+                (true, Space::Patterns) => {
                     broker.psubscribe(local.id, t.clone(), local.tx.clone());
                     self.subs.patterns.insert(t.clone());
                 }
-                (false, false) => {
+                (true, Space::Shard) => {
+                    broker.ssubscribe(local.id, t.clone(), local.tx.clone());
+                    self.subs.shard.insert(t.clone());
+                }
+                (false, Space::Channels) => {
                     broker.unsubscribe(local.id, &t);
                     self.subs.channels.shift_remove(&t);
                 }
-                (false, true) => {
+                (false, Space::Patterns) => {
                     broker.punsubscribe(local.id, &t);
                     self.subs.patterns.shift_remove(&t);
                 }
+                (false, Space::Shard) => {
+                    broker.sunsubscribe(local.id, &t);
+                    self.subs.shard.shift_remove(&t);
+                }
             }
-            crate::pubsub::confirmation(&mut self.out, resp3, kind.as_bytes(), Some(&t), self.subs.count());
+            crate::pubsub::confirmation(&mut self.out, resp3, kind.as_bytes(), Some(&t), count(&self.subs));
         }
-        if self.subs.count() == 0 {
+        if self.subs.total() == 0 {
             if let Some(l) = self.local.take() {
                 broker.remove(l.id);
             }
@@ -789,7 +835,11 @@ impl Session {
         let dedicated = self.dedicated.as_mut().expect("pinned above");
         let Ok((mut stream, buf)) = dedicated.take_stream().await else { return false };
         let mut req = BytesMut::new();
-        for (cmd, set) in [(&b"SUBSCRIBE"[..], &self.subs.channels), (b"PSUBSCRIBE", &self.subs.patterns)] {
+        for (cmd, set) in [
+            (&b"SUBSCRIBE"[..], &self.subs.channels),
+            (b"PSUBSCRIBE", &self.subs.patterns),
+            (b"SSUBSCRIBE", &self.subs.shard),
+        ] {
             if !set.is_empty() {
                 let mut args: Vec<&[u8]> = vec![cmd];
                 args.extend(set.iter().map(|c| &c[..]));
@@ -802,7 +852,7 @@ impl Session {
         if let Some(l) = self.local.take() {
             self.ctx.outage.broker.remove(l.id);
         }
-        self.swallow = self.subs.count();
+        self.swallow = self.subs.total();
         self.stream = Some((stream, buf));
         tracing::debug!(subscriptions = self.swallow, "local subscriptions moved back to the upstream");
         true
@@ -818,6 +868,7 @@ impl Session {
             let set = match spec.name {
                 "SUBSCRIBE" | "UNSUBSCRIBE" => &mut self.subs.channels,
                 "PSUBSCRIBE" | "PUNSUBSCRIBE" => &mut self.subs.patterns,
+                "SSUBSCRIBE" | "SUNSUBSCRIBE" => &mut self.subs.shard,
                 "RESET" => {
                     self.subs = Subs::default();
                     continue;
@@ -1293,7 +1344,7 @@ impl Session {
                         }
                         self.stream = None;
                         self.ctx.health.record_failure("pub/sub connection closed by the upstream");
-                        if self.subs.count() > 0 {
+                        if self.subs.total() > 0 {
                             self.go_local();
                             return None;
                         }
@@ -1310,7 +1361,7 @@ impl Session {
                 _ = &mut self.shutdown => return Some(End::Shutdown),
                 // An outage that leaves this connection open (a drill, a partition) is
                 // still an outage: subscribers move to local delivery.
-                _ = tokio::time::sleep(Duration::from_millis(100)), if self.subs.count() > 0 => {
+                _ = tokio::time::sleep(Duration::from_millis(100)), if self.subs.total() > 0 => {
                     if self.ctx.outage.active() {
                         self.stream = None;
                         self.go_local();
@@ -1332,8 +1383,11 @@ impl Session {
         for p in &self.subs.patterns {
             broker.psubscribe(id, p.clone(), tx.clone());
         }
+        for c in &self.subs.shard {
+            broker.ssubscribe(id, c.clone(), tx.clone());
+        }
         self.local = Some(LocalSub { id, tx, rx });
-        tracing::debug!(subscriptions = self.subs.count(), "outage: subscriptions served locally");
+        tracing::debug!(subscriptions = self.subs.total(), "outage: subscriptions served locally");
     }
 
     /// Writes client requests to the relayed connection.

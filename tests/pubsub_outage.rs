@@ -93,3 +93,66 @@ async fn a_killed_upstream_keeps_subscribers_subscribed_locally() {
     assert!(!sub.closed_within(Duration::from_millis(100)).await, "the client connection stays open");
     respite.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_subscribers_are_served_locally_through_an_outage_and_resubscribed_after() {
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.admin.token = "t".into();
+    let respite = Respite::start_with(cfg).await;
+    let smessage = |payload: &str| encode(&[b"smessage", b"orders", payload.as_bytes()]);
+
+    // Subscribed while healthy: on the upstream (Redis's own confirmation).
+    let mut sub = Box::pin(Raw::connect(respite.addr)).await;
+    assert_eq!(
+        Box::pin(sub.call(&[b"SSUBSCRIBE", b"orders"])).await,
+        b"*3\r\n$10\r\nssubscribe\r\n$6\r\norders\r\n:1\r\n"
+    );
+    let mut publisher = Box::pin(Raw::connect(respite.addr)).await;
+    assert_eq!(Box::pin(publisher.call(&[b"SPUBLISH", b"orders", b"one"])).await, b":1\r\n");
+    assert_eq!(Box::pin(sub.reply()).await, smessage("one"));
+
+    // Down: the shard subscriber stays subscribed, locally, without an error.
+    drill(&respite, "down").await;
+    respite.wait_state("down", Duration::from_secs(2)).await;
+    let mut r = Vec::new();
+    for _ in 0..20 {
+        r = Box::pin(publisher.call(&[b"SPUBLISH", b"orders", b"two"])).await;
+        if r == b":1\r\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(r, b":1\r\n", "during the outage SPUBLISH reaches the local shard subscriber");
+    assert_eq!(Box::pin(sub.reply()).await, smessage("two"));
+    // Shard channels are their own namespace: PUBLISH on the same name reaches nobody.
+    assert_eq!(Box::pin(publisher.call(&[b"PUBLISH", b"orders", b"plain"])).await, b":0\r\n");
+    // A second shard subscriber joins and leaves locally, counting as Redis does.
+    let mut sub2 = Box::pin(Raw::connect(respite.addr)).await;
+    assert_eq!(
+        Box::pin(sub2.call(&[b"SSUBSCRIBE", b"orders", b"other"])).await,
+        b"*3\r\n$10\r\nssubscribe\r\n$6\r\norders\r\n:1\r\n"
+    );
+    assert_eq!(Box::pin(sub2.reply()).await, b"*3\r\n$10\r\nssubscribe\r\n$5\r\nother\r\n:2\r\n");
+    assert_eq!(Box::pin(publisher.call(&[b"SPUBLISH", b"orders", b"three"])).await, b":2\r\n");
+    assert_eq!(Box::pin(sub.reply()).await, smessage("three"));
+    assert_eq!(Box::pin(sub2.reply()).await, smessage("three"));
+    assert_eq!(
+        Box::pin(sub2.call(&[b"SUNSUBSCRIBE", b"orders"])).await,
+        b"*3\r\n$12\r\nsunsubscribe\r\n$6\r\norders\r\n:1\r\n"
+    );
+    assert_eq!(Box::pin(publisher.call(&[b"SPUBLISH", b"orders", b"four"])).await, b":1\r\n");
+    assert_eq!(Box::pin(sub.reply()).await, smessage("four"));
+
+    // Back up: the first subscriber is shard-subscribed on the upstream again.
+    drill(&respite, "auto").await;
+    respite.wait_state("healthy", Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let direct = redis::Client::open(redis.url()).unwrap();
+    let mut direct = direct.get_multiplexed_async_connection().await.unwrap();
+    let receivers: i64 = redis::cmd("SPUBLISH").arg("orders").arg("five").query_async(&mut direct).await.unwrap();
+    assert_eq!(receivers, 1, "the shard subscriber is on the upstream again (the second left)");
+    assert_eq!(Box::pin(sub.reply()).await, smessage("five"));
+    assert!(!sub.closed_within(Duration::from_millis(100)).await, "no error, no close");
+    respite.shutdown().await;
+}
