@@ -141,7 +141,8 @@ type Shard = Mutex<HashTable<(StoreKey, Arc<Slot>)>>;
 /// (so they never disagree on which slot a key has), and a slot moka removes on its own
 /// (eviction) leaves the index when moka reports it. moka's removal notifications (which
 /// can come from inside any moka call) only queue the slot; the queue is applied at the
-/// start of the next store operation, outside every lock.
+/// start of the next store operation, outside every lock, and keeps a slot a write put
+/// back into moka in the meantime (a re-weigh after the eviction).
 struct Index {
     hasher: ahash::RandomState,
     shards: Box<[Shard]>,
@@ -208,8 +209,11 @@ impl Index {
         self.removed_any.store(true, Ordering::Release);
     }
 
-    /// Drops the slots moka removed, unless the key has another slot by now.
-    fn apply_removals(&self) {
+    /// Drops the slots moka removed, unless the key has another slot by now or moka has
+    /// the key again (`in_moka`, asked under the key's shard lock): a write that re-weighed
+    /// the slot between moka's eviction and this call put it back into moka, and the two
+    /// must keep agreeing.
+    fn apply_removals(&self, in_moka: impl Fn(&StoreKey) -> bool) {
         if !self.removed_any.load(Ordering::Acquire) || !self.removed_any.swap(false, Ordering::AcqRel) {
             return;
         }
@@ -218,14 +222,15 @@ impl Index {
             let (h, shard) = self.shard(k.as_ref());
             let mut t = shard.lock();
             if let Ok(e) = t.find_entry(h, |(key, s)| key == &k && Arc::ptr_eq(s, &slot)) {
-                e.remove();
+                if !in_moka(&k) {
+                    e.remove();
+                }
             }
         }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.apply_removals();
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
@@ -294,9 +299,20 @@ impl Store {
         Store { cache, index, max_staleness, metrics }
     }
 
+    /// Applies moka's queued removals to the index.
+    fn apply_removals(&self) {
+        self.index.apply_removals(|k| self.cache.contains_key(k));
+    }
+
+    #[cfg(test)]
+    fn index_len(&self) -> usize {
+        self.apply_removals();
+        self.index.len()
+    }
+
     /// The key's slot, telling moka of the access if it has not heard of one for a while.
     fn find(&self, key: KeyRef<'_>, now: Now) -> Option<Arc<Slot>> {
-        self.index.apply_removals();
+        self.apply_removals();
         let slot = self.index.get(key)?;
         let t = now.ms;
         if t.abs_diff(slot.touched_ms.load(Ordering::Relaxed)) >= TOUCH_MS {
@@ -310,7 +326,7 @@ impl Store {
     /// shard's lock so that both agree. moka may evict inside `insert`; its listener only
     /// queues, so holding the lock here cannot deadlock.
     fn install(&self, key: KeyRef<'_>, slot: Arc<Slot>) {
-        self.index.apply_removals();
+        self.apply_removals();
         let owned = key.to_owned();
         self.index.with(key, Some(owned.clone()), |_| {
             self.cache.insert(owned, slot.clone());
@@ -441,14 +457,14 @@ impl Store {
     /// Entries currently stored (approximate, as moka counts).
     pub fn entries(&self) -> u64 {
         self.cache.run_pending_tasks();
-        self.index.apply_removals();
+        self.apply_removals();
         self.cache.entry_count()
     }
 
     /// Bytes currently stored (the weighted size).
     pub fn bytes(&self) -> u64 {
         self.cache.run_pending_tasks();
-        self.index.apply_removals();
+        self.apply_removals();
         self.cache.weighted_size()
     }
 
@@ -542,7 +558,7 @@ mod tests {
         store.cache.run_pending_tasks();
         let entries = store.entries();
         assert!(entries < 2_000, "moka evicted: {entries}");
-        assert_eq!(store.index.len() as u64, entries, "every slot moka dropped left the index");
+        assert_eq!(store.index_len() as u64, entries, "every slot moka dropped left the index");
         // Every key the index has is one moka has, and the other way round.
         for (k, slot) in store.cache.iter() {
             let found = store.index.get((*k).as_ref()).expect("moka's key is in the index");
@@ -553,13 +569,13 @@ mod tests {
         store.put(key(&last), Value::Str(Bytes::from(vec![b'y'; 900])), Some(None), Now::current());
         assert!(matches!(store.get(key(&last), Now::current()), Lookup::Found(_)));
         store.cache.run_pending_tasks();
-        assert_eq!(store.index.len() as u64, store.entries());
+        assert_eq!(store.index_len() as u64, store.entries());
         store.invalidate(key(&last));
         assert!(matches!(store.get(key(&last), Now::current()), Lookup::Unseen));
         store.put(KeyRef { db: 1, key: b"other-db" }, Value::Str(value.clone()), Some(None), Now::current());
         store.invalidate_db(0);
         store.cache.run_pending_tasks();
-        assert_eq!(store.index.len(), 1, "only db 1 is left");
+        assert_eq!(store.index_len(), 1, "only db 1 is left");
         assert!(matches!(store.get(KeyRef { db: 1, key: b"other-db" }, Now::current()), Lookup::Found(_)));
         store.clear();
         assert!(matches!(store.get(KeyRef { db: 1, key: b"other-db" }, Now::current()), Lookup::Unseen));
@@ -615,14 +631,48 @@ mod tests {
         }
         store.cache.run_pending_tasks();
         assert!(store.bytes() <= 32 << 10, "{}", store.bytes());
-        // Every slot the index has is the one moka has for that key (the reverse may lag by
-        // the documented eviction race, which can only leave moka an entry the index lacks).
+        // Every slot the index has is the one moka has for that key, and the other way round.
+        let entries = store.entries();
+        assert_eq!(store.index_len() as u64, entries);
         for shard in store.index.shards.iter() {
             for (k, slot) in shard.lock().iter() {
                 let in_moka = store.cache.get(k).expect("an indexed key is in moka");
                 assert!(Arc::ptr_eq(&in_moka, slot), "index and moka hold different slots for {k:?}");
             }
         }
-        assert!(store.index.len() as u64 <= store.entries());
+        for (k, slot) in store.cache.iter() {
+            let found = store.index.get((*k).as_ref()).expect("a key moka has is in the index");
+            assert!(Arc::ptr_eq(&found, &slot));
+        }
+    }
+
+    #[test]
+    fn a_slot_re_weighed_after_moka_evicted_it_is_still_found() {
+        // moka evicts k1 while other keys come in; the write holding k1's slot then re-weighs
+        // it (putting it back into moka) before the index has heard of the eviction.
+        let store = Store::new(16 << 10, Duration::from_secs(3600), Arc::new(Metrics::new()));
+        let now = Now::current();
+        let (slot, _) = store.slot_for_write(key("k1"), now);
+        slot.entry.lock().value = Value::Str(Bytes::from(vec![b'a'; 100]));
+        store.reweigh(key("k1"), &slot);
+        let filler = Bytes::from(vec![b'f'; 500]);
+        let mut i = 0;
+        while store.cache.contains_key(&key("k1")) {
+            store.put(key(&format!("f{i}")), Value::Str(filler.clone()), Some(None), now);
+            store.cache.run_pending_tasks();
+            i += 1;
+            assert!(i < 1_000, "k1 never evicted");
+        }
+        // The eviction is queued, not yet applied: the index still has k1's slot.
+        assert!(store.index.get(key("k1")).is_some_and(|s| Arc::ptr_eq(&s, &slot)));
+        slot.entry.lock().value = Value::Str(Bytes::from(vec![b'b'; 200]));
+        store.reweigh(key("k1"), &slot);
+        assert!(store.cache.contains_key(&key("k1")), "the re-weigh put the slot back into moka");
+        match store.get(key("k1"), now) {
+            Lookup::Found(found) => assert!(Arc::ptr_eq(&found, &slot)),
+            Lookup::Unseen => panic!("moka has k1 but the index dropped it"),
+        }
+        let entries = store.entries();
+        assert_eq!(store.index_len() as u64, entries);
     }
 }
