@@ -169,6 +169,11 @@ fn req_args<'a>(arena: &'a [Arg], base: &'a [u8], r: Range<usize>) -> SmallVec<[
     arena[r].iter().map(|&(s, l)| &base[s as usize..(s + l) as usize]).collect()
 }
 
+/// The reply buffer a session starts with: enough for the replies of a short pipeline, and
+/// it grows as replies need. An idle client that sent one command keeps this much, so it is
+/// small (with 4 KiB it was a quarter of the memory an idle client costs).
+const OUT_START: usize = 512;
+
 /// Why a session ended (read through `Debug` by the session's debug log line).
 #[derive(Debug)]
 #[allow(dead_code)]
@@ -199,7 +204,7 @@ impl Session {
             read,
             write,
             rbuf: BytesMut::with_capacity(4096),
-            out: BytesMut::with_capacity(4096),
+            out: BytesMut::with_capacity(OUT_START),
             parser: RequestParser::default(),
             args: Vec::with_capacity(16),
             reqs: Vec::with_capacity(16),
@@ -1255,7 +1260,7 @@ impl Session {
             written?;
             self.out.clear();
             if self.out.capacity() > 1 << 20 {
-                self.out = BytesMut::with_capacity(4096);
+                self.out = BytesMut::with_capacity(OUT_START);
             }
         }
         Ok(())
