@@ -10,6 +10,20 @@ async fn drill(respite: &Respite, state: &str) {
     assert_eq!(code, 200, "{body}");
 }
 
+/// Sends `cmd` every 50 ms (up to 20 times) until it answers `want` (subscribers move to
+/// local delivery when respite notices the outage); returns the last answer.
+async fn call_until(client: &mut Raw, cmd: &[&[u8]], want: &[u8]) -> Vec<u8> {
+    let mut r = Vec::new();
+    for _ in 0..20 {
+        r = Box::pin(client.call(cmd)).await;
+        if r == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    r
+}
+
 fn message(channel: &str, payload: &str) -> Vec<u8> {
     encode(&[b"message", channel.as_bytes(), payload.as_bytes()])
 }
@@ -77,14 +91,7 @@ async fn a_killed_upstream_keeps_subscribers_subscribed_locally() {
     respite.wait_state("down", Duration::from_secs(3)).await;
     let mut publisher = Box::pin(Raw::connect(respite.addr)).await;
     // The subscriber's relayed connection is given up as soon as respite sees it closed.
-    let mut delivered = Vec::new();
-    for _ in 0..20 {
-        delivered = Box::pin(publisher.call(&[b"PUBLISH", b"b", b"local"])).await;
-        if delivered == b":1\r\n" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let delivered = call_until(&mut publisher, &[b"PUBLISH", b"b", b"local"], b":1\r\n").await;
     assert_eq!(delivered, b":1\r\n");
     assert_eq!(Box::pin(sub.reply()).await, message("b", "local"));
     // Unsubscribing works locally and counts down like Redis.
@@ -115,14 +122,7 @@ async fn shard_subscribers_are_served_locally_through_an_outage_and_resubscribed
     // Down: the shard subscriber stays subscribed, locally, without an error.
     drill(&respite, "down").await;
     respite.wait_state("down", Duration::from_secs(2)).await;
-    let mut r = Vec::new();
-    for _ in 0..20 {
-        r = Box::pin(publisher.call(&[b"SPUBLISH", b"orders", b"two"])).await;
-        if r == b":1\r\n" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let r = call_until(&mut publisher, &[b"SPUBLISH", b"orders", b"two"], b":1\r\n").await;
     assert_eq!(r, b":1\r\n", "during the outage SPUBLISH reaches the local shard subscriber");
     assert_eq!(Box::pin(sub.reply()).await, smessage("two"));
     // Shard channels are their own namespace: PUBLISH on the same name reaches nobody.
