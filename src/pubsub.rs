@@ -3,9 +3,10 @@
 //! During an outage PUBLISH is delivered to the local subscribers of the channel (and of
 //! matching patterns), and SPUBLISH to the local subscribers of the shard channel (a
 //! namespace of its own, as in Redis 7: patterns never match it), each answering how many
-//! received it — as Redis would if this sidecar's clients were its only clients. Messages published elsewhere during the outage are not
-//! seen, and nothing is replayed: pub/sub is fire-and-forget in Redis too. Each subscriber
-//! has a bounded queue; a subscriber that does not keep up misses messages (counted).
+//! received it — as Redis would if this sidecar's clients were its only clients. Messages
+//! published elsewhere during the outage are not seen, and nothing is replayed: pub/sub is
+//! fire-and-forget in Redis too. Each subscriber has a bounded queue; a subscriber that
+//! does not keep up misses messages (counted).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
