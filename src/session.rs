@@ -602,8 +602,8 @@ impl Session {
                 }
                 Err((reason, msg)) => {
                     multi.aborted = true;
-                    self.ctx.metrics.outage_refused.with_label_values(&[reason]).inc();
-                    err(out, &format!("{msg} {}", self.ctx.health.down_context()))
+                    outage.write_refusal(out, reason, &msg);
+                    Outcome::Error
                 }
             },
             (_, None) => match outage.execute(self.db, self.resp3, req.id, spec, &args, raw, now, out) {

@@ -479,9 +479,15 @@ impl Outage {
     }
 
     fn refuse(&self, out: &mut BytesMut, reason: &'static str, msg: &str) -> Served {
+        self.write_refusal(out, reason, msg);
+        Served::Done { outcome: Outcome::Refused, seq: None }
+    }
+
+    /// Counts a refusal by `reason` and writes its error, followed by why and since when
+    /// the upstream is down ([`Health::down_context`]).
+    pub fn write_refusal(&self, out: &mut BytesMut, reason: &'static str, msg: &str) {
         self.metrics.outage_refused.with_label_values(&[reason]).inc();
         crate::error::write_error_line(out, &format!("{msg} {}", self.health.down_context()));
-        Served::Done { outcome: Outcome::Refused, seq: None }
     }
 
     fn journal_full(&self, out: &mut BytesMut, e: Option<JournalError>) -> Served {
