@@ -172,21 +172,23 @@ impl Index {
         shard.lock().find(h, |(k, _)| moka::Equivalent::equivalent(&key, k)).map(|(_, s)| s.clone())
     }
 
-    /// Runs `f` with the key's shard locked and its current slot (`None` if absent); `f`
-    /// returns the slot the key must have afterwards (`None`: no entry). A new entry keeps
-    /// `owned` as its key when given (shared with moka's copy), else a copy of `key`.
+    /// Runs `f` with the key's shard locked and its current entry (the index's own copy of
+    /// the key, and the slot; `None` if absent); `f` returns the slot the key must have
+    /// afterwards (`None`: no entry). A new entry keeps `owned` as its key when given
+    /// (shared with moka's copy), else a copy of `key`.
     fn with<R>(
         &self,
         key: KeyRef<'_>,
         owned: Option<StoreKey>,
-        f: impl FnOnce(Option<&Arc<Slot>>) -> (Option<Arc<Slot>>, R),
+        f: impl FnOnce(Option<(&StoreKey, &Arc<Slot>)>) -> (Option<Arc<Slot>>, R),
     ) -> R {
         let (h, shard) = self.shard(key);
         let mut t = shard.lock();
         let eq = |(k, _): &(StoreKey, Arc<Slot>)| moka::Equivalent::equivalent(&key, k);
         match t.entry(h, eq, |(k, _)| self.hasher.hash_one(k)) {
             TableEntry::Occupied(mut e) => {
-                let (next, r) = f(Some(&e.get().1));
+                let (k, s) = e.get();
+                let (next, r) = f(Some((k, s)));
                 match next {
                     Some(n) => e.get_mut().1 = n,
                     None => drop(e.remove()),
@@ -422,12 +424,13 @@ impl Store {
 
     fn set_weight(&self, key: KeyRef<'_>, slot: &Arc<Slot>, w: u32) {
         if slot.weight.swap(w, Ordering::Relaxed) != w {
-            self.index.with(key, None, |current| {
-                let current = current.cloned();
-                if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, slot)) {
-                    self.cache.insert(key.to_owned(), slot.clone());
+            self.index.with(key, None, |current| match current {
+                // moka learns the weight by a re-insert, under the index's copy of the key.
+                Some((k, c)) if Arc::ptr_eq(c, slot) => {
+                    self.cache.insert(k.clone(), slot.clone());
+                    (Some(slot.clone()), ())
                 }
-                (current, ())
+                other => (other.map(|(_, c)| c.clone()), ()),
             });
         }
     }
