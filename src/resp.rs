@@ -372,23 +372,33 @@ fn read_line_int(buf: &[u8], start: usize) -> Result<Option<(i64, usize)>, Proto
     Ok(Some((v, start + cr + 2)))
 }
 
-/// Parses a decimal integer as Redis does (`string2ll`): optional '-', digits, no overflow.
+/// Parses a decimal integer as Redis does (`string2ll`): "0", or an optional '-' then a
+/// digit 1-9 then digits, within i64 (i64::MIN included). No '+', no leading zeros, no
+/// "-0", no spaces: "00" is not an integer to `INCR`, as it is not to Redis.
 pub fn parse_int(s: &[u8]) -> Option<i64> {
+    if s == b"0" {
+        return Some(0);
+    }
     let (neg, digits) = match s.first() {
         Some(b'-') => (true, &s[1..]),
         _ => (false, s),
     };
-    if digits.is_empty() || digits.len() > 19 {
+    if !matches!(digits.first(), Some(b'1'..=b'9')) || digits.len() > 19 {
         return None;
     }
-    let mut v: i64 = 0;
+    let mut v: u64 = 0;
     for &d in digits {
         if !d.is_ascii_digit() {
             return None;
         }
-        v = v.checked_mul(10)?.checked_add((d - b'0') as i64)?;
+        v = v * 10 + (d - b'0') as u64;
     }
-    Some(if neg { -v } else { v })
+    if neg {
+        // 2^63 is i64::MIN's magnitude; `as` wraps it to i64::MIN, which negates to itself.
+        (v <= 1 << 63).then(|| (v as i64).wrapping_neg())
+    } else {
+        i64::try_from(v).ok()
+    }
 }
 
 /// Appends the decimal form of `v`.
@@ -543,6 +553,40 @@ impl ReplyScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_int_accepts_exactly_what_redis_string2ll_accepts() {
+        for (s, v) in [
+            ("0", 0),
+            ("7", 7),
+            ("-7", -7),
+            ("10", 10),
+            ("9223372036854775807", i64::MAX),
+            ("-9223372036854775808", i64::MIN),
+        ] {
+            assert_eq!(parse_int(s.as_bytes()), Some(v), "{s}");
+        }
+        for s in [
+            "",
+            "-",
+            "00",
+            "01",
+            "-0",
+            "-01",
+            "+1",
+            " 1",
+            "1 ",
+            "1.0",
+            "1e3",
+            "0x10",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "99999999999999999999",
+            "١",
+        ] {
+            assert_eq!(parse_int(s.as_bytes()), None, "{s:?}");
+        }
+    }
 
     #[test]
     fn find_crlf_is_the_first_cr_followed_by_lf() {

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use indexmap::{IndexMap, IndexSet};
 
+use super::reply::long_double;
 use super::{CmdErr, Cx, Res};
 use crate::store::{Entry, Value, ZSet};
 
@@ -159,6 +160,7 @@ pub const NOT_FLOAT: &str = "ERR value is not a valid float";
 pub const SYNTAX: &str = "ERR syntax error";
 const OVERFLOW: &str = "ERR increment or decrement would overflow";
 const NAN_INF: &str = "ERR increment would produce NaN or Infinity";
+const INCR_NAN_INF: &str = "ERR value is NaN or Infinity";
 const HASH_NOT_INT: &str = "ERR hash value is not an integer";
 const HASH_NOT_FLOAT: &str = "ERR hash value is not a float";
 const NO_SUCH_KEY: &str = "ERR no such key";
@@ -325,11 +327,25 @@ fn strlen(cx: &mut Cx<'_>) -> Res {
 fn getrange(cx: &mut Cx<'_>) -> Res {
     let (start, end) = (int(cx.args[2])?, int(cx.args[3])?);
     let v = cx.read(1, |e| Ok(typed::<Bytes>(&e.value)?.cloned()))?.unwrap_or_default();
-    match range(start, end, v.len()) {
-        Some((s, e)) if !v.is_empty() => cx.r.bulk(&v[s..=e]),
-        _ => cx.r.bulk(b""),
+    match string_range(start, end, v.len()) {
+        Some((s, e)) => cx.r.bulk(&v[s..=e]),
+        None => cx.r.bulk(b""),
     }
     Ok(())
+}
+
+/// GETRANGE's bounds, which are not LRANGE's: an end before the start of the string is
+/// clamped to the first byte (`GETRANGE k 0 -100` of "abc" is "a"), unless both ends are
+/// negative and out of order. This is Redis 7's rule (a change to LRANGE's rule was made
+/// upstream and reverted as a breaking change: redis/redis#12272).
+fn string_range(start: i64, end: i64, len: usize) -> Option<(usize, usize)> {
+    let len = len as i64;
+    if len == 0 || (start < 0 && end < 0 && start > end) {
+        return None;
+    }
+    let s = if start < 0 { (len + start).max(0) } else { start };
+    let e = if end < 0 { (len + end).max(0) } else { end.min(len - 1) };
+    (s <= e).then_some((s as usize, e as usize))
 }
 
 // ---- key reads ----
@@ -754,7 +770,7 @@ fn parse_set_opts(cx: &Cx<'_>) -> Result<SetOpts, CmdErr> {
     let mut o = SetOpts { expiry: None, keepttl: false, get: false, nx: false, xx: false };
     let a = &cx.args[3..];
     let mut i = 0;
-    let invalid = || CmdErr::Redis("ERR invalid expire time in 'set' command".into());
+    let mut expire: Option<(&[u8], bool, bool)> = None;
     while i < a.len() {
         let opt = a[i];
         let unit = if is(opt, "EX") {
@@ -769,19 +785,14 @@ fn parse_set_opts(cx: &Cx<'_>) -> Result<SetOpts, CmdErr> {
             None
         };
         if let Some((mult, absolute)) = unit {
-            if o.expiry.is_some() || o.keepttl || i + 1 >= a.len() {
+            if expire.is_some() || o.keepttl || i + 1 >= a.len() {
                 return Err(err(SYNTAX));
             }
-            let v = int(a[i + 1])?;
-            if v <= 0 {
-                return Err(invalid());
-            }
-            let ms = (v as u64).checked_mul(mult).ok_or_else(invalid)?;
-            o.expiry = Some(if absolute { ms } else { cx.now_ms.saturating_add(ms) });
+            expire = Some((a[i + 1], mult == 1000, !absolute));
             i += 2;
             continue;
         }
-        if is(opt, "KEEPTTL") && o.expiry.is_none() {
+        if is(opt, "KEEPTTL") && expire.is_none() {
             o.keepttl = true;
         } else if is(opt, "GET") {
             o.get = true;
@@ -794,7 +805,30 @@ fn parse_set_opts(cx: &Cx<'_>) -> Result<SetOpts, CmdErr> {
         }
         i += 1;
     }
+    if let Some((text, seconds, relative)) = expire {
+        o.expiry = Some(expire_ms(cx, text, seconds, relative)?);
+    }
     Ok(o)
+}
+
+/// The error Redis gives for an expiry it cannot use, naming the command.
+fn invalid_expire(cx: &Cx<'_>) -> CmdErr {
+    CmdErr::Redis(format!(
+        "ERR invalid expire time in '{}' command",
+        String::from_utf8_lossy(cx.args[0]).to_ascii_lowercase()
+    ))
+}
+
+/// An expiry option of SET, SETEX, PSETEX or GETEX as an absolute time in ms, by Redis's
+/// rule (`getExpireMillisecondsOrReply`): positive, and no overflow in unit or base.
+fn expire_ms(cx: &Cx<'_>, text: &[u8], seconds: bool, relative: bool) -> Result<u64, CmdErr> {
+    let v = int(text)?;
+    if v <= 0 || (seconds && v > i64::MAX / 1000) {
+        return Err(invalid_expire(cx));
+    }
+    let ms = if seconds { v * 1000 } else { v };
+    let ms = if relative { ms.checked_add(cx.now_ms as i64).ok_or_else(|| invalid_expire(cx))? } else { ms };
+    Ok(ms as u64)
 }
 
 fn set(cx: &mut Cx<'_>) -> Res {
@@ -838,12 +872,8 @@ fn set(cx: &mut Cx<'_>) -> Res {
     Ok(())
 }
 
-fn set_with_ttl(cx: &mut Cx<'_>, mult: u64, name: &str) -> Res {
-    let v = int(cx.args[2])?;
-    if v <= 0 {
-        return Err(CmdErr::Redis(format!("ERR invalid expire time in '{name}' command")));
-    }
-    let t = cx.now_ms.saturating_add((v as u64).saturating_mul(mult));
+fn set_with_ttl(cx: &mut Cx<'_>, seconds: bool) -> Res {
+    let t = expire_ms(cx, cx.args[2], seconds, true)?;
     let value = cx.args[3];
     cx.write(1, |e| {
         e.value.set_str(value);
@@ -863,11 +893,11 @@ fn set_with_ttl(cx: &mut Cx<'_>, mult: u64, name: &str) -> Res {
 }
 
 fn setex(cx: &mut Cx<'_>) -> Res {
-    set_with_ttl(cx, 1000, "setex")
+    set_with_ttl(cx, true)
 }
 
 fn psetex(cx: &mut Cx<'_>) -> Res {
-    set_with_ttl(cx, 1, "psetex")
+    set_with_ttl(cx, false)
 }
 
 fn mset(cx: &mut Cx<'_>) -> Res {
@@ -936,37 +966,20 @@ fn decrby(cx: &mut Cx<'_>) -> Res {
 }
 
 fn incrbyfloat(cx: &mut Cx<'_>) -> Res {
-    let by = float(cx.args[2])?;
-    let cx_incr = cx.args[2];
+    let incr = cx.args[2];
     let s = cx.write(1, |e| {
-        let cur_text = typed::<Bytes>(&e.value)?.cloned();
-        let cur = match &cur_text {
-            Some(b) => float(b)?,
-            None => 0.0,
-        };
-        let n = cur + by;
-        if !n.is_finite() {
-            return Err(err(NAN_INF));
+        // Redis's order: the key's type, its value, then the increment.
+        let cur = typed::<Bytes>(&e.value)?.cloned();
+        if let Some(b) = &cur {
+            float(b)?;
         }
-        let s = long_double_sum(cur_text.as_deref().unwrap_or(b"0"), cx_incr, n);
+        float(incr)?;
+        let s = long_double::add(cur.as_deref().unwrap_or(b"0"), incr).ok_or_else(|| err(NAN_INF))?;
         e.value = Value::Str(Bytes::from(s.clone()));
         Ok(s)
     })?;
     cx.r.bulk(s.as_bytes());
     Ok(())
-}
-
-/// The text Redis gives for `current + increment` (long double, `%.17Lf`, no trailing
-/// zeros): exact for plain decimals, else from the binary sum `n`.
-fn long_double_sum(current: &[u8], increment: &[u8], n: f64) -> String {
-    super::reply::add_decimal(current, increment).unwrap_or_else(|| {
-        let s = format!("{n:.17}");
-        if s.contains('.') {
-            s.trim_end_matches('0').trim_end_matches('.').to_string()
-        } else {
-            s
-        }
-    })
 }
 
 fn getdel(cx: &mut Cx<'_>) -> Res {
@@ -996,45 +1009,55 @@ fn getset(cx: &mut Cx<'_>) -> Res {
 
 fn getex(cx: &mut Cx<'_>) -> Res {
     // GETEX key [EX s | PX ms | EXAT s | PXAT ms | PERSIST]
-    let mut expiry: Option<Option<u64>> = None;
+    // Redis's order: the syntax, then the key (missing: nil; another type: WRONGTYPE),
+    // then the expiry's value.
     let a = &cx.args[2..];
-    match a.len() {
-        0 => {}
-        1 if is(a[0], "PERSIST") => expiry = Some(None),
+    let option = match a.len() {
+        0 => None,
+        1 if is(a[0], "PERSIST") => Some(None),
         2 => {
-            let v = int(a[1])?;
-            if v <= 0 {
-                return Err(CmdErr::Redis("ERR invalid expire time in 'getex' command".into()));
-            }
-            let v = v as u64;
-            let t = if is(a[0], "EX") {
-                cx.now_ms.saturating_add(v.saturating_mul(1000))
+            let (seconds, relative) = if is(a[0], "EX") {
+                (true, true)
             } else if is(a[0], "PX") {
-                cx.now_ms.saturating_add(v)
+                (false, true)
             } else if is(a[0], "EXAT") {
-                v.saturating_mul(1000)
+                (true, false)
             } else if is(a[0], "PXAT") {
-                v
+                (false, false)
             } else {
                 return Err(err(SYNTAX));
             };
-            expiry = Some(Some(t));
+            Some(Some((a[1], seconds, relative)))
         }
         _ => return Err(err(SYNTAX)),
-    }
+    };
+    // Checked only once the key is known to hold a string.
+    let expiry: Option<Result<Option<u64>, CmdErr>> = option.map(|o| match o {
+        Some((text, seconds, relative)) => expire_ms(cx, text, seconds, relative).map(Some),
+        None => Ok(None),
+    });
+    let absolute = match &expiry {
+        Some(Ok(Some(t))) => Some(*t),
+        _ => None,
+    };
+    let invalid = matches!(expiry, Some(Err(_)));
     let v = cx.write(1, |e| {
         let v = typed::<Bytes>(&e.value)?.cloned();
         if v.is_some() {
             if let Some(t) = expiry {
-                e.expires_at_ms = t;
+                e.expires_at_ms = t?;
                 e.ttl_known = true;
             }
         }
         Ok(v)
     })?;
     cx.r.bulk_or_nil(v.as_deref());
-    if let Some(Some(t)) = expiry {
+    // Journaled with the absolute expiry; an unusable one (answered nil: no key) as a
+    // plain GETEX, which changes nothing at replay either.
+    if let Some(t) = absolute {
         cx.rewrite = Some(vec![b"GETEX".to_vec(), cx.args[1].to_vec(), b"PXAT".to_vec(), t.to_string().into_bytes()]);
+    } else if invalid {
+        cx.rewrite = Some(vec![b"GETEX".to_vec(), cx.args[1].to_vec()]);
     }
     Ok(())
 }
@@ -1079,28 +1102,35 @@ fn expire_at(cx: &mut Cx<'_>, t: u64) -> Res {
     Ok(())
 }
 
-fn relative(cx: &Cx<'_>, mult: i64) -> Result<u64, CmdErr> {
-    let v = int(cx.args[2])?.checked_mul(mult).ok_or_else(|| err(NOT_INT))?;
-    Ok((cx.now_ms as i64).saturating_add(v).max(0) as u64)
+/// EXPIRE's time as an absolute ms by Redis's rule (`expireGenericCommand`): any value,
+/// negative included (the key is deleted), unless the unit or the base overflows.
+fn expire_when(cx: &Cx<'_>, seconds: bool, base: i64) -> Result<u64, CmdErr> {
+    let when = int(cx.args[2])?;
+    if seconds && !(i64::MIN / 1000..=i64::MAX / 1000).contains(&when) {
+        return Err(invalid_expire(cx));
+    }
+    let when = if seconds { when * 1000 } else { when };
+    let when = when.checked_add(base).ok_or_else(|| invalid_expire(cx))?;
+    Ok(when.max(0) as u64)
 }
 
 fn expire(cx: &mut Cx<'_>) -> Res {
-    let t = relative(cx, 1000)?;
+    let t = expire_when(cx, true, cx.now_ms as i64)?;
     expire_at(cx, t)
 }
 
 fn pexpire(cx: &mut Cx<'_>) -> Res {
-    let t = relative(cx, 1)?;
+    let t = expire_when(cx, false, cx.now_ms as i64)?;
     expire_at(cx, t)
 }
 
 fn expireat(cx: &mut Cx<'_>) -> Res {
-    let t = int(cx.args[2])?.saturating_mul(1000).max(0) as u64;
+    let t = expire_when(cx, true, 0)?;
     expire_at(cx, t)
 }
 
 fn pexpireat(cx: &mut Cx<'_>) -> Res {
-    let t = int(cx.args[2])?.max(0) as u64;
+    let t = expire_when(cx, false, 0)?;
     expire_at(cx, t)
 }
 
@@ -1174,26 +1204,22 @@ fn hincrby(cx: &mut Cx<'_>) -> Res {
 }
 
 fn hincrbyfloat(cx: &mut Cx<'_>) -> Res {
-    let by = float(cx.args[3])?;
-    let incr_text = cx.args[3];
+    let incr = cx.args[3];
+    float(incr)?;
+    if !long_double::is_finite(incr) {
+        return Err(err(INCR_NAN_INF));
+    }
     let field = Bytes::copy_from_slice(cx.args[2]);
     let s = cx.write(1, |e| {
-        if !matches!(e.value, Value::Absent | Value::Hash(_)) {
-            return Err(err(WRONGTYPE));
-        }
         let cur = match &e.value {
-            Value::Hash(h) => h.get(&field).map(|v| float(v).map_err(|_| err(HASH_NOT_FLOAT))).transpose()?,
-            _ => None,
-        };
-        let n = cur.unwrap_or(0.0) + by;
-        if !n.is_finite() {
-            return Err(err(NAN_INF));
-        }
-        let cur_text = match &e.value {
             Value::Hash(h) => h.get(&field).cloned(),
-            _ => None,
+            Value::Absent => None,
+            _ => return Err(err(WRONGTYPE)),
         };
-        let s = long_double_sum(cur_text.as_deref().unwrap_or(b"0"), incr_text, n);
+        if let Some(v) = &cur {
+            float(v).map_err(|_| err(HASH_NOT_FLOAT))?;
+        }
+        let s = long_double::add(cur.as_deref().unwrap_or(b"0"), incr).ok_or_else(|| err(NAN_INF))?;
         typed_mut::<Hash>(e)?.insert(field, Bytes::from(s.clone()));
         Ok(s)
     })?;

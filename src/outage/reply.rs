@@ -173,51 +173,150 @@ fn c_exponent(s: &str) -> String {
     }
 }
 
-/// INCRBYFLOAT / HINCRBYFLOAT: Redis adds in long double and prints `%.17Lf` without
-/// trailing zeros, so `0.1 + 0.2` is `0.3`. Plain decimal operands are added exactly here
-/// (what long double gives for them); anything else falls back to binary floating point.
-pub fn add_decimal(current: &[u8], increment: &[u8]) -> Option<String> {
-    let (a, sa) = parse_decimal(current)?;
-    let (b, sb) = parse_decimal(increment)?;
-    let scale = sa.max(sb);
-    let a = a.checked_mul(10i128.checked_pow(scale - sa)?)?;
-    let b = b.checked_mul(10i128.checked_pow(scale - sb)?)?;
-    let sum = a.checked_add(b)?;
-    let p = 10i128.pow(scale);
-    let (int, frac) = (sum / p, (sum % p).abs());
-    let sign = if sum < 0 && int == 0 { "-" } else { "" };
-    let mut s = format!("{sign}{int}");
-    if frac != 0 {
-        let f = format!("{frac:0width$}", width = scale as usize);
-        s.push('.');
-        s.push_str(f.trim_end_matches('0'));
-    }
-    Some(s)
-}
+/// INCRBYFLOAT / HINCRBYFLOAT arithmetic as Redis does it: operands read as x87 80-bit
+/// long doubles (`strtold`), added with round-to-nearest-even, the sum printed `%.17Lf`
+/// without trailing zeros. So `0.1 + 0.2` is `0.3` but `0 + 1000.1` is
+/// `1000.09999999999999998`, as Redis answers; binary64 arithmetic gets both wrong.
+pub mod long_double {
+    use rustc_apfloat::ieee::X87DoubleExtended as Ld;
+    use rustc_apfloat::{Float, Round};
 
-/// A plain decimal (`-12.340`, no exponent) as an integer and its number of decimals.
-fn parse_decimal(b: &[u8]) -> Option<(i128, u32)> {
-    let s = std::str::from_utf8(b).ok()?;
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
-    };
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if int.is_empty() && frac.is_empty()
-        || !int.bytes().all(|c| c.is_ascii_digit())
-        || !frac.bytes().all(|c| c.is_ascii_digit())
-        || int.len() > 20
-        || frac.len() > 17
-    {
-        return None;
+    /// A float Redis accepts (the caller checked the syntax), as a long double.
+    pub fn parse(text: &[u8]) -> Option<Ld> {
+        let s = std::str::from_utf8(text).ok()?;
+        let (neg, word) = match s.strip_prefix('-') {
+            Some(w) => (true, w),
+            None => (false, s.strip_prefix('+').unwrap_or(s)),
+        };
+        if word.eq_ignore_ascii_case("inf") || word.eq_ignore_ascii_case("infinity") {
+            return Some(if neg { -Ld::INFINITY } else { Ld::INFINITY });
+        }
+        Ld::from_str_r(s, Round::NearestTiesToEven).ok().map(|r| r.value)
     }
-    let digits: i128 = format!("{int}{frac}").parse().ok()?;
-    Some((if neg { -digits } else { digits }, frac.len() as u32))
+
+    /// Whether a float Redis accepts is finite (`inf` is a float to Redis, but not a
+    /// HINCRBYFLOAT increment).
+    pub fn is_finite(text: &[u8]) -> bool {
+        parse(text).is_some_and(|v| v.is_finite())
+    }
+
+    /// `a + b` as Redis prints it; `None` when the sum is not finite.
+    pub fn add(a: &[u8], b: &[u8]) -> Option<String> {
+        let sum = parse(a)?.add_r(parse(b)?, Round::NearestTiesToEven).value;
+        sum.is_finite().then(|| format(sum))
+    }
+
+    /// `%.17Lf` without trailing zeros (and "-0" printed "0", as Redis does).
+    fn format(v: Ld) -> String {
+        let bits = v.to_bits();
+        let negative = (bits >> 79) & 1 == 1;
+        let biased = ((bits >> 64) & 0x7fff) as i32;
+        let significand = bits as u64; // the integer bit is explicit in this format
+                                       // value = significand * 2^exp
+        let exp = biased.max(1) - 16383 - 63;
+        let digits =
+            if exp >= 0 { shifted_integer(significand, exp as u32) } else { fixed17(significand, (-exp) as u32) };
+        if negative && digits != "0" {
+            format!("-{digits}")
+        } else {
+            digits
+        }
+    }
+
+    /// `significand * 2^-k` to 17 decimals (round half to even, as glibc's printf), without
+    /// trailing zeros.
+    fn fixed17(significand: u64, k: u32) -> String {
+        const SCALE: u128 = 100_000_000_000_000_000; // 10^17
+        let p = significand as u128 * SCALE; // < 2^121
+        let n = if k >= 122 {
+            0
+        } else {
+            let (q, r, half) = (p >> k, p & ((1u128 << k) - 1), 1u128 << (k - 1));
+            if r > half || (r == half && q & 1 == 1) {
+                q + 1
+            } else {
+                q
+            }
+        };
+        let (int, frac) = (n / SCALE, n % SCALE);
+        let mut s = int.to_string();
+        if frac != 0 {
+            s.push('.');
+            s.push_str(format!("{frac:017}").trim_end_matches('0'));
+        }
+        s
+    }
+
+    /// `significand * 2^k` in decimal (up to ~4,933 digits for the largest long double).
+    fn shifted_integer(significand: u64, k: u32) -> String {
+        // Little-endian base-10^9 limbs.
+        const BASE: u64 = 1_000_000_000;
+        let mut limbs = vec![significand % BASE, (significand / BASE) % BASE, significand / (BASE * BASE)];
+        let mut left = k;
+        while left > 0 {
+            let step = left.min(32);
+            let mut carry = 0u64;
+            for limb in &mut limbs {
+                let v = (*limb << step) + carry;
+                *limb = v % BASE;
+                carry = v / BASE;
+            }
+            while carry > 0 {
+                limbs.push(carry % BASE);
+                carry /= BASE;
+            }
+            left -= step;
+        }
+        while limbs.len() > 1 && limbs.last() == Some(&0) {
+            limbs.pop();
+        }
+        let mut s = limbs.last().map_or_else(String::new, |l| l.to_string());
+        for l in limbs.iter().rev().skip(1) {
+            s.push_str(&format!("{l:09}"));
+        }
+        s
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_double_sums_print_as_redis_7_printed_them() {
+        // Each line: what redis-server 7.0 answered to INCRBYFLOAT on the previous value.
+        let chain = [
+            ("0", "1000.1", "1000.09999999999999998"),
+            ("1000.09999999999999998", "0.1", "1000.19999999999999996"),
+            ("1000.19999999999999996", "12345.678", "13345.87800000000000011"),
+            ("13345.87800000000000011", "1e3", "14345.87800000000000011"),
+            ("14345.87800000000000011", "2.5e1", "14370.87800000000000011"),
+            ("14370.87800000000000011", "-1.5E-1", "14370.72799999999999976"),
+            ("14370.72799999999999976", "123456789.123", "123471159.85100000000238651"),
+            ("0.1", "0.2", "0.3"),
+            ("10.50", "0.1", "10.6"),
+            ("5", "-5", "0"),
+            ("0.5", "-1", "-0.5"),
+            ("1e-30", "-2e-30", "0"),
+            ("1", "-1.00000000000000000001", "0"),
+            ("16", ".5", "16.5"),
+            ("16.5", "5.", "21.5"),
+            ("21.5", "+1", "22.5"),
+        ];
+        for (a, b, want) in chain {
+            assert_eq!(long_double::add(a.as_bytes(), b.as_bytes()).as_deref(), Some(want), "{a} + {b}");
+        }
+        let big = long_double::add(b"1e400", b"1").unwrap();
+        assert!(big.starts_with("10000000000000000000281880683947586514586453433629052038625910693539685534008629"));
+        assert_eq!(big.len(), 401);
+        let twice = long_double::add(b"0", b"1e308").unwrap();
+        assert!(twice.starts_with("99999999999999999996685879655845645660560099847415567207797047994921734868838061"));
+        let twice = long_double::add(twice.as_bytes(), b"1e308").unwrap();
+        assert!(twice.starts_with("19999999999999999999337175931169129132112019969483113441559409598984346973767612"));
+        assert_eq!(long_double::add(b"inf", b"1"), None);
+        assert_eq!(long_double::add(b"1", b"-inf"), None);
+        assert!(!long_double::is_finite(b"+inf") && long_double::is_finite(b"1e400"));
+    }
 
     #[test]
     fn encodes_resp2_and_resp3() {
@@ -248,11 +347,5 @@ mod tests {
         assert_eq!(format_g17(1e21), "1e+21");
         assert_eq!(format_g17(0.0001), "0.0001");
         // INCRBYFLOAT in long double.
-        assert_eq!(add_decimal(b"0.1", b"0.2").as_deref(), Some("0.3"));
-        assert_eq!(add_decimal(b"10.50", b"0.1").as_deref(), Some("10.6"));
-        assert_eq!(add_decimal(b"5", b"-5").as_deref(), Some("0"));
-        assert_eq!(add_decimal(b"0.5", b"-1").as_deref(), Some("-0.5"));
-        assert_eq!(add_decimal(b"3", b"2").as_deref(), Some("5"));
-        assert_eq!(add_decimal(b"1e3", b"1"), None);
     }
 }
