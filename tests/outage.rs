@@ -1533,8 +1533,9 @@ async fn writes_during_a_slow_replay_join_the_tail_and_count_exactly() {
 //    to by respite in outage mode and by a reference redis-server, then replayed.
 // ---------------------------------------------------------------------------------------
 
-/// splitmix64: seeded and dependency-free, so a failing seed replays exactly.
-struct Rng(u64);
+/// splitmix64: seeded and dependency-free, so a failing seed replays exactly; and the
+/// keys the script draws from.
+struct Rng(u64, Vec<&'static str>);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -1557,12 +1558,17 @@ impl Rng {
         self.next() % 100 < percent
     }
 
+    fn key(&mut self) -> &'static str {
+        let i = self.below(self.1.len());
+        self.1[i]
+    }
+
     /// 1 to `max` distinct keys, space-separated.
     fn keys(&mut self, max: usize) -> String {
         let n = 1 + self.below(max);
         let mut ks: Vec<&str> = Vec::new();
         while ks.len() < n {
-            let k = self.pick(RANDOM_KEYS);
+            let k = self.key();
             if !ks.contains(&k) {
                 ks.push(k);
             }
@@ -1572,6 +1578,10 @@ impl Rng {
 }
 
 const RANDOM_KEYS: &[&str] = &["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"];
+/// Keys that exist nowhere and are never read before the outage: unseen by respite. Used
+/// by the seeds that run with `[store] miss = "nil"`, where an unseen key must behave as
+/// the missing key Redis has (SPEC §3.7).
+const UNSEEN_KEYS: &[&str] = &["u0", "u1"];
 const R_VALUES: &[&str] = &["a", "bb", "ccc", "7", "-2", "10", "1.5", "0", "xyz"];
 const R_MEMBERS: &[&str] = &["a", "b", "c", "d", "1", "2", "10"];
 const R_INTS: &[&str] = &["0", "1", "-1", "2", "5", "-7", "100", "9223372036854775807", "x"];
@@ -1612,7 +1622,7 @@ fn warm_reads(key: &str) -> Vec<String> {
 
 /// One served write, its text and how its reply compares.
 fn random_write(rng: &mut Rng) -> (String, Cmp) {
-    let k = rng.pick(RANDOM_KEYS);
+    let k = rng.key();
     let v = rng.pick(R_VALUES);
     let m = rng.pick(R_MEMBERS);
     let c = match rng.below(40) {
@@ -1623,7 +1633,7 @@ fn random_write(rng: &mut Rng) -> (String, Cmp) {
         ),
         2 => format!("SETEX {k} {} {v}", rng.pick(&["100", "1000", "0", "-3"])),
         3 => format!("PSETEX {k} 100000 {v}"),
-        4 => format!("MSET {k} {v} {} {}", rng.pick(RANDOM_KEYS), rng.pick(R_VALUES)),
+        4 => format!("MSET {k} {v} {} {}", rng.key(), rng.pick(R_VALUES)),
         5 => format!("APPEND {k} {v}"),
         6 => format!("INCR {k}"),
         7 => format!("DECR {k}"),
@@ -1686,7 +1696,7 @@ fn random_write(rng: &mut Rng) -> (String, Cmp) {
 
 /// One served read, its text and how its reply compares.
 fn random_read(rng: &mut Rng) -> (String, Cmp) {
-    let k = rng.pick(RANDOM_KEYS);
+    let k = rng.key();
     let m = rng.pick(R_MEMBERS);
     let (i, j) = (rng.pick(R_INDEXES), rng.pick(R_INDEXES));
     let (lo, hi) = (rng.pick(R_BOUNDS), rng.pick(R_BOUNDS));
@@ -1744,13 +1754,31 @@ fn random_script(rng: &mut Rng, len: usize) -> Script {
 }
 
 /// Runs one seed; returns the differences found.
+/// Variants by seed: odd seeds also use keys respite never saw (with `miss = "nil"`); even
+/// seeds speak RESP3; every third seed works in database 3; every fourth pipelines its
+/// script in random chunks.
 async fn differential_round(seed: u64, len: usize) -> Vec<String> {
-    let mut rng = Rng(seed);
+    let unseen = seed % 2 == 1;
+    let mut keys = RANDOM_KEYS.to_vec();
+    if unseen {
+        keys.extend(UNSEEN_KEYS);
+    }
+    let mut rng = Rng(seed, keys.clone());
     let redis = RedisServer::start();
     let reference = RedisServer::start();
-    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut cfg = drill_config(&redis);
+    if unseen {
+        cfg.store.miss = Miss::Nil;
+    }
+    let respite = Respite::start_with(cfg).await;
     let mut r = Raw::connect(respite.addr).await;
     let mut d = Raw::connect(addr(&reference)).await;
+    let db = if seed % 3 == 0 { 3 } else { 0 };
+    if db != 0 {
+        for raw in [&mut r, &mut d] {
+            assert_eq!(text(&cmd(raw, &format!("SELECT {db}")).await), "+OK\r\n");
+        }
+    }
     for key in RANDOM_KEYS {
         for c in random_setup(&mut rng, key) {
             if std::env::var_os("RESPITE_DIFF_TRACE").is_some() {
@@ -1775,8 +1803,28 @@ async fn differential_round(seed: u64, len: usize) -> Vec<String> {
     drill(&respite, "down").await;
     let mut problems = Vec::new();
     let trace = std::env::var_os("RESPITE_DIFF_TRACE").is_some();
-    for (n, (c, cmp)) in script.iter().enumerate() {
-        let got = cmd(&mut r, c).await;
+    let got = if seed % 4 == 0 {
+        // Pipelined: chunks of 1-40 requests written at once, then their replies read.
+        let mut got = Vec::with_capacity(script.len());
+        let mut at = 0;
+        while at < script.len() {
+            let end = (at + 1 + rng.below(40)).min(script.len());
+            let mut bytes = Vec::new();
+            for (c, _) in &script[at..end] {
+                let w = words(c);
+                bytes.extend(encode(&w.iter().map(|a| &a[..]).collect::<Vec<_>>()));
+            }
+            r.send(&bytes).await;
+            for _ in at..end {
+                got.push(reply(&mut r).await);
+            }
+            at = end;
+        }
+        got
+    } else {
+        run_script(&mut r, &script).await
+    };
+    for (n, ((c, cmp), got)) in script.iter().zip(got).enumerate() {
         let want = cmd(&mut d, c).await;
         if trace {
             eprintln!("{n} `{c}`: redis {:?}, respite {:?}", text(&want), text(&got));
@@ -1793,7 +1841,10 @@ async fn differential_round(seed: u64, len: usize) -> Vec<String> {
         end_drill(&respite).await;
         let mut upstream = direct(&redis).await;
         let mut reference_con = direct(&reference).await;
-        compare_state(&mut upstream, &mut reference_con, RANDOM_KEYS, 3000, &mut problems).await;
+        for con in [&mut upstream, &mut reference_con] {
+            q::<()>(con, &format!("SELECT {db}")).await;
+        }
+        compare_state(&mut upstream, &mut reference_con, &keys, 3000, &mut problems).await;
         for p in &mut problems {
             *p = format!("seed {seed}: {p}");
         }
@@ -1802,11 +1853,11 @@ async fn differential_round(seed: u64, len: usize) -> Vec<String> {
     problems
 }
 
-/// Seeds 1..=3 by default; `RESPITE_DIFF_SEEDS=first..last` and `RESPITE_DIFF_LEN` explore
+/// Seeds 1..=8 by default (every variant twice); `RESPITE_DIFF_SEEDS=first..last` and `RESPITE_DIFF_LEN` explore
 /// more (each seed is deterministic, so a failure names the seed that reproduces it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_mixes_of_served_commands_reply_like_redis_and_replay_to_its_state() {
-    let seeds = std::env::var("RESPITE_DIFF_SEEDS").unwrap_or_else(|_| "1..3".into());
+    let seeds = std::env::var("RESPITE_DIFF_SEEDS").unwrap_or_else(|_| "1..8".into());
     let (first, last) = seeds.split_once("..").expect("RESPITE_DIFF_SEEDS is first..last");
     let (first, last): (u64, u64) = (first.parse().unwrap(), last.parse().unwrap());
     let len: usize = std::env::var("RESPITE_DIFF_LEN").map_or(300, |v| v.parse().unwrap());
