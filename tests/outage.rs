@@ -1773,7 +1773,7 @@ async fn differential_round(seed: u64, len: usize) -> Vec<String> {
     let respite = Respite::start_with(cfg).await;
     let mut r = Raw::connect(respite.addr).await;
     let mut d = Raw::connect(addr(&reference)).await;
-    let db = if seed % 3 == 0 { 3 } else { 0 };
+    let db = if seed.is_multiple_of(3) { 3 } else { 0 };
     if db != 0 {
         for raw in [&mut r, &mut d] {
             assert_eq!(text(&cmd(raw, &format!("SELECT {db}")).await), "+OK\r\n");
@@ -1803,7 +1803,7 @@ async fn differential_round(seed: u64, len: usize) -> Vec<String> {
     drill(&respite, "down").await;
     let mut problems = Vec::new();
     let trace = std::env::var_os("RESPITE_DIFF_TRACE").is_some();
-    let got = if seed % 4 == 0 {
+    let got = if seed.is_multiple_of(4) {
         // Pipelined: chunks of 1-40 requests written at once, then their replies read.
         let mut got = Vec::with_capacity(script.len());
         let mut at = 0;
