@@ -225,6 +225,10 @@ impl Outage {
                 if let Some(expiry) = plain_set_expiry(args, now.ms) {
                     return self.store.put_str(key(1), args[2], Some(expiry), now);
                 }
+                if args.len() == 4 && args[3].eq_ignore_ascii_case(b"KEEPTTL") {
+                    // The value is known; the expiry only if it was (else: unknown).
+                    return self.set_keeping_ttl(key(1), Value::Str(Bytes::copy_from_slice(args[2])), now);
+                }
             }
             _ => {}
         }
@@ -235,9 +239,11 @@ impl Outage {
         };
         let local = commands::lookup(name);
         // Writes that determine the whole new value apply even to keys never seen.
-        let conditional = args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"NX") || a.eq_ignore_ascii_case(b"XX"));
+        let option = |word: &[u8]| args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(word));
+        let conditional = option(b"NX") || option(b"XX");
+        // SET … KEEPTTL keeps an expiry this sidecar may not know: only a cached key's.
         let determined = matches!(name, "SETEX" | "PSETEX" | "MSET" | "GETSET" | "DEL" | "UNLINK" | "GETDEL")
-            || (name == "SET" && !conditional);
+            || (name == "SET" && !conditional && !option(b"KEEPTTL"));
         let cached = !determined && keys.iter().all(|&i| matches!(self.store.get(key(i), now), Lookup::Found(_)));
         if let Some(entry) = local.filter(|_| determined || cached) {
             let mut scratch = BytesMut::new();
