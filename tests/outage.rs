@@ -1754,6 +1754,35 @@ fn random_script(rng: &mut Rng, len: usize) -> Script {
 }
 
 /// Runs one seed; returns the differences found.
+/// The seeds and script length of a random differential: the suite's defaults, or
+/// `RESPITE_DIFF_SEEDS=first..last` and `RESPITE_DIFF_LEN` (each seed is deterministic,
+/// so a failure names the seed that reproduces it; `RESPITE_DIFF_TRACE` prints the run).
+fn diff_params(default_seeds: &str) -> (std::ops::RangeInclusive<u64>, usize) {
+    let seeds = std::env::var("RESPITE_DIFF_SEEDS").unwrap_or_else(|_| default_seeds.into());
+    let (first, last) = seeds.split_once("..").expect("RESPITE_DIFF_SEEDS is first..last");
+    let len = std::env::var("RESPITE_DIFF_LEN").map_or(300, |v| v.parse().expect("RESPITE_DIFF_LEN is a number"));
+    (first.parse().expect("a seed")..=last.parse().expect("a seed"), len)
+}
+
+/// Every whole-value read of a key (and its type, size and TTL), with how replies compare.
+fn key_reads(key: &str) -> Script {
+    vec![
+        exact(&format!("GET {key}")),
+        unordered(&format!("HGETALL {key}")),
+        exact(&format!("LRANGE {key} 0 -1")),
+        unordered(&format!("SMEMBERS {key}")),
+        exact(&format!("ZRANGE {key} 0 -1 WITHSCORES")),
+        ttl(&format!("TTL {key}")),
+        exact(&format!("TYPE {key}")),
+        exact(&format!("EXISTS {key}")),
+        exact(&format!("STRLEN {key}")),
+        exact(&format!("HLEN {key}")),
+        exact(&format!("LLEN {key}")),
+        exact(&format!("SCARD {key}")),
+        exact(&format!("ZCARD {key}")),
+    ]
+}
+
 /// Variants by seed: odd seeds also use keys respite never saw (with `miss = "nil"`); even
 /// seeds speak RESP3; every third seed works in database 3; every fourth pipelines its
 /// script in random chunks.
@@ -1853,16 +1882,12 @@ async fn differential_round(seed: u64, len: usize) -> Vec<String> {
     problems
 }
 
-/// Seeds 1..=8 by default (every variant twice); `RESPITE_DIFF_SEEDS=first..last` and `RESPITE_DIFF_LEN` explore
-/// more (each seed is deterministic, so a failure names the seed that reproduces it).
+/// Seeds 1..=8 by default (every variant twice); see [`diff_params`] to explore more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_mixes_of_served_commands_reply_like_redis_and_replay_to_its_state() {
-    let seeds = std::env::var("RESPITE_DIFF_SEEDS").unwrap_or_else(|_| "1..8".into());
-    let (first, last) = seeds.split_once("..").expect("RESPITE_DIFF_SEEDS is first..last");
-    let (first, last): (u64, u64) = (first.parse().unwrap(), last.parse().unwrap());
-    let len: usize = std::env::var("RESPITE_DIFF_LEN").map_or(300, |v| v.parse().unwrap());
+    let (seeds, len) = diff_params("1..8");
     let mut problems = Vec::new();
-    for seed in first..=last {
+    for seed in seeds {
         problems.extend(differential_round(seed, len).await);
     }
     let shown: Vec<&String> = problems.iter().take(30).collect();
@@ -1910,12 +1935,9 @@ async fn set_keepttl_keeps_an_expiry_respite_never_saw_unknown_not_absent() {
 /// what the upstream holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_warmed_while_healthy_are_served_during_an_outage_exactly_as_the_upstream_holds_them() {
-    let seeds = std::env::var("RESPITE_DIFF_SEEDS").unwrap_or_else(|_| "1..4".into());
-    let (first, last) = seeds.split_once("..").expect("RESPITE_DIFF_SEEDS is first..last");
-    let (first, last): (u64, u64) = (first.parse().unwrap(), last.parse().unwrap());
-    let len: usize = std::env::var("RESPITE_DIFF_LEN").map_or(300, |v| v.parse().unwrap());
+    let (seeds, len) = diff_params("1..4");
     let (mut problems, mut served, mut missed) = (Vec::new(), 0, 0);
-    for seed in first..=last {
+    for seed in seeds {
         let mut rng = Rng(seed, RANDOM_KEYS.to_vec());
         let redis = RedisServer::start();
         let respite = Respite::start_with(drill_config(&redis)).await;
@@ -1943,22 +1965,7 @@ async fn values_warmed_while_healthy_are_served_during_an_outage_exactly_as_the_
         }
         drill(&respite, "down").await;
         for key in RANDOM_KEYS {
-            let reads = [
-                exact(&format!("GET {key}")),
-                unordered(&format!("HGETALL {key}")),
-                exact(&format!("LRANGE {key} 0 -1")),
-                unordered(&format!("SMEMBERS {key}")),
-                exact(&format!("ZRANGE {key} 0 -1 WITHSCORES")),
-                ttl(&format!("TTL {key}")),
-                exact(&format!("TYPE {key}")),
-                exact(&format!("EXISTS {key}")),
-                exact(&format!("STRLEN {key}")),
-                exact(&format!("HLEN {key}")),
-                exact(&format!("LLEN {key}")),
-                exact(&format!("SCARD {key}")),
-                exact(&format!("ZCARD {key}")),
-            ];
-            for (c, cmp) in reads {
+            for (c, cmp) in key_reads(key) {
                 let got = cmd(&mut r, &c).await;
                 let want = cmd(&mut d, &c).await;
                 if got.starts_with(b"-UNAVAILABLE") {
@@ -2017,12 +2024,9 @@ fn acknowledged(script: &Script, replies: &[Vec<u8>]) -> Script {
 /// counters add up, lists and sets merge, the last write wins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_made_elsewhere_during_an_outage_merge_with_the_replay_as_redis_would_merge_them() {
-    let seeds = std::env::var("RESPITE_DIFF_SEEDS").unwrap_or_else(|_| "1..4".into());
-    let (first, last) = seeds.split_once("..").expect("RESPITE_DIFF_SEEDS is first..last");
-    let (first, last): (u64, u64) = (first.parse().unwrap(), last.parse().unwrap());
-    let len: usize = std::env::var("RESPITE_DIFF_LEN").map_or(300, |v| v.parse().unwrap());
+    let (seeds, len) = diff_params("1..4");
     let mut problems = Vec::new();
-    for seed in first..=last {
+    for seed in seeds {
         let mut rng = Rng(seed, RANDOM_KEYS.to_vec());
         let redis = RedisServer::start();
         let reference = RedisServer::start();
@@ -2083,12 +2087,9 @@ async fn writes_made_elsewhere_during_an_outage_merge_with_the_replay_as_redis_w
 /// from the journal alone, keys never seen starting absent) knows their whole value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_random_journal_survives_a_restart_is_served_from_and_replays_to_the_reference_state() {
-    let seeds = std::env::var("RESPITE_DIFF_SEEDS").unwrap_or_else(|_| "1..2".into());
-    let (first, last) = seeds.split_once("..").expect("RESPITE_DIFF_SEEDS is first..last");
-    let (first, last): (u64, u64) = (first.parse().unwrap(), last.parse().unwrap());
-    let len: usize = std::env::var("RESPITE_DIFF_LEN").map_or(300, |v| v.parse().unwrap());
+    let (seeds, len) = diff_params("1..2");
     let mut problems = Vec::new();
-    for seed in first..=last {
+    for seed in seeds {
         let mut rng = Rng(seed, RANDOM_KEYS.to_vec());
         let mut redis = RedisServer::start();
         let reference = RedisServer::start();
@@ -2119,15 +2120,7 @@ async fn a_random_journal_survives_a_restart_is_served_from_and_replays_to_the_r
         }
         let mut r = Raw::connect(respite.addr).await;
         for key in RANDOM_KEYS {
-            for (c, cmp) in [
-                exact(&format!("GET {key}")),
-                unordered(&format!("HGETALL {key}")),
-                exact(&format!("LRANGE {key} 0 -1")),
-                unordered(&format!("SMEMBERS {key}")),
-                exact(&format!("ZRANGE {key} 0 -1 WITHSCORES")),
-                ttl(&format!("TTL {key}")),
-                exact(&format!("TYPE {key}")),
-            ] {
+            for (c, cmp) in key_reads(key) {
                 let got = cmd(&mut r, &c).await;
                 let want = cmd(&mut d, &c).await;
                 if !same_reply(cmp, &want, &got) {
