@@ -847,6 +847,8 @@ fn set(cx: &mut Cx<'_>) -> Res {
         if !o.keepttl {
             e.expires_at_ms = o.expiry;
             e.ttl_known = true;
+            // SET … GET fails on a value of another type: on a guess, still a guess.
+            e.guessed &= o.get;
         }
         Ok((old, true))
     })?;
@@ -879,6 +881,7 @@ fn set_with_ttl(cx: &mut Cx<'_>, seconds: bool) -> Res {
         e.value.set_str(value);
         e.expires_at_ms = Some(t);
         e.ttl_known = true;
+        e.guessed = false;
         Ok(())
     })?;
     cx.r.ok();
@@ -910,6 +913,7 @@ fn mset(cx: &mut Cx<'_>) -> Res {
             e.value.set_str(value);
             e.expires_at_ms = None;
             e.ttl_known = true;
+            e.guessed = false;
             Ok(())
         })?;
     }
@@ -1070,6 +1074,7 @@ fn del(cx: &mut Cx<'_>) -> Res {
             e.value = Value::Absent;
             e.expires_at_ms = None;
             e.ttl_known = true;
+            e.guessed = false;
             Ok(existed as i64)
         })?;
     }

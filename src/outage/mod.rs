@@ -73,11 +73,19 @@ impl<'a> Cx<'a> {
         match self.store.get(self.key(i), self.now) {
             Lookup::Found(slot) => {
                 let e = slot.entry.lock();
+                if e.guessed && !self.miss_nil {
+                    // Built on a key never seen: still a miss (SPEC §3.7).
+                    return Err(CmdErr::Miss);
+                }
                 f(&e)
             }
-            Lookup::Unseen if self.miss_nil => {
-                f(&Entry { value: Value::Absent, expires_at_ms: None, ttl_known: true, seen_at: self.now.at })
-            }
+            Lookup::Unseen if self.miss_nil => f(&Entry {
+                value: Value::Absent,
+                expires_at_ms: None,
+                ttl_known: true,
+                seen_at: self.now.at,
+                guessed: false,
+            }),
             Lookup::Unseen => Err(CmdErr::Miss),
         }
     }

@@ -126,8 +126,16 @@ impl Outage {
                     for (i, f) in items.iter().enumerate() {
                         match f {
                             Frame::Bulk(v) => store.put_str(key(i + 1), v, None, now),
-                            // nil: absent, or a value of another type; not knowable here.
-                            _ => store.invalidate(key(i + 1)),
+                            // nil: absent, or a value of another type. A cached string is
+                            // stale; anything else cached agrees with it and stays.
+                            _ => {
+                                if let Lookup::Found(slot) = store.get(key(i + 1), now) {
+                                    let string = matches!(slot.entry.lock().value, Value::Str(_));
+                                    if string {
+                                        store.invalidate(key(i + 1));
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -280,7 +288,14 @@ impl Outage {
     fn set_keeping_ttl(&self, key: KeyRef<'_>, value: Value, now: Now) {
         match self.store.get(key, now) {
             Lookup::Found(slot) => {
-                slot.entry.lock().value = value;
+                {
+                    let mut e = slot.entry.lock();
+                    e.value = value;
+                    if e.guessed {
+                        // The expiry kept was guessed: unknown now.
+                        (e.guessed, e.ttl_known, e.expires_at_ms) = (false, false, None);
+                    }
+                }
                 self.store.reweigh(key, &slot);
             }
             Lookup::Unseen => self.store.put(key, value, None, now),

@@ -72,6 +72,11 @@ pub struct Entry {
     pub ttl_known: bool,
     /// When the upstream (or this sidecar's own write) last confirmed the value.
     pub seen_at: Instant,
+    /// Built by outage writes on a key whose upstream value was never seen, as if it were
+    /// absent (SPEC §3.7): writes go on from it (INCR counts 1, 2, 3), reads are misses, as
+    /// for any unseen key. Cleared by a write that sets the whole value and expiry (SET,
+    /// DEL, …) or by the upstream's value.
+    pub guessed: bool,
 }
 
 /// A slot in the cache: the entry behind a lock (writes change it in place), and its weight
@@ -382,7 +387,8 @@ impl Store {
         if let Some(slot) = self.find(key, now) {
             let weight = {
                 let mut e = slot.entry.lock();
-                if !value.same_as(&e.value) {
+                // A guessed entry's expiry was a guess too: the upstream's replaces both.
+                if e.guessed || !value.same_as(&e.value) {
                     e.value = value.into_value();
                     e.ttl_known = ttl.is_some();
                     e.expires_at_ms = ttl.flatten();
@@ -390,6 +396,7 @@ impl Store {
                     e.ttl_known = true;
                     e.expires_at_ms = t;
                 }
+                e.guessed = false;
                 e.seen_at = now.at;
                 e.value.weight()
             };
@@ -398,16 +405,23 @@ impl Store {
         }
         let value = value.into_value();
         let weight = value.weight();
-        let entry = Entry { value, expires_at_ms: ttl.flatten(), ttl_known: ttl.is_some(), seen_at: now.at };
+        let entry =
+            Entry { value, expires_at_ms: ttl.flatten(), ttl_known: ttl.is_some(), seen_at: now.at, guessed: false };
         self.install(key, Slot::new(entry, weight, now.ms));
     }
 
-    /// The slot for `key`, created as `Absent` if unseen (`created` says which).
+    /// The slot for `key`, created as a guessed `Absent` if unseen (`created` says which).
     pub fn slot_for_write(&self, key: KeyRef<'_>, now: Now) -> (Arc<Slot>, bool) {
         match self.get(key, now) {
             Lookup::Found(slot) => (slot, false),
             Lookup::Unseen => {
-                let entry = Entry { value: Value::Absent, expires_at_ms: None, ttl_known: true, seen_at: now.at };
+                let entry = Entry {
+                    value: Value::Absent,
+                    expires_at_ms: None,
+                    ttl_known: true,
+                    seen_at: now.at,
+                    guessed: true,
+                };
                 let slot = Slot::new(entry, 0, now.ms);
                 self.install(key, slot.clone());
                 (slot, true)
