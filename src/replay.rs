@@ -101,8 +101,9 @@ impl Replayer {
             }
             let records = journal.read_after(done, self.batch, 8 << 20);
             if records.is_empty() {
-                let _order = self.outage.lock();
+                let mut pending = self.outage.lock();
                 if journal.stats().entries == 0 {
+                    pending.clear();
                     self.health.replay_finished();
                     return Ok(true);
                 }

@@ -149,11 +149,46 @@ pub struct Outage {
     /// Pub/sub between this sidecar's clients during an outage.
     pub broker: crate::pubsub::Broker,
     pub journal: Arc<dyn Journal>,
-    lock: Mutex<()>,
+    /// Orders journal appends, and guards the keys they wrote that are not yet replayed.
+    lock: Mutex<PendingKeys>,
     /// [`Settings`] as bits: read per command, swapped by a reload.
     settings: std::sync::atomic::AtomicU8,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+}
+
+/// Keys (hashes of database and key) with journaled writes not yet replayed, guarded by
+/// the order lock. While the journal replays, a read the store cannot answer (a key never
+/// seen, evicted, or only guessed) is forwarded only when its key is not in here: the
+/// upstream has not applied the others' writes yet, and would answer a state older than
+/// what this sidecar acknowledged (SPEC §3.8). Emptied when the journal is; it holds a
+/// u64 per distinct key written during the outage (bounded by `journal.max_entries`).
+#[derive(Default)]
+pub struct PendingKeys(std::collections::HashSet<u64>);
+
+impl PendingKeys {
+    fn hash(db: u32, key: &[u8]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        db.hash(&mut h);
+        key.hash(&mut h);
+        h.finish()
+    }
+
+    fn add(&mut self, db: u32, key: &[u8]) {
+        self.0.insert(Self::hash(db, key));
+    }
+
+    /// Whether any of `args` may be a key with a pending write (a collision, or an argument
+    /// that is not a key, only makes a read a miss instead of forwarding it).
+    fn any(&self, db: u32, args: &[&[u8]]) -> bool {
+        !self.0.is_empty() && args.iter().any(|a| self.0.contains(&Self::hash(db, a)))
+    }
+
+    /// The journal is empty: nothing is pending.
+    pub fn clear(&mut self) {
+        self.0 = Default::default();
+    }
 }
 
 /// The result of serving one command locally.
@@ -181,7 +216,15 @@ impl Outage {
         health: Arc<Health>,
     ) -> Outage {
         let settings = std::sync::atomic::AtomicU8::new(settings.bits());
-        Outage { store, journal, broker: Default::default(), lock: Mutex::new(()), settings, metrics, health }
+        Outage {
+            store,
+            journal,
+            broker: Default::default(),
+            lock: Mutex::new(PendingKeys::default()),
+            settings,
+            metrics,
+            health,
+        }
     }
 
     pub fn settings(&self) -> Settings {
@@ -205,8 +248,9 @@ impl Outage {
         &self.health
     }
 
-    /// The lock that orders journal appends; the replayer takes it to end outage mode.
-    pub fn lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+    /// The lock that orders journal appends; the replayer takes it to end outage mode (and
+    /// then empties the pending keys).
+    pub fn lock(&self) -> parking_lot::MutexGuard<'_, PendingKeys> {
         self.lock.lock()
     }
 
@@ -269,14 +313,17 @@ impl Outage {
             let mark = out.len();
             let mut cx = self.cx(db, resp3, args, out, now);
             let result = (entry.run)(&mut cx);
-            // While replaying, a key never seen has no pending write: the upstream knows it.
-            if matches!(result, Err(CmdErr::Miss)) && self.health.state() == State::Replaying {
+            // While replaying, the upstream knows a key with no pending write.
+            if matches!(result, Err(CmdErr::Miss))
+                && self.health.state() == State::Replaying
+                && !self.lock.lock().any(db, &args[1..])
+            {
                 out.truncate(mark);
                 return Served::Forward;
             }
             return self.finish_read(result, spec.name, out);
         }
-        let _order = self.lock.lock();
+        let mut pending = self.lock.lock();
         if !self.active() {
             return Served::Forward;
         }
@@ -301,7 +348,11 @@ impl Outage {
         };
         match self.journal.append(db, 1, payload, now_ms) {
             Ok(seq) => {
-                self.after_write(touched.iter().map(|(i, slot)| (KeyRef { db, key: args[*i] }, slot)), unseen);
+                self.after_write(
+                    &mut pending,
+                    touched.iter().map(|(i, slot)| (KeyRef { db, key: args[*i] }, slot)),
+                    unseen,
+                );
                 Served::Done { outcome: Outcome::Local, seq: Some(seq) }
             }
             Err(e) => {
@@ -317,7 +368,7 @@ impl Outage {
 
     /// Runs a MULTI/EXEC block as one atomic journal record.
     pub fn execute_block(&self, db: u32, resp3: bool, block: &[Queued], out: &mut BytesMut) -> Served {
-        let _order = self.lock.lock();
+        let mut pending = self.lock.lock();
         if !self.active() {
             return Served::Forward;
         }
@@ -369,7 +420,7 @@ impl Outage {
         } else {
             None
         };
-        self.after_write(touched_all.iter().map(|(k, slot)| (k.as_ref(), slot)), unseen_all);
+        self.after_write(&mut pending, touched_all.iter().map(|(k, slot)| (k.as_ref(), slot)), unseen_all);
         let mut r = Reply { out, resp3 };
         r.array(block.len());
         out.extend_from_slice(&replies);
@@ -382,6 +433,7 @@ impl Outage {
     /// never seen start as absent, as for any outage write. Returns the records applied.
     pub fn restore(&self) -> usize {
         let records = self.journal.read_after(0, usize::MAX, usize::MAX);
+        let mut pending = self.lock.lock();
         let limits = crate::resp::Limits { max_bulk: usize::MAX >> 1, max_array: usize::MAX >> 1, max_inline: 0 };
         let mut applied = 0;
         for r in &records {
@@ -409,6 +461,7 @@ impl Outage {
                     let touched = std::mem::take(&mut cx.touched);
                     for (i, slot) in &touched {
                         self.store.reweigh(KeyRef { db: r.db, key: args[*i] }, slot);
+                        pending.add(r.db, args[*i]);
                     }
                 }
             }
@@ -454,9 +507,15 @@ impl Outage {
         }
     }
 
-    fn after_write<'k>(&self, touched: impl Iterator<Item = (KeyRef<'k>, &'k Arc<Slot>)>, unseen: u32) {
+    fn after_write<'k>(
+        &self,
+        pending: &mut PendingKeys,
+        touched: impl Iterator<Item = (KeyRef<'k>, &'k Arc<Slot>)>,
+        unseen: u32,
+    ) {
         for (k, slot) in touched {
             self.store.reweigh(k, slot);
+            pending.add(k.db, k.key);
         }
         if unseen > 0 {
             self.metrics.store_unseen_writes.inc_by(unseen as u64);
