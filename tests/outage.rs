@@ -2186,6 +2186,12 @@ async fn a_value_built_on_an_unseen_key_is_not_served_as_if_it_were_known() {
     end_drill(&respite).await;
     assert_eq!(q::<String>(&mut up, "GET hits").await, "7");
     assert_eq!(q::<i64>(&mut up, "EXISTS queue").await, 0);
+    // Healthy again: a GETSET the upstream answered set the whole value, known from then.
+    q::<()>(&mut up, "SET other x").await;
+    assert_eq!(text(&cmd(&mut r, "GETSET other y").await), "$1\r\nx\r\n");
+    drill(&respite, "down").await;
+    assert_eq!(text(&cmd(&mut r, "GET other").await), "$1\r\ny\r\n");
+    end_drill(&respite).await;
     respite.shutdown().await;
 }
 

@@ -263,6 +263,10 @@ impl Outage {
             // Otherwise another client changed the value meanwhile (the replies differ).
             if ok && (determined || scratch[..] == reply[..]) {
                 for (i, slot) in &touched {
+                    if determined {
+                        // The upstream set the whole value (GETSET, GETDEL: they succeeded).
+                        slot.entry.lock().guessed = false;
+                    }
                     self.store.reweigh(key(*i), slot);
                 }
                 return;
