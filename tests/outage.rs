@@ -1782,6 +1782,25 @@ fn key_reads(key: &str) -> Script {
     ]
 }
 
+/// Gives each key its random starting value, through respite (healthy) and on the
+/// reference alike, then reads every key whole through respite: the read of the key's
+/// type teaches its value, the others answer WRONGTYPE (or teach a missing key's absence).
+async fn set_up_keys(rng: &mut Rng, r: &mut Raw, d: &mut Raw, keys: &[&str]) {
+    let trace = std::env::var_os("RESPITE_DIFF_TRACE").is_some();
+    for key in keys {
+        for c in random_setup(rng, key) {
+            if trace {
+                eprintln!("setup `{c}`");
+            }
+            let (a, b) = (cmd(r, &c).await, cmd(d, &c).await);
+            assert_eq!(text(&a), text(&b), "setup `{c}`");
+        }
+        for c in warm_reads(key) {
+            cmd(r, &c).await;
+        }
+    }
+}
+
 /// Runs one seed; returns the differences found.
 ///
 /// Variants by seed: odd seeds also use keys respite never saw (with `miss = "nil"`); even
@@ -1809,21 +1828,7 @@ async fn differential_round(seed: u64, len: usize) -> Vec<String> {
             assert_eq!(text(&cmd(raw, &format!("SELECT {db}")).await), "+OK\r\n");
         }
     }
-    for key in RANDOM_KEYS {
-        for c in random_setup(&mut rng, key) {
-            if std::env::var_os("RESPITE_DIFF_TRACE").is_some() {
-                eprintln!("setup `{c}`");
-            }
-            let a = cmd(&mut r, &c).await;
-            let b = cmd(&mut d, &c).await;
-            assert_eq!(text(&a), text(&b), "seed {seed}: setup `{c}`");
-        }
-        // Every full read: the one of the key's type teaches the value, the others answer
-        // WRONGTYPE (or, for a missing key, teach its absence).
-        for c in warm_reads(key) {
-            cmd(&mut r, &c).await;
-        }
-    }
+    set_up_keys(&mut rng, &mut r, &mut d, RANDOM_KEYS).await;
     let script = random_script(&mut rng, len);
     if seed.is_multiple_of(2) {
         // Even seeds speak RESP3: maps, sets, doubles and nulls of their own.
@@ -2035,15 +2040,7 @@ async fn writes_made_elsewhere_during_an_outage_merge_with_the_replay_as_redis_w
         let mut r = Raw::connect(respite.addr).await;
         let mut d = Raw::connect(addr(&reference)).await;
         let mut other = Raw::connect(addr(&redis)).await;
-        for key in RANDOM_KEYS {
-            for c in random_setup(&mut rng, key) {
-                cmd(&mut r, &c).await;
-                cmd(&mut d, &c).await;
-            }
-            for c in warm_reads(key) {
-                cmd(&mut r, &c).await;
-            }
-        }
+        set_up_keys(&mut rng, &mut r, &mut d, RANDOM_KEYS).await;
         let script = random_script(&mut rng, len);
         let elsewhere: Script = (0..len / 4).map(|_| random_write(&mut rng)).collect();
         if std::env::var_os("RESPITE_DIFF_TRACE").is_some() {
@@ -2308,15 +2305,7 @@ async fn outages_starting_and_ending_mid_traffic_keep_replies_and_order_as_redis
         let respite = Respite::start_with(cfg).await;
         let mut r = Raw::connect(respite.addr).await;
         let mut d = Raw::connect(addr(&reference)).await;
-        for key in RANDOM_KEYS {
-            for c in random_setup(&mut rng, key) {
-                cmd(&mut r, &c).await;
-                cmd(&mut d, &c).await;
-            }
-            for c in warm_reads(key) {
-                cmd(&mut r, &c).await;
-            }
-        }
+        set_up_keys(&mut rng, &mut r, &mut d, RANDOM_KEYS).await;
         let script = random_script(&mut rng, len);
         let trace = std::env::var_os("RESPITE_DIFF_TRACE").is_some();
         let (mut down, mut drills, mut at) = (false, 0, 0);
@@ -2419,15 +2408,7 @@ async fn concurrent_clients_in_an_outage_each_get_redis_replies_and_the_replay_k
             let mut rng = Rng(seed * 100 + g as u64, keys.clone());
             let mut r = Raw::connect(respite.addr).await;
             let mut d = Raw::connect(addr(&reference)).await;
-            for key in keys {
-                for c in random_setup(&mut rng, key) {
-                    cmd(&mut r, &c).await;
-                    cmd(&mut d, &c).await;
-                }
-                for c in warm_reads(key) {
-                    cmd(&mut r, &c).await;
-                }
-            }
+            set_up_keys(&mut rng, &mut r, &mut d, keys).await;
             clients.push((rng, r, d));
         }
         drill(&respite, "down").await;
