@@ -44,8 +44,11 @@ impl Arena {
                 "respite-prefault",
                 || BytesMut::with_capacity(Self::CHUNK),
                 |c| {
-                    c.resize(Self::CHUNK, 0);
-                    c.clear();
+                    // One write per page faults it in (the kernel zero-fills it): zeroing
+                    // all of it again cost ~100 instructions per journaled SET.
+                    for b in c.spare_capacity_mut().iter_mut().step_by(4096) {
+                        b.write(0);
+                    }
                 },
             );
         }
