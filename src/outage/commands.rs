@@ -1141,9 +1141,16 @@ fn pexpireat(cx: &mut Cx<'_>) -> Res {
 
 fn persist(cx: &mut Cx<'_>) -> Res {
     let n = cx.write(1, |e| {
-        let had = !matches!(e.value, Value::Absent) && e.expires_at_ms.is_some();
+        if matches!(e.value, Value::Absent) {
+            return Ok(0);
+        }
+        if !e.ttl_known {
+            // The reply says whether there was an expiry, which this sidecar does not know
+            // (a value warmed from GET): refused, not guessed.
+            return Err(CmdErr::Unsupported("PERSIST of a key whose expiry this sidecar has not seen"));
+        }
+        let had = e.expires_at_ms.is_some();
         e.expires_at_ms = None;
-        e.ttl_known = true;
         Ok(had as i64)
     })?;
     cx.r.int(n);
