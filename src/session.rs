@@ -102,8 +102,14 @@ pub struct Session {
     outage_multi: Option<OutageMulti>,
     /// The last journal record this round appended: replies wait until it is durable.
     journal_seq: Option<u64>,
-    /// Keys written inside an upstream MULTI: forgotten from the local store at EXEC.
-    txn_keys: Vec<(&'static CommandSpec, Vec<Bytes>)>,
+    /// The writes queued in an upstream MULTI, by position in the queue (their replies'
+    /// place in EXEC's array): learned from that array, in order, at EXEC.
+    txn_writes: Vec<(usize, Option<&'static CommandSpec>, Vec<Bytes>)>,
+    /// Commands queued in the open upstream MULTI.
+    txn_queued: usize,
+    /// A SELECT was queued: which database each write meant is not followed; EXEC forgets
+    /// the whole store instead of learning.
+    txn_select: bool,
     /// Channels and patterns the client is subscribed to (upstream or locally).
     subs: Subs,
     /// Local subscriptions while the upstream is down.
@@ -219,7 +225,9 @@ impl Session {
             resp3: false,
             outage_multi: None,
             journal_seq: None,
-            txn_keys: Vec::new(),
+            txn_writes: Vec::new(),
+            txn_queued: 0,
+            txn_select: false,
             subs: Subs::default(),
             local: None,
             swallow: 0,
@@ -1099,25 +1107,73 @@ impl Session {
     /// Keeps the local store in step with a successful upstream reply.
     fn learn(&mut self, frozen: &Bytes, i: usize, reply: Bytes, now: crate::store::Now) {
         let req = &self.reqs[i];
-        let Some(spec) = req.spec else { return };
         let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
         let args = req_args(&self.args, base, req.args.clone());
+        let name = req.spec.map_or("", |s| s.name);
+        if self.txn == Txn::Multi && !matches!(name, "EXEC" | "DISCARD" | "MULTI") {
+            // Queued: it runs at EXEC, whose array holds its reply at this position.
+            // (A command the upstream refused to queue gets no position: EXEC then aborts.)
+            if req.spec.is_none_or(|s| s.is_write()) {
+                let owned = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
+                self.txn_writes.push((self.txn_queued, req.spec, owned));
+            }
+            self.txn_select |= name == "SELECT";
+            self.txn_queued += 1;
+            return;
+        }
+        let Some(spec) = req.spec else { return };
         let outage = &self.ctx.outage;
         match spec.name {
-            "EXEC" | "DISCARD" => {
-                for (spec, args) in self.txn_keys.drain(..) {
-                    let args: SmallVec<[&[u8]; 8]> = args.iter().map(|a| &a[..]).collect();
-                    outage.forget(spec, &args, self.db);
-                }
+            "MULTI" | "DISCARD" => {
+                self.txn_writes.clear();
+                self.txn_queued = 0;
+                self.txn_select = false;
             }
-            _ if self.txn == Txn::Multi => {
-                // Queued: the write happens at EXEC; forget its keys now and then.
-                if spec.is_write() {
-                    outage.forget(spec, &args, self.db);
-                    self.txn_keys.push((spec, args.iter().map(|a| Bytes::copy_from_slice(a)).collect()));
+            "EXEC" if std::mem::take(&mut self.txn_select) => {
+                self.txn_writes.clear();
+                self.txn_queued = 0;
+                outage.store.clear();
+            }
+            "EXEC" => {
+                self.txn_queued = 0;
+                // A nil array: WATCH aborted it, nothing ran.
+                let elements = exec_elements(&reply);
+                for (pos, spec, args) in self.txn_writes.drain(..) {
+                    let args: SmallVec<[&[u8]; 8]> = args.iter().map(|a| &a[..]).collect();
+                    match (spec, &elements) {
+                        (_, Some(None)) => {}
+                        (Some(spec), Some(Some(e))) => match e.get(pos) {
+                            // As a write answered on its own; an error changed nothing.
+                            Some(r) if !matches!(r.first(), Some(b'-') | Some(b'!')) => {
+                                outage.learn(&Request { spec, args: &args, db: self.db, resp3: self.resp3 }, r, now)
+                            }
+                            Some(_) => {}
+                            None => outage.forget(spec, &args, self.db),
+                        },
+                        (Some(spec), None) => outage.forget(spec, &args, self.db),
+                        // A command the table does not know may write anything.
+                        (None, _) => outage.store.invalidate_db(self.db),
+                    }
                 }
             }
             _ => outage.learn(&Request { spec, args: &args, db: self.db, resp3: self.resp3 }, &reply, now),
+        }
+    }
+
+    /// Forgets the keys of the writes queued in an upstream MULTI whose EXEC may have run
+    /// (its reply was lost).
+    fn forget_txn_writes(&mut self) {
+        self.txn_queued = 0;
+        if std::mem::take(&mut self.txn_select) {
+            self.txn_writes.clear();
+            return self.ctx.outage.store.clear();
+        }
+        for (_, spec, args) in self.txn_writes.drain(..) {
+            let args: SmallVec<[&[u8]; 8]> = args.iter().map(|a| &a[..]).collect();
+            match spec {
+                Some(spec) => self.ctx.outage.forget(spec, &args, self.db),
+                None => self.ctx.outage.store.invalidate_db(self.db),
+            }
         }
     }
 
@@ -1125,9 +1181,17 @@ impl Session {
     /// not sent while outage mode is on, serves them locally.
     fn fail(&mut self, frozen: &Bytes, run: Range<usize>, error: &UpstreamError) {
         let lost_connection = self.dedicated.as_ref().is_some_and(|d| !d.is_connected());
+        let mut exec_lost = false;
         for i in run {
             if !error.maybe_executed() && self.ctx.outage.active() && self.serve_local(frozen, i) {
                 continue;
+            }
+            let req = &self.reqs[i];
+            if error.maybe_executed() && req.name() == "EXEC" {
+                // Sent, and its reply lost: it ended the transaction whether it ran or not
+                // (the client is told the outcome is unknown).
+                exec_lost = true;
+                self.forget_txn_writes();
             }
             let req = &self.reqs[i];
             if error.maybe_executed() {
@@ -1143,7 +1207,9 @@ impl Session {
             self.count(i, error.outcome(read_only));
         }
         let lost_connection = lost_connection || *error == UpstreamError::TransactionLost;
-        if lost_connection && matches!(self.txn, Txn::Multi | Txn::Watching) {
+        if exec_lost {
+            self.txn = Txn::None;
+        } else if lost_connection && matches!(self.txn, Txn::Multi | Txn::Watching) {
             self.txn = Txn::Lost;
         }
     }
@@ -1422,6 +1488,27 @@ async fn sleep_or_never(d: Duration) {
 
 /// A request's command name for error texts: the table's name, or what the client sent
 /// (upper-cased, printable, at most 32 bytes) for commands the table does not know.
+/// The replies in an EXEC reply: `Some(None)` for a nil (WATCH aborted the transaction),
+/// `None` when it is not an array of complete replies.
+fn exec_elements(reply: &Bytes) -> Option<Option<Vec<Bytes>>> {
+    if !matches!(reply.first(), Some(b'*')) {
+        return None;
+    }
+    let cr = memchr::memchr(b'\r', reply)?;
+    let n = crate::resp::parse_int(&reply[1..cr])?;
+    if n < 0 {
+        return Some(None);
+    }
+    let mut pos = cr + 2;
+    let mut out = Vec::with_capacity(n.min(1024) as usize);
+    for _ in 0..n {
+        let info = crate::resp::ReplyScanner::default().next(reply.get(pos..)?).ok()??;
+        out.push(reply.slice(pos..pos + info.len));
+        pos += info.len;
+    }
+    Some(Some(out))
+}
+
 fn display_name(req: &Req, arena: &[Arg], frozen: &Bytes) -> String {
     if let Some(spec) = req.spec {
         return spec.name.to_string();
