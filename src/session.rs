@@ -1193,7 +1193,7 @@ impl Session {
                 exec_lost = true;
                 self.forget_txn_writes();
             }
-            let req = &self.reqs[i];
+            let req = &self.reqs[i]; // again: forget_txn_writes borrowed the session
             if error.maybe_executed() {
                 if let Some(spec) = req.spec.filter(|s| s.is_write()) {
                     let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
@@ -1486,8 +1486,6 @@ async fn sleep_or_never(d: Duration) {
     }
 }
 
-/// A request's command name for error texts: the table's name, or what the client sent
-/// (upper-cased, printable, at most 32 bytes) for commands the table does not know.
 /// The replies in an EXEC reply: `Some(None)` for a nil (WATCH aborted the transaction),
 /// `None` when it is not an array of complete replies.
 fn exec_elements(reply: &Bytes) -> Option<Option<Vec<Bytes>>> {
@@ -1509,6 +1507,8 @@ fn exec_elements(reply: &Bytes) -> Option<Option<Vec<Bytes>>> {
     Some(Some(out))
 }
 
+/// A request's command name for error texts: the table's name, or what the client sent
+/// (upper-cased, printable, at most 32 bytes) for commands the table does not know.
 fn display_name(req: &Req, arena: &[Arg], frozen: &Bytes) -> String {
     if let Some(spec) = req.spec {
         return spec.name.to_string();
