@@ -110,6 +110,9 @@ pub struct Session {
     /// A SELECT was queued: which database each write meant is not followed; EXEC forgets
     /// the whole store instead of learning.
     txn_select: bool,
+    /// The database a SELECT queued in the open MULTI switches to, and its request (the
+    /// connection state to restore after a reconnect): applied when EXEC runs it.
+    txn_select_db: Option<(u32, Bytes)>,
     /// Channels and patterns the client is subscribed to (upstream or locally).
     subs: Subs,
     /// Local subscriptions while the upstream is down.
@@ -228,6 +231,7 @@ impl Session {
             txn_writes: Vec::new(),
             txn_queued: 0,
             txn_select: false,
+            txn_select_db: None,
             subs: Subs::default(),
             local: None,
             swallow: 0,
@@ -1216,10 +1220,31 @@ impl Session {
 
     /// Follows the connection state a dedicated connection has, to restore it after a
     /// reconnect and to abort a transaction whose connection was lost.
-    fn track_state(&mut self, frozen: &Bytes, i: usize, _reply: &[u8]) {
+    fn track_state(&mut self, frozen: &Bytes, i: usize, reply: &[u8]) {
         let Some(spec) = self.reqs[i].spec else {
             return;
         };
+        let argc = self.reqs[i].args.len();
+        if self.txn == Txn::Multi && !matches!(spec.name, "EXEC" | "DISCARD" | "MULTI" | "RESET") {
+            // Queued, not run: a SELECT takes effect when EXEC runs it (DISCARD drops it).
+            if spec.name == "SELECT" && argc == 2 {
+                if let Some(db) = crate::resp::parse_int(self.arg(frozen, &self.reqs[i], 1)) {
+                    self.txn_select_db = Some((db.max(0) as u32, self.bytes_of(frozen, i..i + 1)));
+                }
+            }
+            return;
+        }
+        match self.txn_select_db.take() {
+            // EXEC ran the queued SELECT, unless WATCH aborted it (a null reply).
+            Some((db, select)) if spec.name == "EXEC" && !matches!(reply, b"*-1\r\n" | b"_\r\n") => {
+                self.db = db;
+                if let Some(d) = &mut self.dedicated {
+                    d.record_state(StateKey::Select, select);
+                }
+            }
+            // Anything else after a queued SELECT ends the transaction without it.
+            _ => {}
+        }
         let key = match spec.name {
             "AUTH" => Some(StateKey::Auth),
             "HELLO" => Some(StateKey::Hello),
@@ -1233,7 +1258,6 @@ impl Session {
             }
             _ => None,
         };
-        let argc = self.reqs[i].args.len();
         match spec.name {
             "SELECT" if argc == 2 => {
                 if let Some(db) = crate::resp::parse_int(self.arg(frozen, &self.reqs[i], 1)) {

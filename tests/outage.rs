@@ -2314,6 +2314,43 @@ async fn transactions_are_learned_from_the_exec_reply() {
     respite.shutdown().await;
 }
 
+/// A SELECT inside MULTI runs at EXEC, not when queued: after MULTI, SELECT 3, DISCARD
+/// the connection is still on database 0. respite used to switch at once, and learned
+/// database 0's replies as database 3's (served in an outage after a SELECT 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_select_queued_in_multi_switches_the_database_only_when_exec_runs_it() {
+    let redis = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut r = Raw::connect(respite.addr).await;
+    let miss = |reply: &[u8]| reply.starts_with(b"-UNAVAILABLE");
+    assert_eq!(text(&cmd(&mut r, "SET k a").await), "+OK\r\n");
+    for c in ["MULTI", "SELECT 3", "DISCARD"] {
+        cmd(&mut r, c).await;
+    }
+    assert_eq!(text(&cmd(&mut r, "GET k").await), "$1\r\na\r\n", "still database 0");
+    drill(&respite, "down").await;
+    cmd(&mut r, "SELECT 3").await;
+    let got = cmd(&mut r, "GET k").await;
+    assert!(miss(&got), "database 3 never saw k: {}", text(&got));
+    cmd(&mut r, "SELECT 0").await;
+    assert_eq!(text(&cmd(&mut r, "GET k").await), "$1\r\na\r\n");
+    end_drill(&respite).await;
+
+    // A SELECT that EXEC runs: from then on database 5.
+    for c in ["MULTI", "SELECT 5", "SET k five"] {
+        cmd(&mut r, c).await;
+    }
+    assert_eq!(text(&cmd(&mut r, "EXEC").await), "*2\r\n+OK\r\n+OK\r\n");
+    assert_eq!(text(&cmd(&mut r, "GET k").await), "$4\r\nfive\r\n");
+    drill(&respite, "down").await;
+    assert_eq!(text(&cmd(&mut r, "GET k").await), "$4\r\nfive\r\n", "database 5, learned after EXEC");
+    cmd(&mut r, "SELECT 0").await;
+    let got = cmd(&mut r, "GET k").await;
+    assert!(miss(&got), "database 0's k was forgotten at that EXEC: {}", text(&got));
+    end_drill(&respite).await;
+    respite.shutdown().await;
+}
+
 /// The commands [`random_write`] generates.
 const WRITE_NAMES: &[&str] = &[
     "SET",
