@@ -110,9 +110,9 @@ pub struct Session {
     /// A SELECT was queued: which database each write meant is not followed; EXEC forgets
     /// the whole store instead of learning.
     txn_select: bool,
-    /// The database a SELECT queued in the open MULTI switches to, and its request (the
-    /// connection state to restore after a reconnect): applied when EXEC runs it.
-    txn_select_db: Option<(u32, Bytes)>,
+    /// Connection state queued in the open MULTI (SELECT, HELLO, CLIENT SETNAME, …): each
+    /// request with the state it records and its effect here, applied when EXEC runs them.
+    txn_state: Vec<(StateKey, Bytes, StateEffect)>,
     /// Channels and patterns the client is subscribed to (upstream or locally).
     subs: Subs,
     /// Local subscriptions while the upstream is down.
@@ -231,7 +231,7 @@ impl Session {
             txn_writes: Vec::new(),
             txn_queued: 0,
             txn_select: false,
-            txn_select_db: None,
+            txn_state: Vec::new(),
             subs: Subs::default(),
             local: None,
             swallow: 0,
@@ -1224,27 +1224,6 @@ impl Session {
         let Some(spec) = self.reqs[i].spec else {
             return;
         };
-        let argc = self.reqs[i].args.len();
-        if self.txn == Txn::Multi && !matches!(spec.name, "EXEC" | "DISCARD" | "MULTI" | "RESET") {
-            // Queued, not run: a SELECT takes effect when EXEC runs it (DISCARD drops it).
-            if spec.name == "SELECT" && argc == 2 {
-                if let Some(db) = crate::resp::parse_int(self.arg(frozen, &self.reqs[i], 1)) {
-                    self.txn_select_db = Some((db.max(0) as u32, self.bytes_of(frozen, i..i + 1)));
-                }
-            }
-            return;
-        }
-        match self.txn_select_db.take() {
-            // EXEC ran the queued SELECT, unless WATCH aborted it (a null reply).
-            Some((db, select)) if spec.name == "EXEC" && !matches!(reply, b"*-1\r\n" | b"_\r\n") => {
-                self.db = db;
-                if let Some(d) = &mut self.dedicated {
-                    d.record_state(StateKey::Select, select);
-                }
-            }
-            // Anything else after a queued SELECT ends the transaction without it.
-            _ => {}
-        }
         let key = match spec.name {
             "AUTH" => Some(StateKey::Auth),
             "HELLO" => Some(StateKey::Hello),
@@ -1258,13 +1237,28 @@ impl Session {
             }
             _ => None,
         };
-        match spec.name {
-            "SELECT" if argc == 2 => {
-                if let Some(db) = crate::resp::parse_int(self.arg(frozen, &self.reqs[i], 1)) {
-                    self.db = db.max(0) as u32;
-                }
+        let argc = self.reqs[i].args.len();
+        let effect = match spec.name {
+            "SELECT" if argc == 2 => crate::resp::parse_int(self.arg(frozen, &self.reqs[i], 1))
+                .map_or(StateEffect::None, |db| StateEffect::Db(db.max(0) as u32)),
+            "HELLO" if argc > 1 => StateEffect::Resp3(self.arg(frozen, &self.reqs[i], 1) == b"3"),
+            _ => StateEffect::None,
+        };
+        if self.txn == Txn::Multi && !matches!(spec.name, "EXEC" | "DISCARD" | "MULTI" | "RESET") {
+            // Queued, not run: it takes effect when EXEC runs it (DISCARD drops it).
+            if let Some(key) = key {
+                self.txn_state.push((key, self.bytes_of(frozen, i..i + 1), effect));
             }
-            "HELLO" if argc > 1 => self.resp3 = self.arg(frozen, &self.reqs[i], 1) == b"3",
+            return;
+        }
+        let queued = std::mem::take(&mut self.txn_state);
+        // EXEC ran what was queued, unless WATCH aborted it (a null reply).
+        if spec.name == "EXEC" && !matches!(reply, b"*-1\r\n" | b"_\r\n") {
+            for (key, bytes, effect) in queued {
+                self.apply_state(key, bytes, effect);
+            }
+        }
+        match spec.name {
             "MULTI" => self.txn = Txn::Multi,
             "WATCH" if self.txn == Txn::None => self.txn = Txn::Watching,
             "EXEC" | "DISCARD" | "UNWATCH" => self.txn = Txn::None,
@@ -1280,9 +1274,20 @@ impl Session {
         }
         if let Some(key) = key {
             let bytes = self.bytes_of(frozen, i..i + 1);
-            if let Some(d) = &mut self.dedicated {
-                d.record_state(key, bytes);
-            }
+            self.apply_state(key, bytes, effect);
+        }
+    }
+
+    /// A connection-state command took effect: follow it here, and record it for the
+    /// dedicated connection to restore after a reconnect.
+    fn apply_state(&mut self, key: StateKey, bytes: Bytes, effect: StateEffect) {
+        match effect {
+            StateEffect::Db(db) => self.db = db,
+            StateEffect::Resp3(on) => self.resp3 = on,
+            StateEffect::None => {}
+        }
+        if let Some(d) = &mut self.dedicated {
+            d.record_state(key, bytes);
         }
     }
 
@@ -1508,6 +1513,14 @@ async fn sleep_or_never(d: Duration) {
     } else {
         tokio::time::sleep(d).await
     }
+}
+
+/// What a connection-state command changes in the session itself.
+#[derive(Debug, Clone, Copy)]
+enum StateEffect {
+    Db(u32),
+    Resp3(bool),
+    None,
 }
 
 /// The replies in an EXEC reply: `Some(None)` for a nil (WATCH aborted the transaction),

@@ -2316,7 +2316,8 @@ async fn transactions_are_learned_from_the_exec_reply() {
 
 /// A SELECT inside MULTI runs at EXEC, not when queued: after MULTI, SELECT 3, DISCARD
 /// the connection is still on database 0. respite used to switch at once, and learned
-/// database 0's replies as database 3's (served in an outage after a SELECT 3).
+/// database 0's replies as database 3's (served in an outage after a SELECT 3). Queued
+/// connection state (SELECT, HELLO, CLIENT SETNAME, …) now applies when EXEC runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_select_queued_in_multi_switches_the_database_only_when_exec_runs_it() {
     let redis = RedisServer::start();
@@ -2347,6 +2348,16 @@ async fn a_select_queued_in_multi_switches_the_database_only_when_exec_runs_it()
     cmd(&mut r, "SELECT 0").await;
     let got = cmd(&mut r, "GET k").await;
     assert!(miss(&got), "database 0's k was forgotten at that EXEC: {}", text(&got));
+    end_drill(&respite).await;
+
+    // HELLO 3 queued: RESP3 from the EXEC on, in local replies too.
+    cmd(&mut r, "MULTI").await;
+    cmd(&mut r, "HELLO 3").await;
+    assert!(cmd(&mut r, "EXEC").await.starts_with(b"*1\r\n%"));
+    assert_eq!(text(&cmd(&mut r, "HSET h f v").await), ":1\r\n");
+    assert_eq!(text(&cmd(&mut r, "HGETALL h").await), "%1\r\n$1\r\nf\r\n$1\r\nv\r\n");
+    drill(&respite, "down").await;
+    assert_eq!(text(&cmd(&mut r, "HGETALL h").await), "%1\r\n$1\r\nf\r\n$1\r\nv\r\n");
     end_drill(&respite).await;
     respite.shutdown().await;
 }
