@@ -2182,12 +2182,15 @@ async fn a_value_built_on_an_unseen_key_is_not_served_as_if_it_were_known() {
         let reply = cmd(&mut r, c).await;
         assert!(reply.starts_with(b"-UNAVAILABLE"), "{c}: {}", text(&reply));
     }
+    // Nor counted as keys known to exist.
+    assert_eq!(text(&cmd(&mut r, "DBSIZE").await), ":0\r\n");
     // GETDEL fails on a value of another type: on a guess it does not make the key known.
     assert_eq!(text(&cmd(&mut r, "GETDEL hits").await), "$1\r\n2\r\n");
     assert!(cmd(&mut r, "EXISTS hits").await.starts_with(b"-UNAVAILABLE"));
     // A write that sets the whole value does.
     assert_eq!(text(&cmd(&mut r, "SET hits 7").await), "+OK\r\n");
     assert_eq!(text(&cmd(&mut r, "GET hits").await), "$1\r\n7\r\n");
+    assert_eq!(text(&cmd(&mut r, "DBSIZE").await), ":1\r\n");
     assert_eq!(text(&cmd(&mut r, "DEL queue").await), ":1\r\n");
     assert_eq!(text(&cmd(&mut r, "EXISTS queue").await), ":0\r\n");
     end_drill(&respite).await;

@@ -493,7 +493,8 @@ impl Store {
             .filter(|(k, slot)| {
                 k.db == db && {
                     let e = slot.entry.lock();
-                    !matches!(e.value, Value::Absent) && e.expires_at_ms.is_none_or(|t| t > now)
+                    // A guessed value's existence is a guess too: not counted.
+                    !e.guessed && !matches!(e.value, Value::Absent) && e.expires_at_ms.is_none_or(|t| t > now)
                 }
             })
             .count()
