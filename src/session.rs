@@ -1112,20 +1112,20 @@ impl Session {
     fn learn(&mut self, frozen: &Bytes, i: usize, reply: Bytes, now: crate::store::Now) {
         let req = &self.reqs[i];
         let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
-        let args = req_args(&self.args, base, req.args.clone());
-        let name = req.spec.map_or("", |s| s.name);
+        let (spec, argv) = (req.spec, req.args.clone());
+        let name = spec.map_or("", |s| s.name);
         if self.txn == Txn::Multi && !matches!(name, "EXEC" | "DISCARD" | "MULTI") {
             // Queued: it runs at EXEC, whose array holds its reply at this position.
             // (A command the upstream refused to queue gets no position: EXEC then aborts.)
-            if req.spec.is_none_or(|s| s.is_write()) {
-                let owned = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
-                self.txn_writes.push((self.txn_queued, req.spec, owned));
+            if spec.is_none_or(|s| s.is_write()) {
+                let owned = req_args(&self.args, base, argv).iter().map(|a| Bytes::copy_from_slice(a)).collect();
+                self.txn_writes.push((self.txn_queued, spec, owned));
             }
             self.txn_select |= name == "SELECT";
             self.txn_queued += 1;
             return;
         }
-        let Some(spec) = req.spec else { return };
+        let Some(spec) = spec else { return };
         let outage = &self.ctx.outage;
         match spec.name {
             "MULTI" | "DISCARD" => {
@@ -1133,34 +1133,39 @@ impl Session {
                 self.txn_queued = 0;
                 self.txn_select = false;
             }
-            "EXEC" if std::mem::take(&mut self.txn_select) => {
-                self.txn_writes.clear();
-                self.txn_queued = 0;
-                outage.store.clear();
-            }
-            "EXEC" => {
-                self.txn_queued = 0;
+            // A SELECT inside: which database each write meant is not followed.
+            "EXEC" if self.txn_select => self.forget_txn_writes(),
+            "EXEC" => match exec_elements(&reply) {
+                // Not an array of replies: what ran is unknown.
+                None => self.forget_txn_writes(),
                 // A nil array: WATCH aborted it, nothing ran.
-                let elements = exec_elements(&reply);
-                for (pos, spec, args) in self.txn_writes.drain(..) {
-                    let args: SmallVec<[&[u8]; 8]> = args.iter().map(|a| &a[..]).collect();
-                    match (spec, &elements) {
-                        (_, Some(None)) => {}
-                        (Some(spec), Some(Some(e))) => match e.get(pos) {
-                            // As a write answered on its own; an error changed nothing.
-                            Some(r) if !matches!(r.first(), Some(b'-') | Some(b'!')) => {
+                Some(None) => {
+                    self.txn_writes.clear();
+                    self.txn_queued = 0;
+                }
+                Some(Some(elements)) => {
+                    self.txn_queued = 0;
+                    for (pos, spec, args) in self.txn_writes.drain(..) {
+                        let args: SmallVec<[&[u8]; 8]> = args.iter().map(|a| &a[..]).collect();
+                        match (spec, elements.get(pos)) {
+                            // A command the table does not know may write anything.
+                            (None, _) => outage.store.invalidate_db(self.db),
+                            (Some(spec), None) => outage.forget(spec, &args, self.db),
+                            // An error changed nothing.
+                            (Some(_), Some(r)) if matches!(r.first(), Some(b'-') | Some(b'!')) => {}
+                            // As a write answered on its own.
+                            (Some(spec), Some(r)) => {
                                 outage.learn(&Request { spec, args: &args, db: self.db, resp3: self.resp3 }, r, now)
                             }
-                            Some(_) => {}
-                            None => outage.forget(spec, &args, self.db),
-                        },
-                        (Some(spec), None) => outage.forget(spec, &args, self.db),
-                        // A command the table does not know may write anything.
-                        (None, _) => outage.store.invalidate_db(self.db),
+                        }
                     }
                 }
+            },
+            _ => {
+                let base: &[u8] = self.reqs[i].inline.as_deref().unwrap_or(frozen);
+                let args = req_args(&self.args, base, argv);
+                outage.learn(&Request { spec, args: &args, db: self.db, resp3: self.resp3 }, &reply, now)
             }
-            _ => outage.learn(&Request { spec, args: &args, db: self.db, resp3: self.resp3 }, &reply, now),
         }
     }
 
