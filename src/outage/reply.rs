@@ -211,8 +211,8 @@ pub mod long_double {
         let bits = v.to_bits();
         let negative = (bits >> 79) & 1 == 1;
         let biased = ((bits >> 64) & 0x7fff) as i32;
-        let significand = bits as u64; // the integer bit is explicit in this format
-                                       // value = significand * 2^exp
+        // The integer bit is explicit in this format: value = significand * 2^exp.
+        let significand = bits as u64;
         let exp = biased.max(1) - 16383 - 63;
         let digits =
             if exp >= 0 { shifted_integer(significand, exp as u32) } else { fixed17(significand, (-exp) as u32) };
