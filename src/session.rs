@@ -277,6 +277,9 @@ impl Session {
             }
             let (consumed, bad_input) = self.parse_round();
             if self.reqs.is_empty() && bad_input.is_none() {
+                // Only empty requests (blank lines, `*0`): drop them, since the parser's
+                // progress on an incomplete request after them counts from past them.
+                bytes::Buf::advance(&mut self.rbuf, consumed);
                 continue;
             }
             let frozen = self.rbuf.split_to(consumed).freeze();

@@ -430,3 +430,74 @@ async fn two_hundred_clients_incr_one_key_exactly() {
     assert_eq!(respite.metric("respite_commands_total{command=\"incr\",outcome=\"ok\"}").await, Some(10_000.0));
     respite.shutdown().await;
 }
+
+/// Sends each part of `parts` in its own write, 100 ms apart (so each is its own read on
+/// the other side), then reads replies until `expected_replies` complete ones arrived.
+async fn exchange_in_parts(addr: SocketAddr, parts: &[&[u8]], expected_replies: usize) -> Vec<u8> {
+    let mut raw = Raw::connect(addr).await;
+    for p in parts {
+        raw.send(p).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut out = Vec::new();
+    for i in 0..expected_replies {
+        match reply_within(&mut raw, Duration::from_secs(3)).await {
+            Some(r) => out.extend_from_slice(&r),
+            None => panic!("reply {i} of {parts:?} missing; got so far {:?}", text(&out)),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_split_after_empty_requests_is_parsed_where_it_is() {
+    // Empty lines and `*0` are requests Redis ignores. A round made only of them used to
+    // leave its bytes in the buffer while the parser's progress on the request after them
+    // counted from past them: the request was then read from the wrong offset.
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    // One shared upstream connection: a misframed request would shift a bystander's replies.
+    cfg.upstream.pool_size = 1;
+    let respite = Respite::start_with(cfg).await;
+    let mut bystander = Raw::connect(respite.addr).await;
+    assert_eq!(call(&mut bystander, &[b"SET", b"mine", b"bystander's"]).await, b"+OK\r\n");
+    let cases: &[(&[&[u8]], usize)] = &[
+        (&[b"\r\n*1\r\n$4\r\nPI", b"NG\r\n"], 1),
+        (&[b"*0\r\n*-1\r\n\n*2\r\n$4\r\nECHO\r\n$5\r\nhel", b"lo\r\n"], 1),
+        // An argument that looks like a bulk header: parsed from the wrong offset, this was
+        // one request to respite and two to the upstream, whose extra reply went to the next
+        // batch on the shared connection (another client's).
+        (&[b"\n\n\n\n\n\n\n\n\n\n\n\n*2\r\n$10\r\n$28\r\n12345\r\n$3\r\nx", b"yz\r\n*1\r\n$4\r\nPING\r\n"], 2),
+    ];
+    for (parts, replies) in cases {
+        let direct = exchange_in_parts(SocketAddr::from(([127, 0, 0, 1], redis.port)), parts, *replies).await;
+        let proxied = exchange_in_parts(respite.addr, parts, *replies).await;
+        assert_eq!(text(&proxied), text(&direct), "{parts:?}");
+        assert_eq!(call(&mut bystander, &[b"GET", b"mine"]).await, b"$11\r\nbystander's\r\n", "{parts:?}");
+    }
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_empty_lines_does_not_accumulate() {
+    // 16 MiB of empty lines (ignored by Redis) then a PING, with a query buffer limit of
+    // 1 MiB: the empty lines are dropped as they are read, so the buffer never holds them
+    // all, and the PING is answered without re-reading them (they used to pile up in the
+    // buffer and be parsed again on every read: quadratic, minutes for this input).
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.client.max_query_buffer = "1MiB".parse().unwrap();
+    cfg.client.max_bulk_bytes = "1MiB".parse().unwrap();
+    let respite = Respite::start_with(cfg).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    let lines = b"\n".repeat(16 << 20);
+    let sent = async {
+        raw.send(&lines).await;
+        raw.send(b"PING\r\n").await;
+        reply(&mut raw).await
+    };
+    let pong =
+        tokio::time::timeout(Duration::from_secs(20), sent).await.expect("PING answered after 16 MiB of empty lines");
+    assert_eq!(pong, b"+PONG\r\n");
+    respite.shutdown().await;
+}
