@@ -213,6 +213,21 @@ impl Health {
         self.journal_pending.store(true, Ordering::Release);
     }
 
+    /// A write was journaled (under the outage lock, after seeing `down` or `replaying`).
+    /// The probe may have ended the outage in between without seeing the journal
+    /// non-empty: then recovery goes through `replaying` after all, so the write is not
+    /// left behind in the journal while commands are forwarded directly.
+    pub fn journal_written(&self) {
+        self.set_journal_pending();
+        if matches!(self.state(), State::Healthy | State::Degraded) {
+            self.transition_from(
+                &[State::Healthy, State::Degraded],
+                State::Replaying,
+                "a write was journaled as the outage ended; replaying it",
+            );
+        }
+    }
+
     /// At start with a non-empty durable journal: replay before forwarding anything.
     pub fn start_replay(&self) {
         self.set_journal_pending();
@@ -255,9 +270,14 @@ impl Health {
     }
 
     fn transition(&self, to: State, cause: &str) {
+        self.transition_from(&State::ALL, to, cause)
+    }
+
+    /// A transition that happens only from one of the states in `from`.
+    fn transition_from(&self, allowed: &[State], to: State, cause: &str) {
         let _guard = self.transition.lock();
         let from = self.state();
-        if from == to || (self.drill_active() && to != State::Down) {
+        if from == to || !allowed.contains(&from) || (self.drill_active() && to != State::Down) {
             return;
         }
         if to == State::Down {
@@ -368,6 +388,26 @@ mod tests {
         assert_eq!((h.probe_interval(), h.probe_timeout()), (Duration::from_millis(70), Duration::from_millis(30)));
         h.record_failure("x");
         assert_eq!(h.state(), State::Down, "the second failure reaches the lowered threshold");
+    }
+
+    #[test]
+    fn a_write_journaled_as_the_probe_ends_the_outage_is_replayed() {
+        // The probe saw an empty journal and went to healthy while a write that had seen
+        // `down` was being journaled: the write sends recovery through `replaying`.
+        let h = health();
+        h.transition_for_test(State::Down);
+        h.probe_succeeded(Duration::from_micros(10));
+        assert_eq!(h.state(), State::Healthy);
+        h.journal_written();
+        assert_eq!(h.state(), State::Replaying);
+        h.replay_finished();
+        assert_eq!(h.state(), State::Healthy);
+        // In an outage it only marks the journal: the probe then goes to replaying.
+        h.transition_for_test(State::Down);
+        h.journal_written();
+        assert_eq!(h.state(), State::Down);
+        h.probe_succeeded(Duration::from_micros(10));
+        assert_eq!(h.state(), State::Replaying);
     }
 
     #[test]

@@ -548,7 +548,7 @@ impl Outage {
             self.metrics.store_unseen_writes.inc_by(unseen as u64);
         }
         self.metrics.journal_appends.inc();
-        self.health.set_journal_pending();
+        self.health.journal_written();
     }
 
     fn finish_read(&self, result: Res, name: &str, out: &mut BytesMut) -> Served {
