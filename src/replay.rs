@@ -3,11 +3,20 @@
 //! Records are sent in `MULTI … EXEC` transactions that also set the watermark key
 //! `respite:replay:<instance-id>` (database 0) to the last sequence number of the batch.
 //! The upstream applies the commands and the watermark atomically, so after any broken
-//! connection the replayer reads the watermark and skips what was already applied:
-//! nothing is applied twice, nothing is skipped. Commands are replayed, not values:
-//! `INCR` adds to whatever the upstream holds at replay time. When the journal is empty
-//! (checked under the outage lock, so no write can slip in behind it), the state goes
-//! `replaying` → `healthy` and direct forwarding resumes.
+//! connection the replayer reads the watermark and skips what was already applied.
+//! Each transaction first `WATCH`es the watermark and checks it still holds what this
+//! replayer last confirmed: a transaction from a connection the replayer gave up on (a
+//! timeout while the upstream was stalled or still reading a large batch) may still
+//! reach the upstream later, and then one of the two aborts instead of both applying.
+//! A transaction holds records of one database, selected before `MULTI`, so a database
+//! the upstream refuses never sends records into another one.
+//! Nothing is applied twice, nothing is skipped unless the upstream says it can never
+//! apply (an unknown command, a database that does not exist): a refusal that can pass
+//! (`-OOM`, `-READONLY`, `-MISCONF`, `-NOPERM`, `-LOADING`, …) keeps the records and
+//! retries. Commands are replayed, not values: `INCR` adds to whatever the upstream holds
+//! at replay time. When the journal is empty (checked under the outage lock, so no write
+//! can slip in behind it), the state goes `replaying` → `healthy` and direct forwarding
+//! resumes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,26 +84,34 @@ impl Replayer {
                     "replay finished; forwarding directly again"
                 ),
                 Ok(false) => {}
-                Err(e) => {
+                Err(ReplayError::Upstream(e)) => {
                     tracing::warn!(error = %e, replayed = self.metrics.journal_replayed.get() - before, "replay interrupted");
                     self.health.record_failure(&format!("replay: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(ReplayError::Refused(e)) => {
+                    // The upstream answers but will not take the writes now (full memory, a
+                    // replica, a failing disk): they stay in the journal until it does.
+                    tracing::warn!(
+                        error = %e,
+                        replayed = self.metrics.journal_replayed.get() - before,
+                        "replay refused by the upstream for now; the journal keeps the writes and retries in 1s"
+                    );
+                    self.metrics.journal_replay_errors.inc();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }
     }
 
     /// Drains the journal; `Ok(true)` when it emptied and outage mode ended.
-    pub async fn drain(&self, cancel: &CancellationToken) -> Result<bool, UpstreamError> {
+    pub async fn drain(&self, cancel: &CancellationToken) -> Result<bool, ReplayError> {
         let journal = &self.outage.journal;
         let key = watermark_key(journal.instance_id());
         let mut conn = Conn::open(&self.connector, self.timeout()).await?;
         let watermark = conn.watermark(&key).await?;
         // Records the upstream already applied (a lost EXEC reply) count as replayed.
-        let before = journal.stats().entries;
-        journal.confirm(watermark);
-        self.metrics.journal_replayed.inc_by(before.saturating_sub(journal.stats().entries));
-        let mut done = watermark;
+        let mut done = self.confirm(0, watermark);
         loop {
             if cancel.is_cancelled() || self.health.state() != State::Replaying {
                 return Ok(false);
@@ -109,47 +126,112 @@ impl Replayer {
                 }
                 continue;
             }
+            // One database per transaction: the run of records that share the first's.
+            let db = records[0].db;
+            let run = records.iter().take_while(|r| r.db == db).count();
             conn.timeout = self.timeout();
-            done = self.apply(&mut conn, &key, &records).await?;
-            journal.confirm(done);
+            let applied = self.apply(&mut conn, &key, &records[..run], done).await?;
+            done = self.confirm(done, applied);
         }
     }
 
-    /// Applies records in one transaction (record by record if the upstream refuses the
-    /// transaction); returns the last sequence number now confirmed.
-    async fn apply(&self, conn: &mut Conn, key: &str, records: &[Record]) -> Result<u64, UpstreamError> {
+    /// Confirms the records up to `seq` (counting them as replayed); returns the new mark.
+    fn confirm(&self, done: u64, seq: u64) -> u64 {
+        let journal = &self.outage.journal;
+        let before = journal.stats().entries;
+        journal.confirm(seq);
+        self.metrics.journal_replayed.inc_by(before.saturating_sub(journal.stats().entries));
+        done.max(seq)
+    }
+
+    /// Applies records of one database in one transaction (record by record if the
+    /// upstream refuses the transaction); returns the watermark now confirmed.
+    async fn apply(&self, conn: &mut Conn, key: &str, records: &[Record], done: u64) -> Result<u64, ReplayError> {
         let last = records.last().expect("non-empty").seq;
-        match conn.transaction(key, records).await? {
-            Ok(errors) => {
-                self.count(records.len(), errors);
-                Ok(last)
-            }
-            Err(abort) if records.len() > 1 => {
-                tracing::warn!(error = %abort, "replay transaction refused; replaying its records one by one");
-                for r in records {
-                    Box::pin(self.apply(conn, key, std::slice::from_ref(r))).await?;
+        match conn.transaction(key, records, done, true).await? {
+            Tx::Applied { errors } => {
+                if errors > 0 {
+                    tracing::warn!(errors, "replayed commands answered with errors by the upstream");
+                    self.metrics.journal_replay_errors.inc_by(errors);
                 }
                 Ok(last)
             }
-            Err(abort) => {
-                // The upstream refuses this record outright (e.g. a command it does not
-                // know): it can never apply. Count it, log it, and move the watermark past it.
-                tracing::error!(journal.seq = last, error = %abort, "replay: record refused by the upstream; skipped");
-                self.metrics.journal_replay_errors.inc();
-                conn.set_watermark_only(key, last).await?;
-                self.metrics.journal_replayed.inc();
-                Ok(last)
+            // Another connection of this replayer (one it gave up on) applied records, or
+            // its transaction aborted this one: continue from the upstream's watermark.
+            Tx::Moved(watermark) => Ok(watermark),
+            Tx::Refused(e) if !never_applies(&e) => Err(ReplayError::Refused(e)),
+            Tx::Refused(e) if records.len() > 1 => {
+                tracing::warn!(error = %e, "replay transaction refused; replaying its records one by one");
+                let mut done = done;
+                for r in records {
+                    done = done.max(Box::pin(self.apply(conn, key, std::slice::from_ref(r), done)).await?);
+                }
+                Ok(done)
+            }
+            Tx::Refused(e) => {
+                // The upstream refuses this record outright (a command it does not know, a
+                // database it does not have): it can never apply. Count it, log it, and
+                // move the watermark past it.
+                tracing::error!(journal.seq = last, error = %e, "replay: record refused by the upstream; skipped");
+                self.metrics.journal_replay_errors.inc_by(records.len() as u64);
+                match conn.transaction(key, records, done, false).await? {
+                    Tx::Applied { .. } => Ok(last),
+                    Tx::Moved(watermark) => Ok(watermark),
+                    Tx::Refused(e) => Err(ReplayError::Refused(e)),
+                }
             }
         }
     }
+}
 
-    fn count(&self, records: usize, errors: u64) {
-        self.metrics.journal_replayed.inc_by(records as u64);
-        if errors > 0 {
-            tracing::warn!(errors, "replayed commands answered with errors by the upstream");
-            self.metrics.journal_replay_errors.inc_by(errors);
+/// Why a drain stopped before the journal emptied.
+#[derive(Debug)]
+pub enum ReplayError {
+    /// The upstream could not be reached or did not answer.
+    Upstream(UpstreamError),
+    /// The upstream refused the writes for a reason that can pass (`-OOM`, `-READONLY`, …).
+    Refused(String),
+}
+
+impl From<UpstreamError> for ReplayError {
+    fn from(e: UpstreamError) -> ReplayError {
+        ReplayError::Upstream(e)
+    }
+}
+
+impl std::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplayError::Upstream(e) => e.fmt(f),
+            ReplayError::Refused(e) => write!(f, "refused by the upstream: {e}"),
         }
     }
+}
+
+/// Whether an error the upstream gave a queued command (or a SELECT) means it can never
+/// apply, rather than "not now" (`-OOM`, `-READONLY`, `-MISCONF`, `-NOPERM`, `-LOADING`,
+/// `-BUSY`, `-MASTERDOWN`, `-NOREPLICAS`: the records wait for the upstream to recover).
+fn never_applies(error: &str) -> bool {
+    let e = error.trim_start_matches('-').to_ascii_lowercase();
+    e.starts_with("err unknown command")
+        || e.starts_with("err unknown subcommand")
+        || e.starts_with("err wrong number of arguments")
+        || e.starts_with("err db index is out of range")
+        || e.starts_with("err invalid db index")
+}
+
+/// What one replay transaction did.
+#[derive(Debug)]
+enum Tx {
+    /// Applied, with this many error replies among the records' commands (errors at run
+    /// time, such as WRONGTYPE, are the commands' own results, as they would have been).
+    Applied { errors: u64 },
+    /// Not applied: the watermark is no longer what this replayer confirmed (an earlier
+    /// connection's transaction applied after all), or such a transaction touched it
+    /// between `WATCH` and `EXEC`. Continue from this watermark.
+    Moved(u64),
+    /// Not applied: the upstream refused a command (or the database) when queued.
+    Refused(String),
 }
 
 /// The replayer's own upstream connection.
@@ -173,91 +255,120 @@ impl Conn {
         encode_command(&mut req, &[b"GET", key.as_bytes()]);
         let replies = self.round(&req, 2).await?;
         self.db = 0;
-        match replies[1].first() {
-            Some(b'$') if replies[1].starts_with(b"$-1") => Ok(0),
-            Some(b'$') => {
-                let body = &replies[1][replies[1].iter().position(|&b| b == b'\n').map_or(0, |p| p + 1)..];
-                let digits = &body[..body.len().saturating_sub(2)];
-                parse_int(digits)
-                    .map(|v| v.max(0) as u64)
-                    .ok_or_else(|| UpstreamError::Protocol("watermark is not a number".into()))
-            }
-            _ => Err(UpstreamError::Protocol(format!(
-                "reading the replay watermark: {}",
-                String::from_utf8_lossy(&replies[1]).trim_end()
-            ))),
-        }
+        parse_watermark(&replies[1])
     }
 
-    async fn set_watermark_only(&mut self, key: &str, seq: u64) -> Result<(), UpstreamError> {
+    /// `WATCH`es the watermark and reads it: `Some(w)` when it is ahead of `done` (the
+    /// transaction must not run; the connection is left unwatched).
+    async fn watch(&mut self, key: &str, done: u64) -> Result<Option<u64>, UpstreamError> {
         let mut req = BytesMut::new();
-        encode_command(&mut req, &[b"SELECT", b"0"]);
-        encode_command(
-            &mut req,
-            &[b"SET", key.as_bytes(), seq.to_string().as_bytes(), b"EX", WATERMARK_TTL_SECS.as_bytes()],
-        );
-        self.round(&req, 2).await?;
+        if self.db != 0 {
+            encode_command(&mut req, &[b"SELECT", b"0"]);
+        }
+        encode_command(&mut req, &[b"WATCH", key.as_bytes()]);
+        encode_command(&mut req, &[b"GET", key.as_bytes()]);
+        let n = if self.db != 0 { 3 } else { 2 };
+        let replies = self.round(&req, n).await?;
         self.db = 0;
-        Ok(())
+        for r in &replies[..n - 1] {
+            if !r.starts_with(b"+OK") {
+                return Err(UpstreamError::Protocol(format!(
+                    "watching the replay watermark: {}",
+                    String::from_utf8_lossy(r).trim_end()
+                )));
+            }
+        }
+        let watermark = parse_watermark(&replies[n - 1])?;
+        if watermark > done {
+            self.round(&encode_one(&[b"UNWATCH"]), 1).await?;
+            return Ok(Some(watermark));
+        }
+        Ok(None)
     }
 
-    /// `MULTI`, the records (with SELECTs between databases), the watermark, `EXEC`.
-    /// Returns the number of error replies among the records' commands, or the reason the
-    /// upstream refused the transaction as a whole.
-    async fn transaction(&mut self, key: &str, records: &[Record]) -> Result<Result<u64, String>, UpstreamError> {
-        let Some(last) = records.last().map(|r| r.seq) else { return Ok(Ok(0)) };
+    /// `WATCH` of the watermark (still at `done`), `SELECT` of the records' database, then
+    /// `MULTI`, the records (or, with `payloads` false, none of them: a skip), the
+    /// watermark, `EXEC`.
+    async fn transaction(
+        &mut self,
+        key: &str,
+        records: &[Record],
+        done: u64,
+        payloads: bool,
+    ) -> Result<Tx, UpstreamError> {
+        let Some(last) = records.last().map(|r| r.seq) else { return Ok(Tx::Applied { errors: 0 }) };
+        if let Some(watermark) = self.watch(key, done).await? {
+            return Ok(Tx::Moved(watermark));
+        }
+        let db = if payloads { records[0].db } else { 0 };
+        debug_assert!(records.iter().all(|r| r.db == records[0].db), "one database per transaction");
+        if db != self.db {
+            let d = db.to_string();
+            let reply = self.round(&encode_one(&[b"SELECT", d.as_bytes()]), 1).await?;
+            if reply[0].first() == Some(&b'-') {
+                self.round(&encode_one(&[b"UNWATCH"]), 1).await?;
+                return Ok(Tx::Refused(String::from_utf8_lossy(&reply[0]).trim_end().to_string()));
+            }
+            self.db = db;
+        }
         let mut req = BytesMut::new();
         encode_command(&mut req, &[b"MULTI"]);
         let mut queued = 0usize;
-        // Which queued commands belong to records (their errors count), by position.
-        let mut is_record = Vec::new();
-        let mut db = self.db;
-        for r in records {
-            if r.db != db {
-                let d = r.db.to_string();
-                encode_command(&mut req, &[b"SELECT", d.as_bytes()]);
-                is_record.push(false);
-                queued += 1;
-                db = r.db;
+        if payloads {
+            for r in records {
+                req.extend_from_slice(&r.payload);
+                queued += r.commands as usize;
             }
-            req.extend_from_slice(&r.payload);
-            is_record.extend(std::iter::repeat_n(true, r.commands as usize));
-            queued += r.commands as usize;
         }
+        let records_queued = queued;
         if db != 0 {
             encode_command(&mut req, &[b"SELECT", b"0"]);
-            is_record.push(false);
             queued += 1;
         }
         let seq = last.to_string();
         encode_command(&mut req, &[b"SET", key.as_bytes(), seq.as_bytes(), b"EX", WATERMARK_TTL_SECS.as_bytes()]);
-        is_record.push(false);
         queued += 1;
         encode_command(&mut req, &[b"EXEC"]);
         let replies = self.round(&req, queued + 2).await?;
+        if !replies[0].starts_with(b"+OK") {
+            // Without MULTI the commands ran one by one, the watermark included: the next
+            // transaction's WATCH reads how far they got. Replay needs transactions.
+            return Err(UpstreamError::Protocol(format!(
+                "the upstream refused MULTI: {}",
+                String::from_utf8_lossy(&replies[0]).trim_end()
+            )));
+        }
         let exec = replies.last().expect("counted");
         if exec.first() == Some(&b'-') {
-            // EXECABORT (a command refused when queued) or similar: nothing was applied. The
-            // connection's database is unchanged.
+            // EXECABORT (a command refused when queued) or similar: nothing was applied,
+            // and the connection's database is unchanged.
             let queue_error = replies[1..replies.len() - 1]
                 .iter()
                 .find(|r| r.first() == Some(&b'-'))
                 .map(|r| String::from_utf8_lossy(r).trim_end().to_string());
-            return Ok(Err(queue_error.unwrap_or_else(|| String::from_utf8_lossy(exec).trim_end().to_string())));
+            return Ok(Tx::Refused(
+                queue_error.unwrap_or_else(|| String::from_utf8_lossy(exec).trim_end().to_string()),
+            ));
+        }
+        if exec.starts_with(b"*-1") || exec.starts_with(b"_") {
+            // The watermark changed after WATCH: an earlier connection's transaction ran.
+            // Nothing of this one was applied (the database is unchanged too).
+            let watermark = self.watermark(key).await?;
+            return Ok(Tx::Moved(watermark.max(done)));
         }
         self.db = 0;
         // Count error replies inside the EXEC array that belong to records.
         let mut errors = 0;
         let mut pos = exec.iter().position(|&b| b == b'\n').map_or(exec.len(), |p| p + 1);
         let mut scanner = ReplyScanner::default();
-        for &mine in &is_record {
+        for _ in 0..records_queued {
             let Ok(Some(info)) = scanner.next(&exec[pos..]) else { break };
-            if mine && info.is_error() {
+            if info.is_error() {
                 errors += 1;
             }
             pos += info.len;
         }
-        Ok(Ok(errors))
+        Ok(Tx::Applied { errors })
     }
 
     /// Writes a request and reads `n` replies within the timeout.
@@ -293,5 +404,30 @@ impl Conn {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
         }
+    }
+}
+
+/// One command, encoded.
+fn encode_one(args: &[&[u8]]) -> BytesMut {
+    let mut req = BytesMut::new();
+    encode_command(&mut req, args);
+    req
+}
+
+/// The watermark from a `GET` reply (nil: 0, nothing replayed yet).
+fn parse_watermark(reply: &[u8]) -> Result<u64, UpstreamError> {
+    match reply.first() {
+        Some(b'$') if reply.starts_with(b"$-1") => Ok(0),
+        Some(b'$') => {
+            let body = &reply[reply.iter().position(|&b| b == b'\n').map_or(0, |p| p + 1)..];
+            let digits = &body[..body.len().saturating_sub(2)];
+            parse_int(digits)
+                .map(|v| v.max(0) as u64)
+                .ok_or_else(|| UpstreamError::Protocol("watermark is not a number".into()))
+        }
+        _ => Err(UpstreamError::Protocol(format!(
+            "reading the replay watermark: {}",
+            String::from_utf8_lossy(reply).trim_end()
+        ))),
     }
 }

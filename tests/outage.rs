@@ -1266,6 +1266,165 @@ async fn a_replay_transaction_whose_reply_is_lost_is_confirmed_by_the_watermark_
     respite.shutdown().await;
 }
 
+/// A TCP proxy in front of the upstream that, once armed, holds the next request chunk
+/// holding `EXEC` (a replay transaction) for `hold` before passing it on: the replayer
+/// times out and replays the batch on a new connection, then the old transaction reaches
+/// the upstream after all (a stalled or slow upstream reading a large batch does this).
+struct LateProxy {
+    port: u16,
+    arm: Arc<AtomicBool>,
+    delivered: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LateProxy {
+    async fn start(upstream: SocketAddr, hold: Duration) -> LateProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let arm = Arc::new(AtomicBool::new(false));
+        let delivered = Arc::new(AtomicUsize::new(0));
+        let (a, d) = (arm.clone(), delivered.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (a, d) = (a.clone(), d.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let down = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    });
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let late = buf[..n].windows(4).any(|w| w == b"EXEC") && a.swap(false, Ordering::SeqCst);
+                        if late {
+                            tokio::time::sleep(hold).await;
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        if late {
+                            d.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    // Give the upstream time to run what it was just sent before closing.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    down.abort();
+                });
+            }
+        });
+        LateProxy { port, arm, delivered, task }
+    }
+}
+
+impl Drop for LateProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_transaction_that_arrives_after_its_timeout_is_not_applied_twice() {
+    // The first replay transaction reaches the upstream 7 s late, after the replayer gave
+    // up on it (timeout: 5 s), replayed the batch on a new connection and finished. Each
+    // transaction WATCHes the watermark, so the late one aborts (it used to apply again:
+    // 2,050).
+    let redis = RedisServer::start();
+    let proxy = LateProxy::start(addr(&redis), Duration::from_secs(7)).await;
+    let mut cfg = test_config(&format!("redis://127.0.0.1:{}", proxy.port));
+    cfg.admin.token = "t".into();
+    cfg.journal.replay_batch = 50;
+    let respite = Respite::start_with(cfg).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(cmd(&mut raw, "SET counter 0").await, b"+OK\r\n");
+    drill(&respite, "down").await;
+    pipelined(&mut raw, "INCR counter", 2000, 500, |i| format!(":{}\r\n", i + 1)).await;
+
+    proxy.arm.store(true, Ordering::SeqCst);
+    let armed = Instant::now();
+    drill(&respite, "auto").await;
+    wait_drained(&respite, Duration::from_secs(20)).await;
+    let deadline = armed + Duration::from_secs(15);
+    while proxy.delivered.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the held transaction was never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut up = direct(&redis).await;
+    assert_eq!(q::<Option<String>>(&mut up, "GET counter").await.as_deref(), Some("2000"));
+    let body = metrics_body(&respite).await;
+    assert_eq!(metric(&body, "respite_journal_replayed_total"), 2000.0);
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_the_upstream_refuses_for_now_stay_in_the_journal_until_it_takes_them() {
+    // An upstream out of memory (maxmemory with noeviction) refuses every queued write
+    // with -OOM: the replay keeps the records and retries, and applies all of them once
+    // memory is available again (they used to be skipped one by one as "never applies").
+    let redis = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(cmd(&mut raw, "SET counter 0").await, b"+OK\r\n");
+    drill(&respite, "down").await;
+    pipelined(&mut raw, "INCR counter", 100, 100, |i| format!(":{}\r\n", i + 1)).await;
+    assert_eq!(cmd(&mut raw, "SET after v").await, b"+OK\r\n");
+    let mut up = direct(&redis).await;
+    let _: () = q(&mut up, "CONFIG SET maxmemory-policy noeviction").await;
+    let _: () = q(&mut up, "CONFIG SET maxmemory 1").await;
+    drill(&respite, "auto").await;
+    respite.wait_state("replaying", Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(journal_entries(&respite).await, 101, "nothing is dropped while the upstream refuses");
+    assert_eq!(respite.status().await["state"], "replaying");
+    assert!(metric(&metrics_body(&respite).await, "respite_journal_replay_errors_total") >= 1.0);
+    assert_eq!(q::<Option<String>>(&mut up, "GET counter").await.as_deref(), Some("0"));
+    let _: () = q(&mut up, "CONFIG SET maxmemory 0").await;
+    wait_drained(&respite, HEALTHY_WITHIN).await;
+    assert_eq!(q::<Option<String>>(&mut up, "GET counter").await.as_deref(), Some("100"));
+    assert_eq!(q::<Option<String>>(&mut up, "GET after").await.as_deref(), Some("v"));
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_upstream_can_never_apply_are_skipped_alone_and_never_land_elsewhere() {
+    // An upstream with 4 databases and RPUSH renamed away: a journaled RPUSH (unknown
+    // command there) and the writes to database 9 can never apply; they are skipped and
+    // counted, the writes around them apply, and nothing meant for database 9 lands in
+    // another database (a SELECT refused inside MULTI used to leave them in database 0).
+    let redis = RedisServer::start_with(&["--databases", "4", "--rename-command", "RPUSH", ""]);
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    drill(&respite, "down").await;
+    for (c, want) in [
+        ("SET before 1", "+OK\r\n"),
+        ("RPUSH list x", ":1\r\n"),
+        ("SET between 2", "+OK\r\n"),
+        ("SELECT 9", "+OK\r\n"),
+        ("SET nine 9", "+OK\r\n"),
+        ("INCR nine-counter", ":1\r\n"),
+        ("SELECT 0", "+OK\r\n"),
+        ("SET after 3", "+OK\r\n"),
+    ] {
+        assert_eq!(text(&cmd(&mut raw, c).await), want, "{c}");
+    }
+    end_drill(&respite).await;
+    let mut up = direct(&redis).await;
+    for (k, v) in
+        [("before", Some("1")), ("between", Some("2")), ("after", Some("3")), ("nine", None), ("nine-counter", None)]
+    {
+        assert_eq!(q::<Option<String>>(&mut up, &format!("GET {k}")).await.as_deref(), v, "{k} in database 0");
+    }
+    assert_eq!(q::<i64>(&mut up, "EXISTS list").await, 0);
+    let body = metrics_body(&respite).await;
+    assert_eq!(metric(&body, "respite_journal_replay_errors_total"), 3.0, "RPUSH and the two writes to database 9");
+    respite.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 7. Interleaved writes replay in acceptance order.
 // ---------------------------------------------------------------------------------------
