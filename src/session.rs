@@ -955,12 +955,13 @@ impl Session {
             if let Route::Blocking(block) = req.route {
                 match self.block_timeout(frozen, req, block) {
                     Some(d) if d.is_zero() => return None,
-                    Some(d) => budget = budget.max(d + live.blocking_margin),
+                    // Beyond what a clock can count: as good as forever.
+                    Some(d) => budget = budget.max(d.checked_add(live.blocking_margin)?),
                     None => {}
                 }
             }
         }
-        Some(Instant::now() + budget)
+        Instant::now().checked_add(budget)
     }
 
     fn block_timeout(&self, frozen: &Bytes, req: &Req, block: Block) -> Option<Duration> {
@@ -980,7 +981,9 @@ impl Session {
         if !(v.is_finite() && v >= 0.0) {
             return None;
         }
-        Some(if millis { Duration::from_secs_f64(v / 1000.0) } else { Duration::from_secs_f64(v) })
+        // Out of range for a Duration: not a timeout respite can follow; the upstream
+        // answers it ("timeout is out of range") within the command timeout.
+        Duration::try_from_secs_f64(if millis { v / 1000.0 } else { v }).ok()
     }
 
     /// Forwards a run of requests, retrying what provably did not execute (and reads).

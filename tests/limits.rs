@@ -501,3 +501,37 @@ async fn a_stream_of_empty_lines_does_not_accumulate() {
     assert_eq!(pong, b"+PONG\r\n");
     respite.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_timeouts_beyond_any_clock_get_the_upstreams_answer() {
+    // Timeouts too large for a clock used to panic the session (no reply, connection
+    // dropped): they are the upstream's to judge, as Redis judges them.
+    let redis = RedisServer::start();
+    let respite = Respite::start(&redis.url()).await;
+    let mut direct = Raw::connect(SocketAddr::from(([127, 0, 0, 1], redis.port))).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    let cases: &[&[&[u8]]] = &[
+        &[b"BLPOP", b"k", b"1e20"],
+        &[b"BLPOP", b"k", b"1e25"],
+        &[b"BZPOPMIN", b"z", b"18446744073709551616"],
+        &[b"WAIT", b"0", b"1e25"],
+        &[b"XREAD", b"BLOCK", b"1e30", b"STREAMS", b"s", b"0"],
+        &[b"XREAD", b"BLOCK", b"99999999999999999999", b"STREAMS", b"s", b"0"],
+    ];
+    for args in cases {
+        let want = text(&call(&mut direct, args).await);
+        let got = reply_within(&mut raw, Duration::ZERO).await;
+        assert!(got.is_none(), "nothing pending before {args:?}");
+        raw.cmd(args).await;
+        let got = reply_within(&mut raw, Duration::from_secs(3)).await.map(|r| text(&r));
+        assert_eq!(got.as_deref(), Some(want.as_str()), "{args:?}");
+        assert_eq!(call(&mut raw, &[b"PING"]).await, b"+PONG\r\n", "the connection survives {args:?}");
+    }
+    // A timeout of centuries is a valid one: the client waits, and is woken.
+    raw.cmd(&[b"BLPOP", b"woken", b"1e10"]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(call(&mut direct, &[b"RPUSH", b"woken", b"v"]).await, b":1\r\n");
+    let woke = reply_within(&mut raw, Duration::from_secs(3)).await.map(|r| text(&r));
+    assert_eq!(woke.as_deref(), Some("*2\r\n$5\r\nwoken\r\n$1\r\nv\r\n"));
+    respite.shutdown().await;
+}
