@@ -36,31 +36,31 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, sessions: TaskTra
             });
             continue;
         }
-        let slot = Slot::take(&open);
+        let slot = Slot::take(&open, ctx.metrics.client_connections.clone());
         ctx.metrics.client_connections_accepted.inc();
-        ctx.metrics.client_connections.inc();
         let session = Session::new(ctx.clone(), stream);
-        let ctx2 = ctx.clone();
         sessions.spawn(async move {
             session.run().await;
-            ctx2.metrics.client_connections.dec();
             drop(slot);
         });
     }
 }
 
-/// One open client connection, counted until dropped.
-struct Slot(Arc<AtomicUsize>);
+/// One open client connection, counted (and shown in `respite_client_connections`) until
+/// dropped, also when its session ends in a panic.
+struct Slot(Arc<AtomicUsize>, prometheus::IntGauge);
 
 impl Slot {
-    fn take(open: &Arc<AtomicUsize>) -> Slot {
+    fn take(open: &Arc<AtomicUsize>, gauge: prometheus::IntGauge) -> Slot {
         open.fetch_add(1, Ordering::AcqRel);
-        Slot(open.clone())
+        gauge.inc();
+        Slot(open.clone(), gauge)
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        self.1.dec();
     }
 }
