@@ -482,7 +482,7 @@ impl Session {
                     match result {
                         Ok((stream, buf)) => {
                             self.stream = Some((stream, buf));
-                            let rest = self.join(frozen, i..n);
+                            let rest = self.relayed_bytes(frozen, i..n);
                             self.track_subscriptions(frozen, i..n);
                             self.relay_input(rest, i..n).await;
                         }
@@ -507,7 +507,14 @@ impl Session {
             // Extend the batch over following requests that go the same way.
             let mut end = i + 1;
             if self.reqs[i].inline.is_none() {
-                while end < n && self.reqs[end].inline.is_none() && self.forwardable(self.reqs[end].route) {
+                // With client authentication, AUTH and HELLO end the batch: the gate above
+                // answers them (their credentials are respite's, never the upstream's).
+                let gated = self.ctx.auth.required();
+                while end < n
+                    && self.reqs[end].inline.is_none()
+                    && self.forwardable(self.reqs[end].route)
+                    && !(gated && matches!(self.reqs[end].name(), "AUTH" | "HELLO"))
+                {
                     end += 1;
                 }
             }
@@ -1415,7 +1422,7 @@ impl Session {
                         let frozen = self.rbuf.split_to(consumed).freeze();
                         let n = self.reqs.len();
                         if n > 0 {
-                            let all = self.join(&frozen, 0..n);
+                            let all = self.relayed_bytes(&frozen, 0..n);
                             self.track_subscriptions(&frozen, 0..n);
                             self.relay_input(all, 0..n).await;
                         }
@@ -1481,6 +1488,33 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The bytes of requests relayed as they are, except that with client authentication
+    /// an AUTH, or a HELLO carrying AUTH, goes as a bare `AUTH`: its credentials are
+    /// respite's, never the upstream's, and the upstream's argument error keeps the
+    /// replies in order (a relayed connection's replies all come from the upstream).
+    fn relayed_bytes(&self, frozen: &Bytes, run: Range<usize>) -> Bytes {
+        let credentials = |i: usize| {
+            let r = &self.reqs[i];
+            match r.name() {
+                "AUTH" => true,
+                "HELLO" => (1..r.args.len()).any(|k| self.arg(frozen, r, k).eq_ignore_ascii_case(b"AUTH")),
+                _ => false,
+            }
+        };
+        if !self.ctx.auth.required() || !run.clone().any(credentials) {
+            return self.join(frozen, run);
+        }
+        let mut all = BytesMut::new();
+        for i in run {
+            if credentials(i) {
+                crate::upstream::encode_command(&mut all, &[b"AUTH"]);
+            } else {
+                all.extend_from_slice(&self.bytes_of(frozen, i..i + 1));
+            }
+        }
+        all.freeze()
     }
 
     /// Keeps the client subscribed, locally, until the upstream is back.

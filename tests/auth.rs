@@ -96,6 +96,41 @@ async fn hello_auth_authenticates_and_the_upstream_never_sees_respites_credentia
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_and_hello_pipelined_behind_other_commands_are_answered_by_respite() {
+    // Behind a command that uses the client's dedicated connection (SELECT), AUTH and
+    // HELLO used to join the forwarded batch: the upstream (no password here) got the
+    // client's credentials and answered instead of respite.
+    let redis = RedisServer::start();
+    let respite = with_auth(&redis).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(call(&mut raw, &[b"AUTH", b"app", b"s3cret"]).await, b"+OK\r\n");
+    async fn replies(raw: &mut Raw, second: &[&[u8]]) -> (String, String) {
+        raw.send(&[encode(&[b"SELECT", b"0"]), encode(second)].concat()).await;
+        let a = Box::pin(raw.reply()).await;
+        let b = Box::pin(raw.reply()).await;
+        (text(&a), text(&b))
+    }
+    let (a, b) = replies(&mut raw, &[b"AUTH", b"app", b"s3cret"]).await;
+    assert_eq!((a.as_str(), b.as_str()), ("+OK\r\n", "+OK\r\n"));
+    let (_, b) = replies(&mut raw, &[b"AUTH", b"app", b"wrong"]).await;
+    assert!(b.starts_with("-WRONGPASS"), "{b}");
+    let (_, b) = replies(&mut raw, &[b"HELLO", b"3", b"AUTH", b"app", b"s3cret"]).await;
+    assert!(b.starts_with('%') && b.contains("proto\r\n:3"), "the upstream's HELLO reply, credentials stripped: {b}");
+    // A subscribed (relayed) connection sends the upstream a bare AUTH instead: its
+    // argument error, in order, and never the credentials.
+    raw.send(&[encode(&[b"SUBSCRIBE", b"ch"]), encode(&[b"AUTH", b"app", b"s3cret"]), encode(&[b"PING"])].concat())
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(text(&Box::pin(raw.reply()).await));
+    }
+    assert!(got[0].starts_with(">3\r\n$9\r\nsubscribe\r\n"), "{got:?}");
+    assert_eq!(got[1], "-ERR wrong number of arguments for 'auth' command\r\n", "{got:?}");
+    assert!(got[2].starts_with("+PONG"), "{got:?}");
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_appear_in_logs_status_metrics_or_check_config() {
     let redis = RedisServer::start_with(&["--requirepass", "hunter-upstream-2"]);
     let dir = tempfile::tempdir().unwrap();
