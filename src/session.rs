@@ -1410,6 +1410,13 @@ impl Session {
     /// the upstream connection was lost (the client was told, and goes back to rounds).
     async fn relay(&mut self) -> Option<End> {
         loop {
+            // Requests left over from a round cut at `max_pipeline` go before reading more.
+            if std::mem::take(&mut self.backlog) {
+                if let Some(end) = self.relay_round().await {
+                    return Some(end);
+                }
+                continue;
+            }
             crate::resp::make_room(&mut self.rbuf, crate::resp::READ_ROOM);
             let (up, ubuf) = self.stream.as_mut().expect("in stream mode");
             let client_read = self.read.read_buf(&mut self.rbuf);
@@ -1418,21 +1425,8 @@ impl Session {
                     Ok(0) => return Some(End::ClientClosed),
                     Err(e) => return Some(End::Io(e)),
                     Ok(_) => {
-                        let (consumed, bad_input) = self.parse_round();
-                        let frozen = self.rbuf.split_to(consumed).freeze();
-                        let n = self.reqs.len();
-                        if n > 0 {
-                            let all = self.relayed_bytes(&frozen, 0..n);
-                            self.track_subscriptions(&frozen, 0..n);
-                            self.relay_input(all, 0..n).await;
-                        }
-                        self.reqs.clear();
-                        self.args.clear();
-                        if let Some(e) = bad_input {
-                            self.ctx.metrics.protocol_errors.inc();
-                            write_error_line(&mut self.out, &format!("ERR {e}"));
-                            let _ = self.flush().await;
-                            return Some(End::Protocol(e));
+                        if let Some(end) = self.relay_round().await {
+                            return Some(end);
                         }
                     }
                 },
@@ -1488,6 +1482,27 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Relays the complete requests buffered from the client (up to `max_pipeline`).
+    async fn relay_round(&mut self) -> Option<End> {
+        let (consumed, bad_input) = self.parse_round();
+        let frozen = self.rbuf.split_to(consumed).freeze();
+        let n = self.reqs.len();
+        if n > 0 {
+            let all = self.relayed_bytes(&frozen, 0..n);
+            self.track_subscriptions(&frozen, 0..n);
+            self.relay_input(all, 0..n).await;
+        }
+        self.reqs.clear();
+        self.args.clear();
+        if let Some(e) = bad_input {
+            self.ctx.metrics.protocol_errors.inc();
+            write_error_line(&mut self.out, &format!("ERR {e}"));
+            let _ = self.flush().await;
+            return Some(End::Protocol(e));
+        }
+        None
     }
 
     /// The bytes of requests relayed as they are, except that with client authentication

@@ -535,3 +535,21 @@ async fn blocking_timeouts_beyond_any_clock_get_the_upstreams_answer() {
     assert_eq!(woke.as_deref(), Some("*2\r\n$5\r\nwoken\r\n$1\r\nv\r\n"));
     respite.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribed_client_pipelining_past_max_pipeline_gets_every_reply() {
+    // A relayed (subscribed) connection cut its round at max_pipeline and then waited for
+    // more bytes from the client: the rest of the pipeline went unanswered.
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.client.max_pipeline = 4;
+    let respite = Respite::start_with(cfg).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(call(&mut raw, &[b"SUBSCRIBE", b"ch"]).await, b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n");
+    raw.send(&encode(&[b"PING"]).repeat(10)).await;
+    for i in 0..10 {
+        let r = reply_within(&mut raw, Duration::from_secs(3)).await.map(|r| text(&r));
+        assert_eq!(r.as_deref(), Some("*2\r\n$4\r\npong\r\n$0\r\n\r\n"), "reply {i}");
+    }
+    respite.shutdown().await;
+}
