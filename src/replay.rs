@@ -241,12 +241,18 @@ struct Conn {
     timeout: Duration,
     /// The database the connection is in (the URL's, then whatever was selected).
     db: u32,
+    /// The watermark value this connection `WATCH`es, when it does: set by the `WATCH`
+    /// sent right after a transaction that applied (so the next one needs no round trip
+    /// to watch and read it). No other transaction can move the key in between: one
+    /// from an abandoned connection watched it before this connection's last `EXEC`
+    /// changed it, so it aborts.
+    watched: Option<u64>,
 }
 
 impl Conn {
     async fn open(connector: &Connector, timeout: Duration) -> Result<Conn, UpstreamError> {
         let stream = connector.connect().await?;
-        Ok(Conn { stream, buf: BytesMut::with_capacity(64 << 10), timeout, db: connector.url().db })
+        Ok(Conn { stream, buf: BytesMut::with_capacity(64 << 10), timeout, db: connector.url().db, watched: None })
     }
 
     async fn watermark(&mut self, key: &str) -> Result<u64, UpstreamError> {
@@ -297,8 +303,10 @@ impl Conn {
         payloads: bool,
     ) -> Result<Tx, UpstreamError> {
         let Some(last) = records.last().map(|r| r.seq) else { return Ok(Tx::Applied { errors: 0 }) };
-        if let Some(watermark) = self.watch(key, done).await? {
-            return Ok(Tx::Moved(watermark));
+        if self.watched.take() != Some(done) {
+            if let Some(watermark) = self.watch(key, done).await? {
+                return Ok(Tx::Moved(watermark));
+            }
         }
         let db = if payloads { records[0].db } else { 0 };
         debug_assert!(records.iter().all(|r| r.db == records[0].db), "one database per transaction");
@@ -329,7 +337,10 @@ impl Conn {
         encode_command(&mut req, &[b"SET", key.as_bytes(), seq.as_bytes(), b"EX", WATERMARK_TTL_SECS.as_bytes()]);
         queued += 1;
         encode_command(&mut req, &[b"EXEC"]);
-        let replies = self.round(&req, queued + 2).await?;
+        // Watches the watermark again for the next transaction (EXEC unwatches).
+        encode_command(&mut req, &[b"WATCH", key.as_bytes()]);
+        let mut replies = self.round(&req, queued + 3).await?;
+        let watched = replies.pop().expect("counted").starts_with(b"+OK");
         if !replies[0].starts_with(b"+OK") {
             // Without MULTI the commands ran one by one, the watermark included: the next
             // transaction's WATCH reads how far they got. Replay needs transactions.
@@ -357,6 +368,9 @@ impl Conn {
             return Ok(Tx::Moved(watermark.max(done)));
         }
         self.db = 0;
+        if watched {
+            self.watched = Some(last);
+        }
         // Count error replies inside the EXEC array that belong to records.
         let mut errors = 0;
         let mut pos = exec.iter().position(|&b| b == b'\n').map_or(exec.len(), |p| p + 1);
