@@ -31,6 +31,10 @@ pub enum UpstreamError {
     /// The upstream sent bytes that are not RESP.
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+    /// The replies would take the client past `client.output_buffer_limit`: they were read
+    /// and dropped, and the client is disconnected (not an upstream failure).
+    #[error("replies beyond client.output_buffer_limit")]
+    ReplyLimit,
 }
 
 impl UpstreamError {
@@ -39,7 +43,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect { .. } | UpstreamError::Down | UpstreamError::TransactionLost => false,
             UpstreamError::Broken { sent, .. } => *sent,
-            UpstreamError::Timeout(_) | UpstreamError::Protocol(_) => true,
+            UpstreamError::Timeout(_) | UpstreamError::Protocol(_) | UpstreamError::ReplyLimit => true,
         }
     }
 

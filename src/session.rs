@@ -91,6 +91,9 @@ pub struct Session {
     /// This round waited for the upstream (its replies come back to sessions in batches,
     /// so no yield is needed to write them together).
     forwarded: bool,
+    /// This round's replies went past `client.output_buffer_limit`: nothing more is
+    /// answered, and the client is disconnected when the round ends.
+    overflow: bool,
     /// The relayed stream (pub/sub, MONITOR, CLIENT TRACKING) once the client entered it.
     stream: Option<(UpstreamStream, BytesMut)>,
     /// The last round stopped at `client.max_pipeline` with requests left in the buffer.
@@ -222,6 +225,7 @@ impl Session {
             txn: Txn::None,
             closing: false,
             forwarded: false,
+            overflow: false,
             stream: None,
             backlog: false,
             db: ctx_db,
@@ -447,7 +451,14 @@ impl Session {
     async fn process(&mut self, frozen: &Bytes) {
         let n = self.reqs.len();
         let mut i = 0;
+        let limit = self.live.output_buffer_limit;
         while i < n {
+            // Replies past the limit (served locally, or forwarded batches added up) end
+            // the round: the client is disconnected instead of holding more.
+            if self.overflow || (limit > 0 && self.out.len() as u64 > limit) {
+                self.overflow = true;
+                return;
+            }
             if self.ctx.auth.required() && self.auth_gate(frozen, i) {
                 i += 1;
                 continue;
@@ -1073,10 +1084,16 @@ impl Session {
     /// Sends a batch on the client's connection (dedicated or shared); counts a timeout once.
     async fn send(&mut self, bytes: Bytes, count: usize, deadline: Option<Instant>, blocking: bool) -> BatchResult {
         self.forwarded = true;
+        // What the client may still take this round (`client.output_buffer_limit`).
+        let limit = match self.live.output_buffer_limit {
+            0 => usize::MAX,
+            l => usize::try_from(l).unwrap_or(usize::MAX).saturating_sub(self.out.len()),
+        };
+        let in_transaction = matches!(self.txn, Txn::Multi | Txn::Watching);
         let result = match &mut self.dedicated {
-            Some(d) => d.round(&bytes, count, deadline, matches!(self.txn, Txn::Multi | Txn::Watching), blocking).await,
+            Some(d) => d.round(&bytes, count, deadline, in_transaction, blocking, limit).await,
             None => {
-                let send = self.mux.send(bytes, count);
+                let send = self.mux.send(bytes, count, limit);
                 match deadline {
                     Some(d) => {
                         self.timer.as_mut().reset(d);
@@ -1112,12 +1129,12 @@ impl Session {
             let outcome = if is_error { Outcome::Error } else { Outcome::Ok };
             self.count_at(i, outcome, now);
             if !is_error {
-                self.learn(frozen, i, reply.bytes.slice(start..end as usize), clock);
+                self.learn(frozen, i, reply.bytes.slice(start..end), clock);
                 if self.dedicated.is_some() {
-                    self.track_state(frozen, i, &reply.bytes[start..end as usize]);
+                    self.track_state(frozen, i, &reply.bytes[start..end]);
                 }
             }
-            start = end as usize;
+            start = end;
         }
     }
 
@@ -1202,6 +1219,10 @@ impl Session {
     /// Appends errors for requests that got no reply — or, for requests that provably were
     /// not sent while outage mode is on, serves them locally.
     fn fail(&mut self, frozen: &Bytes, run: Range<usize>, error: &UpstreamError) {
+        if *error == UpstreamError::ReplyLimit {
+            self.overflow = true;
+            return;
+        }
         let lost_connection = self.dedicated.as_ref().is_some_and(|d| !d.is_connected());
         let mut exec_lost = false;
         for i in run {
@@ -1360,13 +1381,13 @@ impl Session {
     /// or that accepts no bytes for `client.write_timeout`, is disconnected (Redis's
     /// `client-output-buffer-limit`): a slow or hostile reader cannot hold memory forever.
     async fn flush(&mut self) -> std::io::Result<()> {
+        let limit = self.live.output_buffer_limit;
+        if std::mem::take(&mut self.overflow) || (limit > 0 && self.out.len() as u64 > limit) {
+            self.ctx.metrics.client_disconnects.with_label_values(&["output_buffer"]).inc();
+            self.out = BytesMut::new();
+            return Err(std::io::Error::other("client output buffer limit reached"));
+        }
         if !self.out.is_empty() {
-            let limit = self.live.output_buffer_limit;
-            if limit > 0 && self.out.len() as u64 > limit {
-                self.ctx.metrics.client_disconnects.with_label_values(&["output_buffer"]).inc();
-                self.out = BytesMut::new();
-                return Err(std::io::Error::other("client output buffer limit reached"));
-            }
             let out = std::mem::take(&mut self.out);
             let written = self.write_client(&out).await;
             self.out = out;

@@ -242,7 +242,79 @@ async fn replies_beyond_the_output_buffer_limit_close_the_client() {
     raw.cmd(&[b"GET", b"big"]).await;
     assert!(raw.closed_within(Duration::from_secs(3)).await, "closed instead of buffering 2 MiB");
     assert_eq!(respite.metric("respite_client_disconnects_total{reason=\"output_buffer\"}").await, Some(1.0));
+
     respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_past_the_output_buffer_limit_are_dropped_as_they_arrive() {
+    // 200 GETs of 2 MiB in one pipeline, on the shared connection and then on a dedicated
+    // one (after SELECT): 400 MiB of replies. The replies past the limit are dropped as
+    // they arrive (they used to be gathered whole, twice, before the limit was checked:
+    // the process grew by over 1 GiB), and the shared connection stays in step for the
+    // other clients on it. A respite process of its own, so that its peak memory is its own.
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let cfg_path = dir.path().join("respite.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[client]\nlisten = \"127.0.0.1:{port}\"\noutput_buffer_limit = \"1MiB\"\n\
+             [upstream]\nurl = \"redis://127.0.0.1:{}\"\npool_size = 1\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nlevel = \"error\"\n",
+            redis.port
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(respite_bin())
+        .arg("--config")
+        .arg(&cfg_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(child);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let peak = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().to_string();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() << 10
+    };
+    let mut bystander = Raw::connect(addr).await;
+    let big = vec![b'y'; 2 << 20];
+    assert_eq!(call(&mut bystander, &[b"SET", b"big", &big]).await, b"+OK\r\n");
+    assert_eq!(call(&mut bystander, &[b"SET", b"small", b"v"]).await, b"+OK\r\n");
+    let before = peak();
+    for (n, first) in [(1, None), (2, Some(encode(&[b"SELECT", b"0"])))] {
+        let mut greedy = Raw::connect(addr).await;
+        let mut pipeline = first.unwrap_or_default();
+        for _ in 0..200 {
+            pipeline.extend_from_slice(&encode(&[b"GET", b"big"]));
+        }
+        greedy.send(&pipeline).await;
+        assert!(greedy.closed_within(Duration::from_secs(20)).await, "closed instead of buffering 400 MiB");
+        let metrics = http(admin, "GET", "/metrics", None, None).await.1;
+        let closed = metric_value(&metrics, "respite_client_disconnects_total{reason=\"output_buffer\"}");
+        assert_eq!(closed, Some(n as f64), "{metrics}");
+        assert_eq!(call(&mut bystander, &[b"GET", b"small"]).await, b"$1\r\nv\r\n");
+    }
+    let grew = peak().saturating_sub(before);
+    assert!(grew < 64 << 20, "peak memory grew by {} MiB", grew >> 20);
 }
 
 #[test]

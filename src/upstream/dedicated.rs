@@ -119,13 +119,13 @@ impl Dedicated {
                 let mut start = 0;
                 for &end in &reply.ends {
                     if matches!(reply.bytes[start], b'-' | b'!') {
-                        let msg = String::from_utf8_lossy(&reply.bytes[start + 1..end as usize - 2]).into_owned();
+                        let msg = String::from_utf8_lossy(&reply.bytes[start + 1..end - 2]).into_owned();
                         return Err(UpstreamError::Connect {
                             addr: self.connector.url().addr(),
                             reason: format!("restoring the client's connection state: {msg}"),
                         });
                     }
-                    start = end as usize;
+                    start = end;
                 }
             }
             self.stream = Some(stream);
@@ -147,6 +147,7 @@ impl Dedicated {
         deadline: Option<Instant>,
         in_transaction: bool,
         blocking: bool,
+        limit: usize,
     ) -> BatchResult {
         let started = Instant::now();
         let budget = deadline.map(|d| d.saturating_duration_since(started));
@@ -168,7 +169,7 @@ impl Dedicated {
                     error: UpstreamError::Broken { reason: e.to_string(), sent: true },
                 }));
             }
-            read_replies_partial(stream, &mut self.buf, count).await
+            read_replies_partial(stream, &mut self.buf, count, limit).await
         };
         let result = match deadline {
             Some(d) => match tokio::time::timeout_at(d, work).await {
@@ -191,7 +192,7 @@ impl Dedicated {
             Err(f) => {
                 self.disconnect();
                 match &f.error {
-                    UpstreamError::TransactionLost | UpstreamError::Down => {}
+                    UpstreamError::TransactionLost | UpstreamError::Down | UpstreamError::ReplyLimit => {}
                     e => self.health.record_failure(&e.to_string()),
                 }
             }
@@ -215,16 +216,29 @@ fn round_duration(d: std::time::Duration) -> std::time::Duration {
 
 /// Reads `count` replies (RESP3 pushes pass through uncounted); on failure returns what
 /// completed.
-async fn read_replies_partial(stream: &mut UpstreamStream, buf: &mut BytesMut, count: usize) -> BatchResult {
+async fn read_replies_partial(
+    stream: &mut UpstreamStream,
+    buf: &mut BytesMut,
+    count: usize,
+    limit: usize,
+) -> BatchResult {
     let mut scanner = ReplyScanner::default();
     let mut acc = 0usize;
-    let mut ends: SmallVec<[u32; 16]> = SmallVec::new();
+    let mut ends: SmallVec<[usize; 16]> = SmallVec::new();
     while ends.len() < count {
         match scanner.next(&buf[acc..]) {
             Ok(Some(info)) => {
                 acc += info.len;
+                if acc > limit {
+                    // The client is disconnected, and with it this connection: nothing to
+                    // drain.
+                    return Err(Box::new(BatchFailure {
+                        done: BatchReply::default(),
+                        error: UpstreamError::ReplyLimit,
+                    }));
+                }
                 if !info.is_push() {
-                    ends.push(acc as u32);
+                    ends.push(acc);
                 }
                 continue;
             }
@@ -255,8 +269,8 @@ async fn read_replies_partial(stream: &mut UpstreamStream, buf: &mut BytesMut, c
 }
 
 /// Only whole replies count as done (with any pushes before the last of them).
-fn fail_partial(buf: &mut BytesMut, ends: SmallVec<[u32; 16]>, error: UpstreamError) -> BatchFailure {
-    let complete = ends.last().map_or(0, |&e| e as usize);
+fn fail_partial(buf: &mut BytesMut, ends: SmallVec<[usize; 16]>, error: UpstreamError) -> BatchFailure {
+    let complete = ends.last().map_or(0, |&e| e);
     let bytes = buf.split_to(complete).freeze();
     BatchFailure { done: BatchReply { bytes, ends }, error }
 }
@@ -266,5 +280,5 @@ async fn read_replies(
     buf: &mut BytesMut,
     count: usize,
 ) -> Result<BatchReply, UpstreamError> {
-    read_replies_partial(stream, buf, count).await.map_err(|f| f.error)
+    read_replies_partial(stream, buf, count, usize::MAX).await.map_err(|f| f.error)
 }

@@ -32,7 +32,7 @@ use crate::resp::ReplyScanner;
 #[derive(Debug, Default)]
 pub struct BatchReply {
     pub bytes: Bytes,
-    pub ends: SmallVec<[u32; 16]>,
+    pub ends: SmallVec<[usize; 16]>,
 }
 
 /// A batch that did not complete: the replies that did arrive (a prefix), and why the rest
@@ -54,11 +54,14 @@ pub type BatchResult = Result<BatchReply, Box<BatchFailure>>;
 struct Batch {
     bytes: Bytes,
     count: usize,
+    limit: usize,
     reply: oneshot::Sender<BatchResult>,
 }
 
 struct Pending {
     count: usize,
+    /// Most bytes of replies the batch's client may still take (`usize::MAX`: no limit).
+    limit: usize,
     reply: oneshot::Sender<BatchResult>,
     sent_at: Instant,
     /// The command timeout when the batch was written.
@@ -90,9 +93,12 @@ impl Mux {
     }
 
     /// Sends `count` complete requests (`bytes`, back to back) and waits for their replies.
-    pub async fn send(&self, bytes: Bytes, count: usize) -> BatchResult {
+    /// Replies beyond `limit` bytes are read and dropped, and the batch fails with
+    /// [`UpstreamError::ReplyLimit`]: a client cannot make respite hold more than its
+    /// output buffer limit plus one reply.
+    pub async fn send(&self, bytes: Bytes, count: usize, limit: usize) -> BatchResult {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Batch { bytes, count, reply }).await.is_err() {
+        if self.tx.send(Batch { bytes, count, limit, reply }).await.is_err() {
             return Err(Box::new(BatchFailure::new(UpstreamError::Broken {
                 reason: "respite is shutting down".into(),
                 sent: false,
@@ -173,7 +179,7 @@ async fn writer(mut rx: mpsc::Receiver<Batch>, connector: Arc<Connector>, ctx: C
         let now = Instant::now();
         let timeout = ctx.live.load().command_timeout;
         for b in gathered.drain(..) {
-            let _ = c.pending.send(Pending { count: b.count, reply: b.reply, sent_at: now, timeout });
+            let _ = c.pending.send(Pending { count: b.count, limit: b.limit, reply: b.reply, sent_at: now, timeout });
         }
         let written = match &single {
             Some(bytes) => c.write.write_all(bytes).await,
@@ -205,7 +211,17 @@ struct Current {
     p: Pending,
     /// Bytes of `buf` taken by this batch's complete replies.
     acc: usize,
-    ends: SmallVec<[u32; 16]>,
+    ends: SmallVec<[usize; 16]>,
+    /// Replies complete so far.
+    done: usize,
+    /// Past the client's limit: complete replies are dropped as they come.
+    over: bool,
+}
+
+impl Current {
+    fn new(p: Pending) -> Current {
+        Current { p, acc: 0, ends: SmallVec::new(), done: 0, over: false }
+    }
 }
 
 async fn reader(
@@ -226,7 +242,7 @@ async fn reader(
         loop {
             if cur.is_none() {
                 match pending_rx.try_recv() {
-                    Ok(p) => cur = Some(Current { p, acc: 0, ends: SmallVec::new() }),
+                    Ok(p) => cur = Some(Current::new(p)),
                     Err(_) => break,
                 }
             }
@@ -236,15 +252,32 @@ async fn reader(
                     break 'conn UpstreamError::Protocol("unexpected push frame on a shared connection".into())
                 }
                 Ok(Some(info)) => {
-                    c.acc += info.len;
-                    c.ends.push(c.acc as u32);
-                    if c.ends.len() == c.p.count {
+                    c.done += 1;
+                    if c.over {
+                        let _ = buf.split_to(info.len);
+                    } else {
+                        c.acc += info.len;
+                        c.ends.push(c.acc);
+                        if c.acc > c.p.limit {
+                            // The client is closed anyway: drop what it cannot take, and the
+                            // rest of its replies as they complete.
+                            let _ = buf.split_to(c.acc);
+                            c.acc = 0;
+                            c.ends.clear();
+                            c.over = true;
+                        }
+                    }
+                    if c.done == c.p.count {
                         let c = cur.take().expect("present");
                         let elapsed = c.p.sent_at.elapsed();
                         ctx.metrics.upstream_duration.observe(elapsed.as_secs_f64());
                         ctx.health.record_success(elapsed);
-                        let bytes = buf.split_to(c.acc).freeze();
-                        let _ = c.p.reply.send(Ok(BatchReply { bytes, ends: c.ends }));
+                        let result = if c.over {
+                            Err(Box::new(BatchFailure::new(UpstreamError::ReplyLimit)))
+                        } else {
+                            Ok(BatchReply { bytes: buf.split_to(c.acc).freeze(), ends: c.ends })
+                        };
+                        let _ = c.p.reply.send(result);
                     }
                 }
                 Ok(None) => break,
@@ -266,7 +299,7 @@ async fn reader(
                 Err(e) => break UpstreamError::Broken { reason: e.to_string(), sent: true },
             },
             p = pending_rx.recv(), if cur.is_none() => match p {
-                Some(p) => cur = Some(Current { p, acc: 0, ends: SmallVec::new() }),
+                Some(p) => cur = Some(Current::new(p)),
                 None => return,
             },
             _ = dead.cancelled() => break UpstreamError::Broken { reason: "write to upstream failed".into(), sent: true },
