@@ -794,6 +794,16 @@ impl Config {
         if self.journal.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
             return Err(invalid("journal.dir", "", "must name a directory (leave it out for an in-memory journal)"));
         }
+        // Request offsets inside a client's read buffer are 32-bit: a buffer holding an
+        // incomplete request of this size (and what follows it in the same read) must stay
+        // far below 4 GiB.
+        if self.client.max_query_buffer.0 > 1 << 30 {
+            return Err(invalid(
+                "client.max_query_buffer",
+                self.client.max_query_buffer,
+                "must be at most 1GiB (Redis's default client-query-buffer-limit)",
+            ));
+        }
         if self.client.max_query_buffer.0 < self.client.max_bulk_bytes.0 {
             return Err(invalid(
                 "client.max_query_buffer",
@@ -982,6 +992,10 @@ mod tests {
         c.journal.dir = Some("/tmp/j".into());
         c.journal.segment_bytes = Size(1 << 30);
         assert!(c.validate().unwrap_err().to_string().contains("at most journal.max_bytes"));
+        let mut c = Config::default();
+        c.client.max_query_buffer = Size((1 << 30) + 1);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("client.max_query_buffer") && e.contains("at most 1GiB"), "{e}");
         let mut c = Config::default();
         c.upstream.url = "rediss://u:pw@h:1".into();
         c.validate().expect("rediss:// with the built-in roots");
