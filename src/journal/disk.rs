@@ -855,7 +855,10 @@ struct Recovered {
 }
 
 /// Reads every segment, cuts the first bad record and everything after it, deletes
-/// segments that hold nothing unconfirmed.
+/// segments that hold nothing unconfirmed. Segments after damage that took unconfirmed
+/// records are set aside (renamed `<name>.unreplayable`, kept for the operator): their
+/// records cannot be replayed in order. Damage that took only confirmed records (a
+/// replayed segment not yet deleted) costs nothing.
 fn recover(dir: &Path, confirmed: u64) -> Result<Recovered, JournalError> {
     let shown = dir.display();
     let mut names = Vec::new();
@@ -875,7 +878,12 @@ fn recover(dir: &Path, confirmed: u64) -> Result<Recovered, JournalError> {
         Recovered { records: Default::default(), segments: VecDeque::new(), disk_bytes: 0, last_seq: confirmed };
     let mut prev = 0u64;
     let mut broken = false;
+    // Damage cut the previous segment: the records it took run up to this segment's first.
+    let mut damaged = false;
     for (first_seq, path) in names {
+        if std::mem::take(&mut damaged) && first_seq.saturating_sub(1) > confirmed {
+            broken = true;
+        }
         let buf = Bytes::from(
             fs::read(&path).map_err(|e| io_err(format_args!("cannot read journal segment {}", path.display()), e))?,
         );
@@ -883,13 +891,17 @@ fn recover(dir: &Path, confirmed: u64) -> Result<Recovered, JournalError> {
         let seen = scan.records.last().map_or(0, |r| r.seq);
         out.last_seq = out.last_seq.max(seen).max(first_seq.saturating_sub(1));
         if broken {
-            tracing::warn!(
+            let mut aside = path.clone().into_os_string();
+            aside.push(".unreplayable");
+            let aside = PathBuf::from(aside);
+            tracing::error!(
                 journal.segment = %path.display(),
+                set_aside_as = %aside.display(),
                 records = scan.records.len(),
-                "deleting a journal segment that follows a corrupt one (its records cannot be replayed in order)"
+                "a journal segment follows damage that took unreplayed records: its records cannot be replayed in order; set aside"
             );
-            fs::remove_file(&path)
-                .map_err(|e| io_err(format_args!("cannot delete journal segment {}", path.display()), e))?;
+            fs::rename(&path, &aside)
+                .map_err(|e| io_err(format_args!("cannot set aside journal segment {}", path.display()), e))?;
             continue;
         }
         let mut size = buf.len() as u64;
@@ -910,7 +922,7 @@ fn recover(dir: &Path, confirmed: u64) -> Result<Recovered, JournalError> {
                 })
                 .map_err(|e| io_err(format_args!("cannot truncate corrupt journal segment {}", path.display()), e))?;
             size = scan.valid_len as u64;
-            broken = true;
+            damaged = true;
         }
         if seen != 0 {
             prev = seen;
@@ -1161,8 +1173,38 @@ mod tests {
         let j = open(dir.path(), Fsync::No, 200);
         assert_eq!(seqs(&j), (1..=first_of_victim).collect::<Vec<_>>(), "every intact record before the damage");
         assert_eq!(fs::metadata(victim).unwrap().len() as usize, second);
-        assert_eq!(segments(dir.path()).len(), 2, "segments after the corrupt one are deleted");
+        assert_eq!(segments(dir.path()).len(), 2, "segments after the corrupt one are set aside");
+        let aside: Vec<_> = files[2..].iter().map(|f| PathBuf::from(format!("{}.unreplayable", f.display()))).collect();
+        assert!(aside.iter().all(|f| f.exists()), "kept for the operator: {aside:?}");
         assert_eq!(j.append(0, 1, &payload(99), 0).unwrap(), 13, "numbers of discarded records are not reused");
+        drop(j);
+        let j = open(dir.path(), Fsync::No, 200);
+        assert_eq!(seqs(&j).len(), first_of_victim as usize + 1, "set-aside segments are not read again");
+    }
+
+    #[test]
+    fn damage_in_a_replayed_segment_costs_nothing_after_it() {
+        // A segment whose records are all confirmed (replayed, not yet deleted) is damaged:
+        // the records it lost were applied already, so the segments after it are intact
+        // and replayable (they used to be deleted).
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path(), Fsync::No, 200);
+        for i in 1..=12 {
+            j.append(0, 1, &payload(i), 0).unwrap();
+        }
+        drop(j);
+        let files = segments(dir.path());
+        assert!(files.len() >= 3);
+        let second_first = parse_segment_name(files[1].file_name().unwrap().to_str().unwrap()).unwrap();
+        // Confirmed up to the end of the first segment, as a crash between writing
+        // `confirmed` and deleting the segment leaves it.
+        fs::write(dir.path().join("confirmed"), (second_first - 1).to_string()).unwrap();
+        let mut bytes = fs::read(&files[0]).unwrap();
+        let at = bytes.len() - 3;
+        bytes[at] ^= 0x40;
+        fs::write(&files[0], &bytes).unwrap();
+        let j = open(dir.path(), Fsync::No, 200);
+        assert_eq!(seqs(&j), (second_first..=12).collect::<Vec<_>>());
     }
 
     #[test]
