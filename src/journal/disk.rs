@@ -74,6 +74,8 @@ const MAX_PAYLOAD: usize = u32::MAX as usize - BODY_HEADER;
 const SEGMENT_SUFFIX: &str = ".seg";
 const INSTANCE_FILE: &str = "instance_id";
 const CONFIRMED_FILE: &str = "confirmed";
+/// How far numbering jumps at each start without `fsync = "always"` (see `open`).
+const NUMBERING_GAP: u64 = 1 << 32;
 const EVERYSEC: Duration = Duration::from_secs(1);
 
 /// Appends one encoded record to `out`.
@@ -368,6 +370,8 @@ impl DiskJournal {
             .and_then(|_| fs::remove_file(&probe))
             .map_err(|e| io_err(format_args!("journal directory {shown} is not writable"), e))?;
         let lock = lock_dir(dir)?;
+        // A new directory has a new instance id: no watermark can hold its numbers yet.
+        let fresh = !dir.join(INSTANCE_FILE).exists();
         let instance_id = load_instance_id(dir)?;
         let confirmed = load_confirmed(dir);
         let recovered = recover(dir, confirmed)?;
@@ -389,7 +393,16 @@ impl DiskJournal {
             journal.fsync = ?fsync,
             "durable journal opened"
         );
-        let last_seq = recovered.last_seq;
+        // Without `fsync = "always"` a power loss can take the `confirmed` file's latest
+        // update and the deletion of replayed segments back, while the upstream's watermark
+        // kept the numbers they reached: records numbered from the recovered end would sit
+        // at or below that watermark, and the replay would take them for applied. Numbers
+        // restart far past anything that can have been lost (2^32 records).
+        let last_seq = match fsync {
+            Fsync::Always => recovered.last_seq,
+            _ if fresh => recovered.last_seq,
+            _ => recovered.last_seq + NUMBERING_GAP,
+        };
         let inner = Inner {
             records: recovered.records,
             last_seq,
@@ -1010,7 +1023,36 @@ mod tests {
         assert_eq!(j.instance_id(), id, "the instance id is kept across restarts");
         assert_eq!(j.read_after(0, 100, usize::MAX), before);
         assert_eq!(j.stats().entries, 10);
-        assert_eq!(j.append(0, 1, &payload(11), 0).unwrap(), 11, "numbering continues");
+        // Without fsync "always", numbering resumes 2^32 past the recovered end: a power
+        // loss may have taken back the confirmed file, not the upstream's watermark.
+        assert_eq!(j.append(0, 1, &payload(11), 0).unwrap(), 11 + NUMBERING_GAP, "numbering continues past a gap");
+        assert_eq!(j.read_after(10, 100, usize::MAX).len(), 1, "after the recovered ones, in order");
+        drop(j);
+        let j = open(dir.path(), Fsync::Always, 1 << 20);
+        assert_eq!(j.append(0, 1, &payload(12), 0).unwrap(), 12 + NUMBERING_GAP, "with fsync always, densely");
+    }
+
+    #[test]
+    fn after_a_lost_confirmation_new_records_are_numbered_past_the_upstream_watermark() {
+        // fsync "everysec": records 1-10 were replayed (the upstream's watermark says 10),
+        // confirmed and their segment deleted; a power loss then took the confirmed file's
+        // update back but not the deletion. The records written after the restart must
+        // not be numbered at or below 10, or the replay would confirm them as applied
+        // without sending them.
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path(), Fsync::Everysec, 1 << 20);
+        for i in 1..=10 {
+            j.append(0, 1, &payload(i), 0).unwrap();
+        }
+        j.confirm(10);
+        drop(j);
+        assert!(segments(dir.path()).is_empty());
+        fs::remove_file(dir.path().join(CONFIRMED_FILE)).unwrap();
+        let j = open(dir.path(), Fsync::Everysec, 1 << 20);
+        let fresh = j.append(0, 1, &payload(99), 0).unwrap();
+        // The replay reads the watermark, 10, and confirms up to it.
+        j.confirm(10);
+        assert_eq!(j.read_after(0, 100, usize::MAX).iter().map(|r| r.seq).collect::<Vec<_>>(), [fresh]);
     }
 
     #[test]
@@ -1176,7 +1218,7 @@ mod tests {
         assert_eq!(segments(dir.path()).len(), 2, "segments after the corrupt one are set aside");
         let aside: Vec<_> = files[2..].iter().map(|f| PathBuf::from(format!("{}.unreplayable", f.display()))).collect();
         assert!(aside.iter().all(|f| f.exists()), "kept for the operator: {aside:?}");
-        assert_eq!(j.append(0, 1, &payload(99), 0).unwrap(), 13, "numbers of discarded records are not reused");
+        assert!(j.append(0, 1, &payload(99), 0).unwrap() > 12, "numbers of discarded records are not reused");
         drop(j);
         let j = open(dir.path(), Fsync::No, 200);
         assert_eq!(seqs(&j).len(), first_of_victim as usize + 1, "set-aside segments are not read again");
