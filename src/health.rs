@@ -205,6 +205,10 @@ impl Health {
             }
         } else if self.state() != State::Replaying {
             self.record_success(latency);
+        } else {
+            // While replaying the state is the replayer's to end, but an answered probe
+            // still breaks a run of failures.
+            self.consecutive_failures.store(0, Ordering::Relaxed);
         }
     }
 
@@ -237,7 +241,9 @@ impl Health {
     /// The replayer drained the journal (under the outage lock): forward directly again.
     pub fn replay_finished(&self) {
         self.journal_pending.store(false, Ordering::Release);
-        self.transition(State::Healthy, "journal replayed");
+        // Only from replaying: a failure that took the state down meanwhile stands until the
+        // probe sees the upstream again.
+        self.transition_from(&[State::Replaying], State::Healthy, "journal replayed");
     }
 
     /// A failed upstream interaction, with its cause (never containing secrets).
@@ -408,6 +414,24 @@ mod tests {
         assert_eq!(h.state(), State::Down);
         h.probe_succeeded(Duration::from_micros(10));
         assert_eq!(h.state(), State::Replaying);
+    }
+
+    #[test]
+    fn while_replaying_an_answered_probe_breaks_a_run_of_failures_and_only_replaying_ends_in_healthy() {
+        let h = health();
+        h.transition_for_test(State::Replaying);
+        h.record_failure("x");
+        h.record_failure("x");
+        h.probe_succeeded(Duration::from_micros(10));
+        h.record_failure("x");
+        assert_eq!(h.state(), State::Replaying, "two failures, a success, one failure: not three in a row");
+        h.record_failure("x");
+        h.record_failure("x");
+        assert_eq!(h.state(), State::Down);
+        h.replay_finished();
+        assert_eq!(h.state(), State::Down, "a drained journal does not end an outage the probe has not");
+        h.probe_succeeded(Duration::from_micros(10));
+        assert_eq!(h.state(), State::Healthy);
     }
 
     #[test]

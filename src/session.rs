@@ -613,10 +613,13 @@ impl Session {
                     self.db = db as u32;
                     out.extend_from_slice(b"+OK\r\n");
                     let ctx = &self.ctx;
-                    let d = self.dedicated.get_or_insert_with(|| {
-                        Dedicated::new(ctx.upstream.connector.clone(), ctx.health.clone(), ctx.metrics.clone())
-                    });
+                    let d = self
+                        .dedicated
+                        .get_or_insert_with(|| Dedicated::new(ctx.upstream.connector.clone(), ctx.metrics.clone()));
                     d.record_state(StateKey::Select, Bytes::copy_from_slice(raw));
+                    // An open connection is still in the old database: the next forwarded
+                    // command reconnects and restores the state, this SELECT included.
+                    d.disconnect();
                     Outcome::Local
                 }
                 _ => err(out, "ERR value is not an integer or out of range"),
@@ -937,8 +940,7 @@ impl Session {
     fn pin(&mut self) {
         if self.dedicated.is_none() {
             let ctx = &self.ctx;
-            self.dedicated =
-                Some(Dedicated::new(ctx.upstream.connector.clone(), ctx.health.clone(), ctx.metrics.clone()));
+            self.dedicated = Some(Dedicated::new(ctx.upstream.connector.clone(), ctx.metrics.clone()));
         }
     }
 
@@ -1133,6 +1135,14 @@ impl Session {
                 if self.dedicated.is_some() {
                     self.track_state(frozen, i, &reply.bytes[start..end]);
                 }
+            } else if self.reqs[i].name() == "EXEC" {
+                // -EXECABORT (a command refused when queued): the transaction is over and
+                // nothing of it ran.
+                self.txn = Txn::None;
+                self.txn_writes.clear();
+                self.txn_queued = 0;
+                self.txn_select = false;
+                self.txn_state.clear();
             }
             start = end;
         }
@@ -1307,6 +1317,10 @@ impl Session {
                 self.resp3 = false;
                 if let Some(d) = &mut self.dedicated {
                     d.clear_state();
+                    // The upstream reset this connection to database 0 and the default
+                    // user, not to the URL's: the next command gets a fresh connection
+                    // with the URL's AUTH and SELECT.
+                    d.disconnect();
                 }
             }
             _ => {}

@@ -549,3 +549,25 @@ async fn loaded_connection(redis: &RedisServer) -> redis::aio::MultiplexedConnec
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_on_a_pinned_connection_returns_to_the_urls_database_and_credentials() {
+    // RESET puts the upstream connection in database 0 as the default user; respite's
+    // client is back in the URL's database (5 here) with the URL's credentials. The pinned
+    // connection used to stay in database 0, unauthenticated, after RESET.
+    let redis = RedisServer::start_with(&["--requirepass", "pw"]);
+    let url = format!("redis://:pw@127.0.0.1:{}/5", redis.port);
+    let respite = Respite::start(&url).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(call(&mut raw, &[b"CLIENT", b"SETNAME", b"pinned"]).await, b"+OK\r\n");
+    assert_eq!(call(&mut raw, &[b"RESET"]).await, b"+RESET\r\n");
+    assert_eq!(call(&mut raw, &[b"SET", b"after-reset", b"v"]).await, b"+OK\r\n");
+    let p = redis.port;
+    let in_five = tokio::task::spawn_blocking(move || {
+        redis_cli(p, &["-a", "pw", "--no-auth-warning", "-n", "5", "GET", "after-reset"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(in_five.trim(), "v");
+    respite.shutdown().await;
+}

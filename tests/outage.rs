@@ -1425,6 +1425,49 @@ async fn records_the_upstream_can_never_apply_are_skipped_alone_and_never_land_e
     respite.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_select_during_an_outage_moves_a_pinned_clients_later_writes() {
+    // A client with a dedicated connection (CLIENT SETNAME pins it) selects database 3
+    // during a drill; that connection stayed open in database 0, and after the drill its
+    // writes landed there while the store recorded them under 3.
+    let redis = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(cmd(&mut raw, "CLIENT SETNAME pinned").await, b"+OK\r\n");
+    assert_eq!(cmd(&mut raw, "SET zero 0").await, b"+OK\r\n");
+    drill(&respite, "down").await;
+    assert_eq!(cmd(&mut raw, "SELECT 3").await, b"+OK\r\n");
+    end_drill(&respite).await;
+    assert_eq!(cmd(&mut raw, "SET three 3").await, b"+OK\r\n");
+    assert_eq!(cmd(&mut raw, "CLIENT GETNAME").await, b"$6\r\npinned\r\n", "the name is restored too");
+    let mut up = direct(&redis).await;
+    assert_eq!(q::<Option<String>>(&mut up, "GET three").await, None, "not in database 0");
+    let _: () = q(&mut up, "SELECT 3").await;
+    assert_eq!(q::<Option<String>>(&mut up, "GET three").await.as_deref(), Some("3"));
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_exec_ends_the_transaction_for_the_store_too() {
+    // -EXECABORT ends a transaction in Redis; respite kept treating the client as inside
+    // MULTI, so its next write was taken for queued and never learned: the store kept the
+    // older value and served it in an outage.
+    let redis = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(cmd(&mut raw, "SET k v1").await, b"+OK\r\n");
+    assert_eq!(cmd(&mut raw, "GET k").await, b"$2\r\nv1\r\n");
+    assert_eq!(cmd(&mut raw, "MULTI").await, b"+OK\r\n");
+    assert!(text(&cmd(&mut raw, "SET k").await).starts_with("-ERR wrong number of arguments"));
+    assert!(text(&cmd(&mut raw, "EXEC").await).starts_with("-EXECABORT"));
+    assert_eq!(cmd(&mut raw, "SET k v2").await, b"+OK\r\n");
+    drill(&respite, "down").await;
+    assert_eq!(cmd(&mut raw, "GET k").await, b"$2\r\nv2\r\n");
+    assert_eq!(cmd(&mut raw, "SET other x").await, b"+OK\r\n", "not taken for a lost transaction");
+    end_drill(&respite).await;
+    respite.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 7. Interleaved writes replay in acceptance order.
 // ---------------------------------------------------------------------------------------

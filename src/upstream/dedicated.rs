@@ -17,7 +17,6 @@ use tokio::time::Instant;
 use super::mux::{BatchFailure, BatchReply, BatchResult};
 use super::{Connector, UpstreamStream};
 use crate::error::UpstreamError;
-use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::resp::ReplyScanner;
 
@@ -29,8 +28,7 @@ pub struct Dedicated {
     state: Vec<(StateKey, Bytes)>,
     /// A connection was open before: a new one would not carry a MULTI or WATCH.
     had_connection: bool,
-    /// Dedicated traffic feeds the circuit breaker and the upstream latency histogram too.
-    health: Arc<Health>,
+    /// Dedicated traffic feeds the upstream latency histogram (not the circuit breaker).
     metrics: Arc<Metrics>,
 }
 
@@ -45,10 +43,9 @@ pub enum StateKey {
 }
 
 impl Dedicated {
-    pub fn new(connector: Arc<Connector>, health: Arc<Health>, metrics: Arc<Metrics>) -> Dedicated {
+    pub fn new(connector: Arc<Connector>, metrics: Arc<Metrics>) -> Dedicated {
         Dedicated {
             connector,
-            health,
             metrics,
             stream: None,
             buf: BytesMut::with_capacity(16 << 10),
@@ -181,21 +178,14 @@ impl Dedicated {
             },
             None => work.await,
         };
+        // A dedicated connection does not feed the circuit breaker: what fails here may be
+        // this client's own (a slow transaction, state that no longer restores: a database
+        // or an ACL user gone), and the shared connections and the probe see the upstream.
         match &result {
             // A blocking command's wait is the client's choice, not upstream latency.
-            Ok(_) if !blocking => {
-                let elapsed = started.elapsed();
-                self.metrics.upstream_duration.observe(elapsed.as_secs_f64());
-                self.health.record_success(elapsed);
-            }
+            Ok(_) if !blocking => self.metrics.upstream_duration.observe(started.elapsed().as_secs_f64()),
             Ok(_) => {}
-            Err(f) => {
-                self.disconnect();
-                match &f.error {
-                    UpstreamError::TransactionLost | UpstreamError::Down | UpstreamError::ReplyLimit => {}
-                    e => self.health.record_failure(&e.to_string()),
-                }
-            }
+            Err(_) => self.disconnect(),
         }
         result
     }
