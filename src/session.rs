@@ -1157,7 +1157,7 @@ impl Session {
         if self.txn == Txn::Multi && !matches!(name, "EXEC" | "DISCARD" | "MULTI") {
             // Queued: it runs at EXEC, whose array holds its reply at this position.
             // (A command the upstream refused to queue gets no position: EXEC then aborts.)
-            if spec.is_none_or(|s| s.is_write()) {
+            if spec.is_none_or(|s| s.may_write()) {
                 let owned = req_args(&self.args, base, argv).iter().map(|a| Bytes::copy_from_slice(a)).collect();
                 self.txn_writes.push((self.txn_queued, spec, owned));
             }
@@ -1165,8 +1165,11 @@ impl Session {
             self.txn_queued += 1;
             return;
         }
-        let Some(spec) = spec else { return };
         let outage = &self.ctx.outage;
+        let Some(spec) = spec else {
+            let args = req_args(&self.args, base, argv);
+            return outage.forget_unknown(&args, self.db);
+        };
         match spec.name {
             "MULTI" | "DISCARD" => {
                 self.txn_writes.clear();
@@ -1248,9 +1251,13 @@ impl Session {
             }
             let req = &self.reqs[i]; // again: forget_txn_writes borrowed the session
             if error.maybe_executed() {
-                if let Some(spec) = req.spec.filter(|s| s.is_write()) {
-                    let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
-                    self.ctx.outage.forget(spec, &req_args(&self.args, base, req.args.clone()), self.db);
+                let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
+                match req.spec {
+                    Some(spec) if spec.may_write() => {
+                        self.ctx.outage.forget(spec, &req_args(&self.args, base, req.args.clone()), self.db)
+                    }
+                    Some(_) => {}
+                    None => self.ctx.outage.forget_unknown(&req_args(&self.args, base, req.args.clone()), self.db),
                 }
             }
             let read_only = req.read_only();

@@ -1468,6 +1468,55 @@ async fn an_aborted_exec_ends_the_transaction_for_the_store_too() {
     respite.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_changed_by_scripts_unknown_commands_and_move_are_never_served_stale() {
+    // Each of these changed a key upstream while the store kept the value before it, and
+    // served that in an outage: a script (EVAL is not flagged as a write), a command the
+    // table does not know (here SET renamed to MYSET, as a newer Redis's or a module's
+    // command would be), and MOVE / COPY ... DB (the other database was not forgotten).
+    let redis = RedisServer::start_with(&["--rename-command", "SET", "MYSET"]);
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut r = Raw::connect(respite.addr).await;
+    let mut in5 = Raw::connect(respite.addr).await;
+    for (c, want) in [
+        ("MYSET scripted v1", "+OK\r\n"),
+        ("GET scripted", "$2\r\nv1\r\n"),
+        ("MYSET unknown v1", "+OK\r\n"),
+        ("GET unknown", "$2\r\nv1\r\n"),
+        ("MYSET unknown v2", "+OK\r\n"),
+    ] {
+        assert_eq!(text(&cmd(&mut r, c).await), want, "{c}");
+    }
+    let script: &[&[u8]] = &[b"EVAL", b"return redis.call('MYSET', KEYS[1], 'v2')", b"1", b"scripted"];
+    assert_eq!(text(&call(&mut r, script).await), "+OK\r\n");
+    let miss = |got: &str, key: &str| {
+        assert!(got.starts_with("-UNAVAILABLE"), "{key}: a miss, not the value from before the change: {got}");
+    };
+    drill(&respite, "down").await;
+    for key in ["scripted", "unknown"] {
+        miss(&text(&cmd(&mut r, &format!("GET {key}")).await), key);
+    }
+    end_drill(&respite).await;
+
+    for (c, want) in [("SELECT 5", "+OK\r\n"), ("GET moved", "$-1\r\n"), ("GET copied", "$-1\r\n")] {
+        assert_eq!(text(&cmd(&mut in5, c).await), want, "{c}");
+    }
+    for (c, want) in [
+        ("MYSET moved m", "+OK\r\n"),
+        ("MOVE moved 5", ":1\r\n"),
+        ("MYSET source c", "+OK\r\n"),
+        ("COPY source copied DB 5", ":1\r\n"),
+    ] {
+        assert_eq!(text(&cmd(&mut r, c).await), want, "{c}");
+    }
+    drill(&respite, "down").await;
+    for key in ["moved", "copied"] {
+        miss(&text(&cmd(&mut in5, &format!("GET {key}")).await), key);
+    }
+    drill(&respite, "auto").await;
+    respite.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 7. Interleaved writes replay in acceptance order.
 // ---------------------------------------------------------------------------------------

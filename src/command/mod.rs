@@ -104,6 +104,11 @@ impl CommandSpec {
     pub fn is_write(&self) -> bool {
         self.flags & flags::W != 0
     }
+    /// Whether the command may change keys: writes, and scripts and functions (not flagged
+    /// as writes: that depends on the script; they may write the keys they declare).
+    pub fn may_write(&self) -> bool {
+        self.is_write() || matches!(self.name, "EVAL" | "EVALSHA" | "FCALL")
+    }
     /// Whether `argc` arguments (the name included) satisfy the arity.
     pub fn arity_ok(&self, argc: usize) -> bool {
         let a = self.arity as isize;

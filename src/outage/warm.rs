@@ -205,7 +205,7 @@ impl Outage {
                     }
                 }
             }
-            _ if req.spec.is_write() => self.learn_write(req, reply, now),
+            _ if req.spec.may_write() => self.learn_write(req, reply, now),
             _ => {}
         }
     }
@@ -239,6 +239,10 @@ impl Outage {
                 }
             }
             _ => {}
+        }
+        if matches!(name, "MOVE" | "COPY" | "EVAL" | "EVALSHA" | "FCALL") {
+            // Keys in another database, or a script: forgotten, not followed.
+            return self.forget(req.spec, args, req.db);
         }
         let keys = write_keys(req.spec, args);
         let Some(keys) = keys else {
@@ -279,6 +283,31 @@ impl Outage {
 
     /// A write's outcome is unknown (or it failed oddly): forget its keys.
     pub fn forget(&self, spec: &CommandSpec, args: &[&[u8]], db: u32) {
+        let in_db = |i: usize| -> Option<u32> {
+            let d = parse_int(args.get(i)?)?;
+            u32::try_from(d).ok()
+        };
+        match spec.name {
+            // MOVE key db: gone from this database, arrived in the other.
+            "MOVE" if args.len() == 3 => {
+                self.store.invalidate(KeyRef { db, key: args[1] });
+                if let Some(to) = in_db(2) {
+                    self.store.invalidate(KeyRef { db: to, key: args[1] });
+                }
+                return;
+            }
+            // COPY source destination [DB db] [REPLACE]: the destination, wherever it is.
+            "COPY" if args.len() >= 3 => {
+                let at = args.iter().skip(3).position(|a| a.eq_ignore_ascii_case(b"DB")).map(|p| p + 4);
+                match at.map(|i| in_db(i)) {
+                    None => self.store.invalidate(KeyRef { db, key: args[2] }),
+                    Some(Some(to)) => self.store.invalidate(KeyRef { db: to, key: args[2] }),
+                    Some(None) => self.store.clear(),
+                }
+                return;
+            }
+            _ => {}
+        }
         match write_keys(spec, args) {
             Some(keys) => {
                 for i in keys {
@@ -286,6 +315,15 @@ impl Outage {
                 }
             }
             None => self.store.invalidate_db(db),
+        }
+    }
+
+    /// A command the table does not know (a newer Redis's, a module's) ran, or may have:
+    /// forget the key in the usual first-key position (module and newer commands put
+    /// their key there; a read forgotten only costs a miss).
+    pub fn forget_unknown(&self, args: &[&[u8]], db: u32) {
+        if let Some(key) = args.get(1) {
+            self.store.invalidate(KeyRef { db, key });
         }
     }
 
