@@ -299,7 +299,7 @@ impl Outage {
             // COPY source destination [DB db] [REPLACE]: the destination, wherever it is.
             "COPY" if args.len() >= 3 => {
                 let at = args.iter().skip(3).position(|a| a.eq_ignore_ascii_case(b"DB")).map(|p| p + 4);
-                match at.map(|i| in_db(i)) {
+                match at.map(in_db) {
                     None => self.store.invalidate(KeyRef { db, key: args[2] }),
                     Some(Some(to)) => self.store.invalidate(KeyRef { db: to, key: args[2] }),
                     Some(None) => self.store.clear(),
