@@ -225,11 +225,25 @@ fn warm(c: &mut Criterion) {
     let now = Now::current();
     group.bench_function("get_reply_hot_key", |b| {
         let args: [&[u8]; 2] = [b"GET", b"key:000000000001"];
-        b.iter(|| o.learn(&Request { spec: get_spec, args: black_box(&args), db: 0, resp3: false }, &get_reply, now))
+        b.iter(|| {
+            o.learn(
+                &Request { spec: get_spec, args: black_box(&args), db: 0, resp3: false, sent: o.store.changes.now() },
+                &get_reply,
+                now,
+                &mut Default::default(),
+            )
+        })
     });
     group.bench_function("set_reply_hot_key", |b| {
         let args: [&[u8]; 3] = [b"SET", b"key:000000000001", &value];
-        b.iter(|| o.learn(&Request { spec: set_spec, args: black_box(&args), db: 0, resp3: false }, &ok, now))
+        b.iter(|| {
+            o.learn(
+                &Request { spec: set_spec, args: black_box(&args), db: 0, resp3: false, sent: o.store.changes.now() },
+                &ok,
+                now,
+                &mut Default::default(),
+            )
+        })
     });
     let keys: Vec<String> = (0..4096).map(|i| format!("key:{i:012}")).collect();
     group.bench_function("set_reply_4096_keys", |b| {
@@ -237,7 +251,12 @@ fn warm(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % keys.len();
             let args: [&[u8]; 3] = [b"SET", keys[i].as_bytes(), &value];
-            o.learn(&Request { spec: set_spec, args: black_box(&args), db: 0, resp3: false }, &ok, now)
+            o.learn(
+                &Request { spec: set_spec, args: black_box(&args), db: 0, resp3: false, sent: o.store.changes.now() },
+                &ok,
+                now,
+                &mut Default::default(),
+            )
         })
     });
     group.finish();

@@ -94,6 +94,11 @@ pub struct Session {
     /// This round's replies went past `client.output_buffer_limit`: nothing more is
     /// answered, and the client is disconnected when the round ends.
     overflow: bool,
+    /// The store's change clock when the last batch was sent: what its replies teach the
+    /// store must not be older than changes made since ([`crate::store::Changes`]).
+    sent_tick: u64,
+    /// The changes the last batch's replies marked in the store so far.
+    batch_marks: crate::outage::warm::BatchMarks,
     /// The relayed stream (pub/sub, MONITOR, CLIENT TRACKING) once the client entered it.
     stream: Option<(UpstreamStream, BytesMut)>,
     /// The last round stopped at `client.max_pipeline` with requests left in the buffer.
@@ -226,6 +231,8 @@ impl Session {
             closing: false,
             forwarded: false,
             overflow: false,
+            sent_tick: 0,
+            batch_marks: Default::default(),
             stream: None,
             backlog: false,
             db: ctx_db,
@@ -1092,6 +1099,8 @@ impl Session {
             l => usize::try_from(l).unwrap_or(usize::MAX).saturating_sub(self.out.len()),
         };
         let in_transaction = matches!(self.txn, Txn::Multi | Txn::Watching);
+        self.sent_tick = self.ctx.outage.store.changes.now();
+        self.batch_marks.clear();
         let result = match &mut self.dedicated {
             Some(d) => d.round(&bytes, count, deadline, in_transaction, blocking, limit).await,
             None => {
@@ -1198,7 +1207,9 @@ impl Session {
                             (Some(_), Some(r)) if matches!(r.first(), Some(b'-') | Some(b'!')) => {}
                             // As a write answered on its own.
                             (Some(spec), Some(r)) => {
-                                outage.learn(&Request { spec, args: &args, db: self.db, resp3: self.resp3 }, r, now)
+                                let req =
+                                    Request { spec, args: &args, db: self.db, resp3: self.resp3, sent: self.sent_tick };
+                                outage.learn(&req, r, now, &mut self.batch_marks)
                             }
                         }
                     }
@@ -1207,7 +1218,8 @@ impl Session {
             _ => {
                 let base: &[u8] = self.reqs[i].inline.as_deref().unwrap_or(frozen);
                 let args = req_args(&self.args, base, argv);
-                outage.learn(&Request { spec, args: &args, db: self.db, resp3: self.resp3 }, &reply, now)
+                let req = Request { spec, args: &args, db: self.db, resp3: self.resp3, sent: self.sent_tick };
+                outage.learn(&req, &reply, now, &mut self.batch_marks)
             }
         }
     }

@@ -1327,6 +1327,90 @@ impl Drop for LateProxy {
     }
 }
 
+/// A TCP proxy in front of the upstream that, once armed, holds the next reply chunk
+/// holding `marker` for `hold` before passing it on (and that connection's later replies
+/// behind it): a reply that ran upstream first reaches respite after others.
+struct SlowReplyProxy {
+    port: u16,
+    arm: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowReplyProxy {
+    async fn start(upstream: SocketAddr, marker: &'static [u8], hold: Duration) -> SlowReplyProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let arm = Arc::new(AtomicBool::new(false));
+        let a = arm.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let a = a.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    });
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let held = buf[..n].windows(marker.len()).any(|w| w == marker);
+                        if held && a.swap(false, Ordering::SeqCst) {
+                            tokio::time::sleep(hold).await;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    up.abort();
+                });
+            }
+        });
+        SlowReplyProxy { port, arm, task }
+    }
+}
+
+impl Drop for SlowReplyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_learned_after_a_later_write_does_not_put_the_older_value_back() {
+    // Session A's GET runs upstream before session B's SET, but its reply reaches respite
+    // 500 ms later (held by a proxy), after B's reply was learned. Learned as it came, it
+    // put the older value back in the store, served in the outage that followed.
+    let redis = RedisServer::start();
+    let proxy = SlowReplyProxy::start(addr(&redis), b"old-value", Duration::from_millis(500)).await;
+    let mut cfg = test_config(&format!("redis://127.0.0.1:{}", proxy.port));
+    cfg.admin.token = "t".into();
+    cfg.upstream.pool_size = 2;
+    let respite = Respite::start_with(cfg).await;
+    let mut up = direct(&redis).await;
+    let _: () = q(&mut up, "SET k old-value").await;
+    // Sessions take the shared connections in turn: A and B are on different ones.
+    let mut a = Raw::connect(respite.addr).await;
+    let mut b = Raw::connect(respite.addr).await;
+    assert_eq!(cmd(&mut a, "PING").await, b"+PONG\r\n");
+    assert_eq!(cmd(&mut b, "PING").await, b"+PONG\r\n");
+    proxy.arm.store(true, Ordering::SeqCst);
+    a.send(&encode(&[b"GET", b"k"])).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(cmd(&mut b, "SET k new-value").await, b"+OK\r\n");
+    assert_eq!(reply(&mut a).await, b"$9\r\nold-value\r\n", "A read before B's write");
+    drill(&respite, "down").await;
+    let got = text(&cmd(&mut b, "GET k").await);
+    assert_ne!(got, "$9\r\nold-value\r\n", "the older value was put back over this sidecar's own write");
+    assert!(got == "$9\r\nnew-value\r\n" || got.starts_with("-UNAVAILABLE"), "{got}");
+    drill(&respite, "auto").await;
+    respite.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_transaction_that_arrives_after_its_timeout_is_not_applied_twice() {
     // The first replay transaction reaches the upstream 7 s late, after the replayer gave

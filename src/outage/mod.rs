@@ -187,19 +187,10 @@ impl std::hash::Hasher for KeyHashed {
 }
 
 impl PendingKeys {
-    /// FxHash-style (multiply and rotate, 8 bytes a step): SipHash cost an outage SET a
-    /// tenth of its instructions, and a collision here only turns a forward into a miss.
+    /// FxHash-style ([`crate::store::key_hash`]): SipHash cost an outage SET a tenth of
+    /// its instructions, and a collision here only turns a forward into a miss.
     fn hash(db: u32, key: &[u8]) -> u64 {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let step = |h: u64, v: u64| (h.rotate_left(5) ^ v).wrapping_mul(K);
-        let mut h = step(db as u64, key.len() as u64);
-        let mut chunks = key.chunks_exact(8);
-        for c in &mut chunks {
-            h = step(h, u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        }
-        let mut last = [0u8; 8];
-        last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-        step(h, u64::from_le_bytes(last))
+        crate::store::key_hash(db, key)
     }
 
     fn add(&mut self, db: u32, key: &[u8]) {
@@ -542,6 +533,7 @@ impl Outage {
     ) {
         for (k, slot) in touched {
             self.store.reweigh(k, slot);
+            self.store.changes.changed(k);
             pending.add(k.db, k.key);
         }
         if unseen > 0 {

@@ -104,13 +104,94 @@ pub struct Request<'a> {
     pub args: &'a [&'a [u8]],
     pub db: u32,
     pub resp3: bool,
+    /// [`crate::store::Changes::now`] when the request's batch was sent upstream.
+    pub sent: u64,
 }
+
+/// The changes the replies of one batch marked so far: the batch's later replies ran
+/// after them (one connection answers in order), so they are no reason to distrust those.
+pub type BatchMarks = SmallVec<[u64; 8]>;
 
 impl Outage {
     /// Learns from a successful (non-error) upstream reply to `req`.
     /// `now`: one clock reading for the whole batch of replies (clock reads were a sixth
     /// of the CPU of a pipelined SET when each step took its own).
-    pub fn learn(&self, req: &Request<'_>, reply: &Bytes, now: Now) {
+    pub fn learn(&self, req: &Request<'_>, reply: &Bytes, now: Now, marks: &mut BatchMarks) {
+        let args = req.args;
+        let key = |i: usize| KeyRef { db: req.db, key: args[i] };
+        // The keys this reply would update, and for each the tick it must not be older
+        // than (see `Changes`): for a read, its sending; for a write, its own mark.
+        let spec = req.spec;
+        let write = spec.may_write();
+        let single = spec.first_key == 1 && spec.last_key == 1 && spec.flags & flags::M == 0;
+        if !write
+            && !matches!(spec.name, "GET" | "HGETALL" | "SMEMBERS" | "LRANGE" | "ZRANGE" | "PTTL" | "TTL" | "MGET")
+        {
+            return;
+        }
+        let changes = &self.store.changes;
+        let trusted = |before: u64, marks: &BatchMarks| before <= req.sent || marks.contains(&before);
+        if single && args.len() > 1 {
+            // The common case (GET, SET, INCR, HSET, ...), without the lists below.
+            let k = key(1);
+            let (before, expect) = if write {
+                let (before, tick) = changes.mark(k);
+                marks.push(tick);
+                (before, tick)
+            } else {
+                let before = changes.last(k);
+                (before, before)
+            };
+            if !trusted(before, marks) {
+                return self.store.invalidate(k);
+            }
+            self.learn_in_order(req, reply, now);
+            let last = changes.last(k);
+            if last != expect && !marks.contains(&last) {
+                self.store.invalidate(k);
+            }
+            return;
+        }
+        let keys: SmallVec<[usize; 4]> = match spec.name {
+            "MGET" => (1..args.len()).collect(),
+            _ if write => write_keys(spec, args).unwrap_or_default(),
+            _ => smallvec::smallvec![1],
+        };
+        // A change after the sending that is not this batch's own: the reply's place among
+        // the changes is unknown.
+        let mut ticks: SmallVec<[u64; 4]> = SmallVec::with_capacity(keys.len());
+        let mut fresh = true;
+        for &i in &keys {
+            let (before, tick) = if write { changes.mark(key(i)) } else { (changes.last(key(i)), 0) };
+            fresh &= trusted(before, marks);
+            if write {
+                marks.push(tick);
+                ticks.push(tick);
+            } else {
+                ticks.push(before);
+            }
+        }
+        if !fresh {
+            // This sidecar changed a key after the request was sent: the reply may be
+            // older than that change. Forget instead of learning.
+            for &i in &keys {
+                self.store.invalidate(key(i));
+            }
+            return;
+        }
+        self.learn_in_order(req, reply, now);
+        // A change that came in while this reply was applied (another thread): neither is
+        // trusted.
+        for (&i, &t) in keys.iter().zip(&ticks) {
+            let last = changes.last(key(i));
+            // (A key named twice in one write carries the later of its two marks.)
+            if last != t && !marks.contains(&last) {
+                self.store.invalidate(key(i));
+            }
+        }
+    }
+
+    fn learn_in_order(&self, req: &Request<'_>, reply: &Bytes, now: Now) {
         let name = req.spec.name;
         let args = req.args;
         let key = |i: usize| KeyRef { db: req.db, key: args[i] };

@@ -254,6 +254,85 @@ pub struct Store {
     index: Arc<Index>,
     max_staleness: Duration,
     metrics: Arc<Metrics>,
+    /// When keys last changed by this sidecar's hand, to refuse replies older than that.
+    pub changes: Changes,
+}
+
+/// Orders what the store learns against what this sidecar changed. Replies come back to
+/// sessions and are learned in no fixed order across sessions and connections: session A's
+/// `GET k` may run upstream before session B's `SET k v2` and be learned after it, and
+/// would put the older value back. So every change this sidecar makes or learns (a write's
+/// reply, an outage write, a key forgotten) takes a tick of a clock and marks its key's
+/// slot; a request takes the clock's reading when it is sent. A reply to a request sent
+/// before a later change to one of its keys may be older than that change, and its keys
+/// are forgotten instead of learned. Only a reply whose request was sent after the change
+/// was learned (so it ran after it) can be newer. Keys share 16,384 slots by hash; a
+/// shared slot only costs a key forgotten that could have been kept.
+pub struct Changes {
+    clock: AtomicU64,
+    /// The tick of the last change to every key at once (FLUSHDB, unknown keys).
+    all: AtomicU64,
+    slots: Box<[AtomicU64]>,
+}
+
+impl Changes {
+    const SLOTS: usize = 1 << 14;
+
+    fn new() -> Changes {
+        Changes {
+            clock: AtomicU64::new(0),
+            all: AtomicU64::new(0),
+            slots: (0..Self::SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The clock's reading for a request about to be sent.
+    pub fn now(&self) -> u64 {
+        self.clock.load(Ordering::Acquire)
+    }
+
+    fn slot(&self, key: KeyRef<'_>) -> &AtomicU64 {
+        &self.slots[(key_hash(key.db, key.key) as usize) & (Self::SLOTS - 1)]
+    }
+
+    /// `key` changed by this sidecar's hand (or its value became unknown).
+    pub fn changed(&self, key: KeyRef<'_>) {
+        let tick = self.clock.fetch_add(1, Ordering::AcqRel) + 1;
+        self.slot(key).fetch_max(tick, Ordering::AcqRel);
+    }
+
+    fn changed_all(&self) {
+        let tick = self.clock.fetch_add(1, Ordering::AcqRel) + 1;
+        self.all.fetch_max(tick, Ordering::AcqRel);
+    }
+
+    /// The tick of the last change to `key` (0: none).
+    pub fn last(&self, key: KeyRef<'_>) -> u64 {
+        self.slot(key).load(Ordering::Acquire).max(self.all.load(Ordering::Acquire))
+    }
+
+    /// A write is being learned: marks its key changed. Returns the tick of the change
+    /// before (as [`Changes::last`]) and the mark.
+    pub fn mark(&self, key: KeyRef<'_>) -> (u64, u64) {
+        let tick = self.clock.fetch_add(1, Ordering::AcqRel) + 1;
+        let before = self.slot(key).fetch_max(tick, Ordering::AcqRel);
+        (before.max(self.all.load(Ordering::Acquire)), tick)
+    }
+}
+
+/// FxHash-style hash of a database and key (multiply and rotate, 8 bytes a step): cheap,
+/// and where it collides, a key is only treated more cautiously.
+pub fn key_hash(db: u32, key: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let step = |h: u64, v: u64| (h.rotate_left(5) ^ v).wrapping_mul(K);
+    let mut h = step(db as u64, key.len() as u64);
+    let mut chunks = key.chunks_exact(8);
+    for c in &mut chunks {
+        h = step(h, u64::from_le_bytes(c.try_into().expect("8 bytes")));
+    }
+    let mut last = [0u8; 8];
+    last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    step(h, u64::from_le_bytes(last))
 }
 
 /// One reading of both clocks, taken once per command and passed down (clock reads were
@@ -303,7 +382,7 @@ impl Store {
                 }
             })
             .build_with_hasher(ahash::RandomState::new());
-        Store { cache, index, max_staleness, metrics }
+        Store { cache, index, max_staleness, metrics, changes: Changes::new() }
     }
 
     /// Applies moka's queued removals to the index.
@@ -451,14 +530,19 @@ impl Store {
 
     /// Forgets a key (its upstream value changed in a way this sidecar cannot follow).
     pub fn invalidate(&self, key: KeyRef<'_>) {
-        self.index.with(key, None, |_| {
-            self.cache.invalidate(&key);
+        self.changes.changed(key);
+        self.index.with(key, None, |current| {
+            // Lookups go through the index: what it does not hold is not stored.
+            if current.is_some() {
+                self.cache.invalidate(&key);
+            }
             (None, ())
         });
     }
 
     /// Forgets everything in one database (FLUSHDB, or a write whose keys are unknown).
     pub fn invalidate_db(&self, db: u32) {
+        self.changes.changed_all();
         self.index.retain(|k| k.db != db);
         self.cache
             .invalidate_entries_if(move |k, _| k.db == db)
@@ -467,6 +551,7 @@ impl Store {
 
     /// Forgets everything.
     pub fn clear(&self) {
+        self.changes.changed_all();
         self.index.retain(|_| false);
         self.cache.invalidate_all();
     }
