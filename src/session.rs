@@ -97,6 +97,10 @@ pub struct Session {
     /// The store's change clock when the last batch was sent: what its replies teach the
     /// store must not be older than changes made since ([`crate::store::Changes`]).
     sent_tick: u64,
+    /// The clocks when the last batch was sent: relative expiries its replies teach count
+    /// from there, so a local expiry is never later than the upstream's (which counts from
+    /// when the command ran, after it was sent).
+    sent_at: crate::store::Now,
     /// The changes the last batch's replies marked in the store so far.
     batch_marks: crate::outage::warm::BatchMarks,
     /// The relayed stream (pub/sub, MONITOR, CLIENT TRACKING) once the client entered it.
@@ -232,6 +236,7 @@ impl Session {
             forwarded: false,
             overflow: false,
             sent_tick: 0,
+            sent_at: crate::store::Now::current(),
             batch_marks: Default::default(),
             stream: None,
             backlog: false,
@@ -1100,6 +1105,7 @@ impl Session {
         };
         let in_transaction = matches!(self.txn, Txn::Multi | Txn::Watching);
         self.sent_tick = self.ctx.outage.store.changes.now();
+        self.sent_at = crate::store::Now::current();
         self.batch_marks.clear();
         let result = match &mut self.dedicated {
             Some(d) => d.round(&bytes, count, deadline, in_transaction, blocking, limit).await,
@@ -1140,7 +1146,7 @@ impl Session {
             let outcome = if is_error { Outcome::Error } else { Outcome::Ok };
             self.count_at(i, outcome, now);
             if !is_error {
-                self.learn(frozen, i, reply.bytes.slice(start..end), clock);
+                self.learn(frozen, i, reply.bytes.slice(start..end), self.sent_at);
                 if self.dedicated.is_some() {
                     self.track_state(frozen, i, &reply.bytes[start..end]);
                 }

@@ -1412,6 +1412,31 @@ async fn a_reply_learned_after_a_later_write_does_not_put_the_older_value_back()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_learned_from_a_slow_reply_counts_from_the_sending() {
+    // SET k v PX 2000 whose +OK comes back 1.5 s late: the upstream's key expires 2 s after
+    // the command ran; the local copy counted from the reply and lived until 3.5 s,
+    // served as live in an outage at 2.3 s.
+    let redis = RedisServer::start();
+    let proxy = SlowReplyProxy::start(addr(&redis), b"+OK", Duration::from_millis(1500)).await;
+    let mut cfg = test_config(&format!("redis://127.0.0.1:{}", proxy.port));
+    cfg.admin.token = "t".into();
+    cfg.upstream.command_timeout = "3s".parse().unwrap();
+    let respite = Respite::start_with(cfg).await;
+    let mut r = Raw::connect(respite.addr).await;
+    assert_eq!(cmd(&mut r, "PING").await, b"+PONG\r\n");
+    proxy.arm.store(true, Ordering::SeqCst);
+    let sent = Instant::now();
+    assert_eq!(cmd(&mut r, "SET k v PX 2000").await, b"+OK\r\n");
+    assert!(sent.elapsed() >= Duration::from_millis(1400), "the reply was held");
+    drill(&respite, "down").await;
+    tokio::time::sleep_until(sent + Duration::from_millis(2300)).await;
+    let got = text(&cmd(&mut r, "GET k").await);
+    assert_ne!(got, "$1\r\nv\r\n", "served after the upstream's expiry");
+    drill(&respite, "auto").await;
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_transaction_that_arrives_after_its_timeout_is_not_applied_twice() {
     // The first replay transaction reaches the upstream 7 s late, after the replayer gave
     // up on it (timeout: 5 s), replayed the batch on a new connection and finished. Each
