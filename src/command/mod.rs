@@ -107,7 +107,7 @@ impl CommandSpec {
     /// Whether the command may change keys: writes, and scripts and functions (not flagged
     /// as writes: that depends on the script; they may write the keys they declare).
     pub fn may_write(&self) -> bool {
-        self.is_write() || matches!(self.name, "EVAL" | "EVALSHA" | "FCALL")
+        self.is_write() || (self.flags & flags::M != 0 && matches!(self.name, "EVAL" | "EVALSHA" | "FCALL"))
     }
     /// Whether `argc` arguments (the name included) satisfy the arity.
     pub fn arity_ok(&self, argc: usize) -> bool {

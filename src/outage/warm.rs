@@ -134,19 +134,20 @@ impl Outage {
         if single && args.len() > 1 {
             // The common case (GET, SET, INCR, HSET, ...), without the lists below.
             let k = key(1);
+            let slot = changes.key(k);
             let (before, expect) = if write {
-                let (before, tick) = changes.mark(k);
+                let (before, tick) = slot.mark();
                 marks.push(tick);
                 (before, tick)
             } else {
-                let before = changes.last(k);
+                let before = slot.last();
                 (before, before)
             };
             if !trusted(before, marks) {
                 return self.store.invalidate(k);
             }
             self.learn_in_order(req, reply, now);
-            let last = changes.last(k);
+            let last = slot.last();
             if last != expect && !marks.contains(&last) {
                 self.store.invalidate(k);
             }

@@ -295,6 +295,11 @@ impl Changes {
         &self.slots[(key_hash(key.db, key.key) as usize) & (Self::SLOTS - 1)]
     }
 
+    /// [`Changes::last`] and [`Changes::mark`] for one key, hashed once.
+    pub fn key(&self, key: KeyRef<'_>) -> KeyChanges<'_> {
+        KeyChanges { slot: self.slot(key), changes: self }
+    }
+
     /// `key` changed by this sidecar's hand (or its value became unknown).
     pub fn changed(&self, key: KeyRef<'_>) {
         let tick = self.clock.fetch_add(1, Ordering::AcqRel) + 1;
@@ -317,6 +322,24 @@ impl Changes {
         let tick = self.clock.fetch_add(1, Ordering::AcqRel) + 1;
         let before = self.slot(key).fetch_max(tick, Ordering::AcqRel);
         (before.max(self.all.load(Ordering::Acquire)), tick)
+    }
+}
+
+/// One key's slot in [`Changes`].
+pub struct KeyChanges<'a> {
+    slot: &'a AtomicU64,
+    changes: &'a Changes,
+}
+
+impl KeyChanges<'_> {
+    pub fn last(&self) -> u64 {
+        self.slot.load(Ordering::Acquire).max(self.changes.all.load(Ordering::Acquire))
+    }
+
+    pub fn mark(&self) -> (u64, u64) {
+        let tick = self.changes.clock.fetch_add(1, Ordering::AcqRel) + 1;
+        let before = self.slot.fetch_max(tick, Ordering::AcqRel);
+        (before.max(self.changes.all.load(Ordering::Acquire)), tick)
     }
 }
 
