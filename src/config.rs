@@ -552,12 +552,9 @@ impl UpstreamUrl {
         let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| invalid("upstream.url", &shown, "no host"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         let port = u.port().unwrap_or(6379);
-        let decode = |p: &str| {
-            url::form_urlencoded::parse(format!("x={p}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
-        };
+        // Percent-decoding only: `+` in a URL's user information is a plus, not a space
+        // (form decoding turned a password `a+b` into `a b`).
+        let decode = |p: &str| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned();
         let username = Some(u.username()).filter(|s| !s.is_empty()).map(decode);
         let password = u.password().map(decode);
         let path = u.path().trim_start_matches('/');
@@ -1028,6 +1025,8 @@ mod tests {
         );
         assert_eq!(u.redacted(), "redis://alice:<redacted>@10.0.0.1:7000/3");
         assert!(!format!("{u:?}").contains("cret"));
+        let u = UpstreamUrl::parse("redis://us+er:a+b%26c=d%40@localhost").unwrap();
+        assert_eq!((u.username.as_deref(), u.password.as_deref()), (Some("us+er"), Some("a+b&c=d@")));
         let u = UpstreamUrl::parse("redis://:pw@localhost").unwrap();
         assert_eq!((u.username, u.password.as_deref(), u.port), (None, Some("pw"), 6379));
         let u = UpstreamUrl::parse("rediss://[::1]:6380").unwrap();
