@@ -5,11 +5,13 @@
 //! namespace of its own, as in Redis 7: patterns never match it), each answering how many
 //! received it — as Redis would if this sidecar's clients were its only clients. Messages
 //! published elsewhere during the outage are not seen, and nothing is replayed: pub/sub is
-//! fire-and-forget in Redis too. Each subscriber has a bounded queue; a subscriber that
-//! does not keep up misses messages (counted).
+//! fire-and-forget in Redis too. Each subscriber has a queue bounded in messages (1,024)
+//! and in bytes (its client's `client.output_buffer_limit`); a subscriber that does not
+//! keep up misses messages (counted).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -26,6 +28,15 @@ pub enum Msg {
 }
 
 impl Msg {
+    /// The bytes a queued message holds (what its subscriber's byte bound counts).
+    pub fn size(&self) -> u64 {
+        let (a, b, c) = match self {
+            Msg::Message { channel, payload } | Msg::SMessage { channel, payload } => (0, channel.len(), payload.len()),
+            Msg::PMessage { pattern, channel, payload } => (pattern.len(), channel.len(), payload.len()),
+        };
+        (a + b + c + 64) as u64
+    }
+
     /// Encodes the message as Redis sends it (an array in RESP2, a push in RESP3).
     pub fn encode(&self, resp3: bool, out: &mut BytesMut) {
         let head = if resp3 { b'>' } else { b'*' };
@@ -78,14 +89,51 @@ pub fn confirmation(out: &mut BytesMut, resp3: bool, kind: &[u8], name: Option<&
 /// Queue length per local subscriber.
 pub const QUEUE: usize = 1024;
 
-type Subscribers = Vec<(u64, mpsc::Sender<Msg>)>;
+/// A local subscriber's queue, bounded in messages ([`QUEUE`]) and in bytes.
+pub fn queue(max_bytes: u64) -> (SubTx, SubRx) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let queued = Arc::new(AtomicU64::new(0));
+    (SubTx { tx, queued: queued.clone(), max_bytes }, SubRx { rx, queued })
+}
+
+/// The broker's end of a subscriber's queue.
+#[derive(Clone)]
+pub struct SubTx {
+    tx: mpsc::Sender<Msg>,
+    /// Bytes of the messages in the queue.
+    queued: Arc<AtomicU64>,
+    max_bytes: u64,
+}
+
+/// The subscriber's end.
+pub struct SubRx {
+    rx: mpsc::Receiver<Msg>,
+    queued: Arc<AtomicU64>,
+}
+
+impl SubRx {
+    pub async fn recv(&mut self) -> Option<Msg> {
+        let m = self.rx.recv().await?;
+        self.queued.fetch_sub(m.size(), Ordering::AcqRel);
+        Some(m)
+    }
+
+    #[cfg(test)]
+    fn try_recv(&mut self) -> Option<Msg> {
+        let m = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(m.size(), Ordering::AcqRel);
+        Some(m)
+    }
+}
+
+type Subscribers = Vec<(u64, SubTx)>;
 type Channels = Mutex<HashMap<Bytes, Subscribers>>;
 
 /// The local broker.
 #[derive(Default)]
 pub struct Broker {
     channels: Channels,
-    patterns: Mutex<Vec<(Bytes, u64, mpsc::Sender<Msg>)>>,
+    patterns: Mutex<Vec<(Bytes, u64, SubTx)>>,
     /// Shard channels (SSUBSCRIBE/SPUBLISH).
     shard: Channels,
     next_id: AtomicU64,
@@ -99,7 +147,7 @@ impl Broker {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn subscribe(&self, id: u64, channel: Bytes, tx: mpsc::Sender<Msg>) {
+    pub fn subscribe(&self, id: u64, channel: Bytes, tx: SubTx) {
         join(&self.channels, id, channel, tx);
     }
 
@@ -107,7 +155,7 @@ impl Broker {
         leave(&self.channels, id, channel);
     }
 
-    pub fn ssubscribe(&self, id: u64, channel: Bytes, tx: mpsc::Sender<Msg>) {
+    pub fn ssubscribe(&self, id: u64, channel: Bytes, tx: SubTx) {
         join(&self.shard, id, channel, tx);
     }
 
@@ -115,7 +163,7 @@ impl Broker {
         leave(&self.shard, id, channel);
     }
 
-    pub fn psubscribe(&self, id: u64, pattern: Bytes, tx: mpsc::Sender<Msg>) {
+    pub fn psubscribe(&self, id: u64, pattern: Bytes, tx: SubTx) {
         let mut p = self.patterns.lock();
         if !p.iter().any(|(pat, i, _)| *i == id && pat == &pattern) {
             p.push((pattern, id, tx));
@@ -167,19 +215,31 @@ impl Broker {
             .sum()
     }
 
-    fn deliver(&self, tx: &mpsc::Sender<Msg>, msg: Msg) -> usize {
-        match tx.try_send(msg) {
+    fn deliver(&self, tx: &SubTx, msg: Msg) -> usize {
+        let size = msg.size();
+        // Counted before sending, so the receiver never subtracts what was not added.
+        let before = tx.queued.fetch_add(size, Ordering::AcqRel);
+        if before.saturating_add(size) > tx.max_bytes {
+            tx.queued.fetch_sub(size, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return 0;
+        }
+        match tx.tx.try_send(msg) {
             Ok(()) => 1,
             Err(mpsc::error::TrySendError::Full(_)) => {
+                tx.queued.fetch_sub(size, Ordering::AcqRel);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 0
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => 0,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tx.queued.fetch_sub(size, Ordering::AcqRel);
+                0
+            }
         }
     }
 }
 
-fn join(channels: &Channels, id: u64, channel: Bytes, tx: mpsc::Sender<Msg>) {
+fn join(channels: &Channels, id: u64, channel: Bytes, tx: SubTx) {
     let mut c = channels.lock();
     let subs = c.entry(channel).or_default();
     if !subs.iter().any(|(i, _)| *i == id) {
@@ -303,8 +363,8 @@ mod tests {
     #[tokio::test]
     async fn publish_reaches_channel_and_pattern_subscribers() {
         let b = Broker::default();
-        let (tx1, mut rx1) = mpsc::channel(QUEUE);
-        let (tx2, mut rx2) = mpsc::channel(QUEUE);
+        let (tx1, mut rx1) = queue(u64::MAX);
+        let (tx2, mut rx2) = queue(u64::MAX);
         let (s1, s2) = (b.subscriber(), b.subscriber());
         b.subscribe(s1, Bytes::from_static(b"news"), tx1);
         b.psubscribe(s2, Bytes::from_static(b"n*"), tx2);
@@ -319,22 +379,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_slow_subscribers_queue_is_bounded_in_bytes() {
+        // 470 bytes a message as counted (400 of payload, the channel, 64 of overhead):
+        // two fit in 1,000 bytes, the third is dropped and counted, and reading one makes
+        // room again.
+        let b = Broker::default();
+        let (tx, mut rx) = queue(1000);
+        let s = b.subscriber();
+        b.subscribe(s, Bytes::from_static(b"bulky"), tx);
+        let payload = vec![b'x'; 400];
+        assert_eq!(b.publish(b"bulky", &payload), 1);
+        assert_eq!(b.publish(b"bulky", &payload), 1);
+        assert_eq!(b.publish(b"bulky", &payload), 0, "over the byte bound");
+        assert_eq!(b.dropped.load(Ordering::Relaxed), 1);
+        assert!(rx.recv().await.is_some());
+        assert_eq!(b.publish(b"bulky", &payload), 1, "room again once one was read");
+    }
+
+    #[tokio::test]
     async fn shard_channels_are_a_namespace_of_their_own() {
         let b = Broker::default();
-        let (tx1, mut rx1) = mpsc::channel(QUEUE);
-        let (tx2, mut rx2) = mpsc::channel(QUEUE);
+        let (tx1, mut rx1) = queue(u64::MAX);
+        let (tx2, mut rx2) = queue(u64::MAX);
         let (s1, s2) = (b.subscriber(), b.subscriber());
         b.ssubscribe(s1, Bytes::from_static(b"orders"), tx1);
         b.psubscribe(s2, Bytes::from_static(b"*"), tx2.clone());
         b.subscribe(s2, Bytes::from_static(b"orders"), tx2);
         assert_eq!(b.spublish(b"orders", b"1"), 1, "SPUBLISH reaches shard subscribers only");
         assert!(matches!(rx1.recv().await, Some(Msg::SMessage { .. })));
-        assert!(rx2.try_recv().is_err(), "patterns and plain channels do not see shard messages");
+        assert!(rx2.try_recv().is_none(), "patterns and plain channels do not see shard messages");
         assert_eq!(b.publish(b"orders", b"2"), 2, "PUBLISH reaches the channel and the pattern");
-        assert!(rx1.try_recv().is_err(), "a shard subscriber does not see PUBLISH");
+        assert!(rx1.try_recv().is_none(), "a shard subscriber does not see PUBLISH");
         b.sunsubscribe(s1, b"orders");
         assert_eq!(b.spublish(b"orders", b"3"), 0);
-        b.ssubscribe(s1, Bytes::from_static(b"x"), mpsc::channel(1).0);
+        b.ssubscribe(s1, Bytes::from_static(b"x"), queue(1 << 20).0);
         b.remove(s1);
         assert_eq!(b.spublish(b"x", b"4"), 0, "remove drops shard subscriptions too");
         let mut out = BytesMut::new();

@@ -174,8 +174,8 @@ impl Subs {
 
 struct LocalSub {
     id: u64,
-    tx: tokio::sync::mpsc::Sender<crate::pubsub::Msg>,
-    rx: tokio::sync::mpsc::Receiver<crate::pubsub::Msg>,
+    tx: crate::pubsub::SubTx,
+    rx: crate::pubsub::SubRx,
 }
 
 /// A transaction queued locally during an outage.
@@ -814,8 +814,9 @@ impl Session {
                 &format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()),
             );
         }
+        let limit = self.live.output_buffer_limit;
         let local = self.local.get_or_insert_with(|| {
-            let (tx, rx) = tokio::sync::mpsc::channel(crate::pubsub::QUEUE);
+            let (tx, rx) = crate::pubsub::queue(if limit == 0 { u64::MAX } else { limit });
             LocalSub { id: broker.subscriber(), tx, rx }
         });
         #[derive(PartialEq)]
@@ -1595,7 +1596,8 @@ impl Session {
     /// Keeps the client subscribed, locally, until the upstream is back.
     fn go_local(&mut self) {
         let broker = &self.ctx.outage.broker;
-        let (tx, rx) = tokio::sync::mpsc::channel(crate::pubsub::QUEUE);
+        let limit = self.live.output_buffer_limit;
+        let (tx, rx) = crate::pubsub::queue(if limit == 0 { u64::MAX } else { limit });
         let id = broker.subscriber();
         for c in &self.subs.channels {
             broker.subscribe(id, c.clone(), tx.clone());
