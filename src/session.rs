@@ -1319,11 +1319,17 @@ impl Session {
             "HELLO" if argc > 1 => StateEffect::Resp3(self.arg(frozen, &self.reqs[i], 1) == b"3"),
             _ => StateEffect::None,
         };
+        // A HELLO is recorded as the pieces of state it sets (protocol, credentials, name),
+        // each replacing its own kind: a later bare `HELLO`, or `HELLO 3` without AUTH,
+        // keeps the user an earlier `HELLO 3 AUTH …` authenticated as.
+        let records: SmallVec<[(StateKey, Bytes, StateEffect); 3]> = match (spec.name, key) {
+            ("HELLO", _) => self.hello_state(frozen, i),
+            (_, Some(key)) => smallvec::smallvec![(key, self.bytes_of(frozen, i..i + 1), effect)],
+            _ => SmallVec::new(),
+        };
         if self.txn == Txn::Multi && !matches!(spec.name, "EXEC" | "DISCARD" | "MULTI" | "RESET") {
             // Queued, not run: it takes effect when EXEC runs it (DISCARD drops it).
-            if let Some(key) = key {
-                self.txn_state.push((key, self.bytes_of(frozen, i..i + 1), effect));
-            }
+            self.txn_state.extend(records);
             return;
         }
         let queued = std::mem::take(&mut self.txn_state);
@@ -1351,10 +1357,43 @@ impl Session {
             }
             _ => {}
         }
-        if let Some(key) = key {
-            let bytes = self.bytes_of(frozen, i..i + 1);
+        for (key, bytes, effect) in records {
             self.apply_state(key, bytes, effect);
         }
+    }
+
+    /// The state `HELLO [protover [AUTH user pass] [SETNAME name]]` sets, as the commands
+    /// that set each piece on a new connection.
+    fn hello_state(&self, frozen: &Bytes, i: usize) -> SmallVec<[(StateKey, Bytes, StateEffect); 3]> {
+        let req = &self.reqs[i];
+        let argc = req.args.len();
+        let arg = |k: usize| self.arg(frozen, req, k);
+        let mut out = SmallVec::new();
+        if argc < 2 {
+            return out;
+        }
+        let proto = arg(1);
+        let encode = |args: &[&[u8]]| {
+            let mut b = BytesMut::new();
+            crate::upstream::encode_command(&mut b, args);
+            b.freeze()
+        };
+        out.push((StateKey::Hello, encode(&[b"HELLO", proto]), StateEffect::Resp3(proto == b"3")));
+        let mut k = 2;
+        while k < argc {
+            if arg(k).eq_ignore_ascii_case(b"AUTH") && k + 2 < argc {
+                let auth = encode(&[b"AUTH", arg(k + 1), arg(k + 2)]);
+                out.push((StateKey::Auth, auth, StateEffect::None));
+                k += 3;
+            } else if arg(k).eq_ignore_ascii_case(b"SETNAME") && k + 1 < argc {
+                let name = encode(&[b"CLIENT", b"SETNAME", arg(k + 1)]);
+                out.push((StateKey::ClientName, name, StateEffect::None));
+                k += 2;
+            } else {
+                k += 1;
+            }
+        }
+        out
     }
 
     /// A connection-state command took effect: follow it here, and record it for the

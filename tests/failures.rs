@@ -571,3 +571,25 @@ async fn reset_on_a_pinned_connection_returns_to_the_urls_database_and_credentia
     assert_eq!(in_five.trim(), "v");
     respite.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_hello_after_hello_auth_keeps_the_user_across_a_reconnect() {
+    // HELLO 3 AUTH alice, then a bare HELLO: the connection is still alice's, in RESP3.
+    // respite recorded only the last HELLO, so after a reconnect the client was silently
+    // the default user, in RESP2.
+    let redis = RedisServer::start_with(&["--user", "alice", "on", ">apw", "~*", "&*", "+@all"]);
+    let respite = Respite::start(&redis.url()).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    let hello = text(&call(&mut raw, &[b"HELLO", b"3", b"AUTH", b"alice", b"apw"]).await);
+    assert!(hello.starts_with('%'), "{hello}");
+    assert!(text(&call(&mut raw, &[b"HELLO"]).await).starts_with('%'));
+    assert_eq!(call(&mut raw, &[b"ACL", b"WHOAMI"]).await, b"$5\r\nalice\r\n");
+    let p = redis.port;
+    let killed = tokio::task::spawn_blocking(move || redis_cli(p, &["CLIENT", "KILL", "USER", "alice"])).await.unwrap();
+    assert_eq!(killed.trim(), "1", "the client's dedicated connection was closed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(call(&mut raw, &[b"ACL", b"WHOAMI"]).await, b"$5\r\nalice\r\n", "still alice after the reconnect");
+    let map = text(&call(&mut raw, &[b"HGETALL", b"nothing"]).await);
+    assert_eq!(map, "%0\r\n", "still RESP3");
+    respite.shutdown().await;
+}
