@@ -369,11 +369,20 @@ pub struct AdminConfig {
     pub listen: String,
     /// Bearer token for mutating endpoints (`POST /admin/drill`); empty disables them. Secret.
     pub token: String,
+    /// Open admin connections at most; further ones wait to be accepted.
+    pub max_connections: u32,
+    /// An admin connection that sends nothing for this long is closed.
+    pub idle_timeout: Dur,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:9480".into(), token: String::new() }
+        AdminConfig {
+            listen: "127.0.0.1:9480".into(),
+            token: String::new(),
+            max_connections: 64,
+            idle_timeout: Dur::secs(60),
+        }
     }
 }
 
@@ -767,6 +776,10 @@ impl Config {
         };
         positive("client.max_connections", self.client.max_connections as u64)?;
         positive("client.max_bulk_bytes", self.client.max_bulk_bytes.0)?;
+        positive("admin.max_connections", self.admin.max_connections as u64)?;
+        if self.admin.idle_timeout.0.is_zero() {
+            return Err(invalid("admin.idle_timeout", self.admin.idle_timeout, "must be positive"));
+        }
         positive("client.max_array_len", self.client.max_array_len as u64)?;
         positive("client.max_pipeline", self.client.max_pipeline as u64)?;
         positive("upstream.pool_size", self.upstream.pool_size as u64)?;

@@ -276,3 +276,32 @@ async fn drill_needs_the_token_and_forces_down_until_auto() {
     assert_eq!(code, 405);
     respite.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_admin_connections_are_closed_and_their_number_is_bounded() {
+    // Two connections that send nothing take both admin permits: a third client waits,
+    // and is served once the idle timeout has closed them (axum's server alone kept such
+    // connections forever: no header-read timeout).
+    use tokio::io::AsyncReadExt;
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.admin.max_connections = 2;
+    cfg.admin.idle_timeout = "500ms".parse().unwrap();
+    let respite = Respite::start_with(cfg).await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(tokio::net::TcpStream::connect(respite.admin).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = tokio::time::Instant::now();
+    let (code, _) = respite.http_get("/healthz").await;
+    let waited = started.elapsed();
+    assert_eq!(code, 200);
+    assert!(waited >= Duration::from_millis(250), "served only once a permit was free: {waited:?}");
+    for mut s in idle {
+        let mut b = [0u8; 16];
+        let closed = tokio::time::timeout(Duration::from_secs(3), s.read(&mut b)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "an idle admin connection was closed: {closed:?}");
+    }
+    respite.shutdown().await;
+}
