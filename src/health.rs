@@ -198,10 +198,20 @@ impl Health {
         if self.state() == State::Down && !self.drill_active() {
             self.consecutive_failures.store(0, Ordering::Relaxed);
             self.latency_ewma_us.store(latency.as_micros() as u64, Ordering::Relaxed);
-            if self.journal_pending.load(Ordering::Acquire) {
+            if self.journal_pending.load(Ordering::SeqCst) {
                 self.transition(State::Replaying, "probe PING answered; replaying the journal");
             } else {
                 self.transition(State::Healthy, "probe PING answered");
+                // A write journaled between the check above and the transition saw `down`
+                // and left recovery to this probe: look again (with `journal_written`'s
+                // check after its mark, one of the two always sees the other).
+                if self.journal_pending.load(Ordering::SeqCst) {
+                    self.transition_from(
+                        &[State::Healthy, State::Degraded],
+                        State::Replaying,
+                        "a write was journaled as the outage ended; replaying it",
+                    );
+                }
             }
         } else if self.state() != State::Replaying {
             self.record_success(latency);
@@ -214,7 +224,7 @@ impl Health {
 
     /// The journal received a write (or, at start, holds some).
     pub fn set_journal_pending(&self) {
-        self.journal_pending.store(true, Ordering::Release);
+        self.journal_pending.store(true, Ordering::SeqCst);
     }
 
     /// A write was journaled (under the outage lock, after seeing `down` or `replaying`).
@@ -223,7 +233,7 @@ impl Health {
     /// left behind in the journal while commands are forwarded directly.
     pub fn journal_written(&self) {
         self.set_journal_pending();
-        if matches!(self.state(), State::Healthy | State::Degraded) {
+        if matches!(State::from_u8(self.state.load(Ordering::SeqCst)), State::Healthy | State::Degraded) {
             self.transition_from(
                 &[State::Healthy, State::Degraded],
                 State::Replaying,
@@ -290,7 +300,7 @@ impl Health {
             *self.down_cause.lock() = cause.to_string();
         }
         *self.since.lock() = Instant::now();
-        self.state.store(to as u8, Ordering::Release);
+        self.state.store(to as u8, Ordering::SeqCst);
         self.metrics.upstream_state.with_label_values(&[from.as_str()]).set(0);
         self.metrics.upstream_state.with_label_values(&[to.as_str()]).set(1);
         self.metrics.state_transitions.with_label_values(&[from.as_str(), to.as_str()]).inc();

@@ -533,7 +533,12 @@ impl Session {
                 // With client authentication, AUTH and HELLO end the batch: the gate above
                 // answers them (their credentials are respite's, never the upstream's).
                 let gated = self.ctx.auth.required();
-                while end < n
+                // In outage mode (replaying: a read the store could not answer was let
+                // through) each request goes through `serve_local` on its own: a batch
+                // would forward the writes after it past the journal.
+                let local = self.ctx.outage.active() || self.local.is_some();
+                while !local
+                    && end < n
                     && self.reqs[end].inline.is_none()
                     && self.forwardable(self.reqs[end].route)
                     && !(gated && matches!(self.reqs[end].name(), "AUTH" | "HELLO"))

@@ -1471,6 +1471,42 @@ async fn a_replay_transaction_that_arrives_after_its_timeout_is_not_applied_twic
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_replaying_a_pipeline_never_sends_writes_past_the_journal() {
+    // While the journal replays (its first transaction held 3 s by a proxy), one pipeline:
+    // SET k 1 (journaled), GET of a key never seen (let through to the upstream), SET k 2,
+    // GET k. The requests after the GET were batched with it and sent directly: SET k 2
+    // reached the upstream before the journal's SET k 1, which then overwrote it (k = 1
+    // after the client was told both succeeded, in that order).
+    let redis = RedisServer::start();
+    let proxy = LateProxy::start(addr(&redis), Duration::from_secs(3)).await;
+    let mut cfg = test_config(&format!("redis://127.0.0.1:{}", proxy.port));
+    cfg.admin.token = "t".into();
+    let respite = Respite::start_with(cfg).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    drill(&respite, "down").await;
+    assert_eq!(cmd(&mut raw, "SET before x").await, b"+OK\r\n");
+    proxy.arm.store(true, Ordering::SeqCst);
+    drill(&respite, "auto").await;
+    respite.wait_state("replaying", Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pipeline = [
+        encode(&[b"SET", b"k", b"1"]),
+        encode(&[b"GET", b"never-seen"]),
+        encode(&[b"SET", b"k", b"2"]),
+        encode(&[b"GET", b"k"]),
+    ]
+    .concat();
+    raw.send(&pipeline).await;
+    for want in ["+OK\r\n", "$-1\r\n", "+OK\r\n", "$1\r\n2\r\n"] {
+        assert_eq!(text(&reply(&mut raw).await), want);
+    }
+    wait_drained(&respite, Duration::from_secs(20)).await;
+    let mut up = direct(&redis).await;
+    assert_eq!(q::<Option<String>>(&mut up, "GET k").await.as_deref(), Some("2"), "the last acknowledged write wins");
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_the_upstream_refuses_for_now_stay_in_the_journal_until_it_takes_them() {
     // An upstream out of memory (maxmemory with noeviction) refuses every queued write
     // with -OOM: the replay keeps the records and retries, and applies all of them once

@@ -157,6 +157,10 @@ pub struct Outage {
     health: Arc<Health>,
 }
 
+/// The most a rewrite (`EX n` → `PXAT t`, `EXPIRE` → `PEXPIREAT`, `SETEX` → `SET … PXAT`)
+/// adds to a command's journaled payload.
+const REWRITE_ROOM: usize = 64;
+
 /// Keys (hashes of database and key) with journaled writes not yet replayed, guarded by
 /// the order lock. While the journal replays, a read the store cannot answer (a key never
 /// seen, evicted, or only guessed) is forwarded only when its key is not in here: the
@@ -345,7 +349,10 @@ impl Outage {
         if !self.active() {
             return Served::Forward;
         }
-        if !self.journal.has_room(raw.len()) {
+        // Room for the payload as appended: relative expiries are rewritten as absolute
+        // ones, a few bytes longer (a failed append after the store changed would have to
+        // forget keys that hold acknowledged writes).
+        if !self.journal.has_room(raw.len() + REWRITE_ROOM) {
             return self.journal_full(out, None);
         }
         let mark = out.len();
@@ -391,7 +398,7 @@ impl Outage {
             return Served::Forward;
         }
         let total: usize = block.iter().map(|q| q.raw.len()).sum();
-        if !self.journal.has_room(total) {
+        if !self.journal.has_room(total + REWRITE_ROOM * block.len()) {
             return self.journal_full(out, None);
         }
         let mut replies = BytesMut::new();
