@@ -158,8 +158,14 @@ pub struct Outage {
 }
 
 /// The most a rewrite (`EX n` → `PXAT t`, `EXPIRE` → `PEXPIREAT`, `SETEX` → `SET … PXAT`)
-/// adds to a command's journaled payload.
-const REWRITE_ROOM: usize = 64;
+/// can add to a command's journaled payload; 0 for commands journaled as received.
+fn rewrite_room(name: &str, argc: usize) -> usize {
+    match name {
+        "SET" if argc > 3 => 64,
+        "SETEX" | "PSETEX" | "GETEX" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => 64,
+        _ => 0,
+    }
+}
 
 /// Keys (hashes of database and key) with journaled writes not yet replayed, guarded by
 /// the order lock. While the journal replays, a read the store cannot answer (a key never
@@ -352,7 +358,7 @@ impl Outage {
         // Room for the payload as appended: relative expiries are rewritten as absolute
         // ones, a few bytes longer (a failed append after the store changed would have to
         // forget keys that hold acknowledged writes).
-        if !self.journal.has_room(raw.len() + REWRITE_ROOM) {
+        if !self.journal.has_room(raw.len() + rewrite_room(spec.name, args.len())) {
             return self.journal_full(out, None);
         }
         let mark = out.len();
@@ -398,7 +404,8 @@ impl Outage {
             return Served::Forward;
         }
         let total: usize = block.iter().map(|q| q.raw.len()).sum();
-        if !self.journal.has_room(total + REWRITE_ROOM * block.len()) {
+        let room: usize = block.iter().map(|q| rewrite_room(q.spec.name, q.args.len())).sum();
+        if !self.journal.has_room(total + room) {
             return self.journal_full(out, None);
         }
         let mut replies = BytesMut::new();
