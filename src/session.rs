@@ -493,6 +493,16 @@ impl Session {
                     i += 1;
                     continue;
                 }
+                _ if self.txn != Txn::Multi
+                    && matches!(self.reqs[i].name(), "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE") =>
+                {
+                    // Not subscribed (a subscribed client is relayed): Redis answers once per
+                    // channel named, which a shared connection counting one reply per request
+                    // would hand to the next clients' batches. Answered here, as Redis would.
+                    self.unsubscribe_unsubscribed(frozen, i);
+                    i += 1;
+                    continue;
+                }
                 Route::Stream => {
                     // From here on the connection is relayed raw, this request included.
                     self.pin();
@@ -1608,6 +1618,23 @@ impl Session {
             return Some(End::Protocol(e));
         }
         None
+    }
+
+    /// `UNSUBSCRIBE [channel …]` (and the P/S forms) from a client subscribed to nothing:
+    /// one confirmation per channel named (one with a nil channel when none is), each with
+    /// a count of 0.
+    fn unsubscribe_unsubscribed(&mut self, frozen: &Bytes, i: usize) {
+        let req = &self.reqs[i];
+        let kind = req.name().to_ascii_lowercase();
+        let base: &[u8] = req.inline.as_deref().unwrap_or(frozen);
+        let args = req_args(&self.args, base, req.args.clone());
+        if args.len() < 2 {
+            crate::pubsub::confirmation(&mut self.out, self.resp3, kind.as_bytes(), None, 0);
+        }
+        for ch in args.iter().skip(1) {
+            crate::pubsub::confirmation(&mut self.out, self.resp3, kind.as_bytes(), Some(ch), 0);
+        }
+        self.count(i, Outcome::Local);
     }
 
     /// The bytes of requests relayed as they are, except that with client authentication

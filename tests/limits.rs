@@ -553,3 +553,32 @@ async fn a_subscribed_client_pipelining_past_max_pipeline_gets_every_reply() {
     }
     respite.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_without_subscriptions_answers_like_redis_and_shifts_no_one() {
+    // Redis answers UNSUBSCRIBE a b (not subscribed) with one reply per channel. Sent on a
+    // shared connection that counts one reply per request, the second went to the next
+    // client's batch: another client's GET got "unsubscribe b".
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.upstream.pool_size = 1;
+    let respite = Respite::start_with(cfg).await;
+    let mut direct = Raw::connect(SocketAddr::from(([127, 0, 0, 1], redis.port))).await;
+    let mut a = Raw::connect(respite.addr).await;
+    let mut b = Raw::connect(respite.addr).await;
+    assert_eq!(call(&mut b, &[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    for cmd in
+        [&[&b"UNSUBSCRIBE"[..], b"a", b"b"][..], &[b"PUNSUBSCRIBE", b"p*"], &[b"SUNSUBSCRIBE"], &[b"UNSUBSCRIBE"]]
+    {
+        let n = cmd.len().saturating_sub(1).max(1);
+        direct.cmd(cmd).await;
+        a.cmd(cmd).await;
+        for _ in 0..n {
+            let want = text(&reply(&mut direct).await);
+            assert_eq!(text(&reply(&mut a).await), want, "{cmd:?}");
+        }
+        assert_eq!(call(&mut b, &[b"GET", b"k"]).await, b"$1\r\nv\r\n", "after {cmd:?}");
+        assert_eq!(call(&mut a, &[b"PING"]).await, b"+PONG\r\n", "nothing left over after {cmd:?}");
+    }
+    respite.shutdown().await;
+}
