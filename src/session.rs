@@ -511,7 +511,7 @@ impl Session {
                         return;
                     }
                     let dedicated = self.dedicated.as_mut().expect("pinned above");
-                    let result = dedicated.take_stream().await;
+                    let result = dedicated.take_stream(self.live.command_timeout).await;
                     match result {
                         Ok((stream, buf)) => {
                             self.stream = Some((stream, buf));
@@ -902,7 +902,7 @@ impl Session {
     async fn resubscribe_upstream(&mut self) -> bool {
         self.pin();
         let dedicated = self.dedicated.as_mut().expect("pinned above");
-        let Ok((mut stream, buf)) = dedicated.take_stream().await else { return false };
+        let Ok((mut stream, buf)) = dedicated.take_stream(self.live.command_timeout).await else { return false };
         let mut req = BytesMut::new();
         for (cmd, set) in [
             (&b"SUBSCRIBE"[..], &self.subs.channels),
@@ -1062,9 +1062,12 @@ impl Session {
                         return;
                     }
                     if f.error.maybe_executed() {
-                        // Each write may have run: say so. Each read is retried on its own.
+                        // Each write may have run: say so. Each read is retried on its own,
+                        // unless a write after it may have run: retried now, it would see
+                        // that write, as if the later command had run first.
+                        let last_write = (next..run.end).rev().find(|&i| !self.reqs[i].read_only());
                         for i in next..run.end {
-                            if self.reqs[i].read_only() {
+                            if self.reqs[i].read_only() && last_write.is_none_or(|w| i > w) {
                                 self.retry_single(frozen, i, deadline, attempt).await;
                             } else {
                                 self.fail(frozen, i..i + 1, &f.error);
@@ -1075,6 +1078,11 @@ impl Session {
                     attempt += 1;
                     self.ctx.metrics.upstream_retries.inc_by((run.end - next) as u64);
                     self.backoff(attempt, deadline).await;
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        // The backoff ran into the deadline: nothing more is sent.
+                        self.fail(frozen, next..run.end, &f.error);
+                        return;
+                    }
                 }
             }
         }

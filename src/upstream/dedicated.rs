@@ -192,8 +192,19 @@ impl Dedicated {
 
     /// Hands the connection (opened if needed) to the caller, for pub/sub and MONITOR relaying.
     /// Bytes already read from it are returned too.
-    pub async fn take_stream(&mut self) -> Result<(UpstreamStream, BytesMut), UpstreamError> {
-        self.ensure_connected().await?;
+    /// Opening (and restoring the client's state) takes at most `within`: a frozen upstream
+    /// accepts connections through the kernel's backlog but never answers.
+    pub async fn take_stream(
+        &mut self,
+        within: std::time::Duration,
+    ) -> Result<(UpstreamStream, BytesMut), UpstreamError> {
+        match tokio::time::timeout(within, self.ensure_connected()).await {
+            Ok(r) => r?,
+            Err(_) => {
+                self.disconnect();
+                return Err(UpstreamError::Timeout(within));
+            }
+        }
         let stream = self.stream.take().expect("connected");
         Ok((stream, std::mem::take(&mut self.buf)))
     }

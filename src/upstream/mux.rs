@@ -151,6 +151,12 @@ async fn writer(mut rx: mpsc::Receiver<Batch>, connector: Arc<Connector>, ctx: C
                 Err(_) => break,
             }
         }
+        // A batch whose session stopped waiting (its deadline passed while this writer was
+        // reconnecting or stuck writing) was answered -TIMEOUT: it must not run later.
+        gathered.retain(|b| !b.reply.is_closed());
+        if gathered.is_empty() {
+            continue;
+        }
         if conn.as_ref().is_none_or(|c| c.dead.is_cancelled()) {
             conn = None;
             let connected =
@@ -310,7 +316,15 @@ async fn reader(
         }
     };
     dead.cancel();
-    ctx.health.record_failure(&error.to_string());
+    // An idle connection the upstream closed (its `timeout` setting) failed nobody: the next
+    // batch opens another. Anything else is a failure.
+    let idle_close = cur.is_none()
+        && buf.is_empty()
+        && pending_rx.is_empty()
+        && matches!(&error, UpstreamError::Broken { reason, .. } if reason == "closed by the upstream");
+    if !idle_close {
+        ctx.health.record_failure(&error.to_string());
+    }
     if let Some(c) = cur {
         let bytes = buf.split_to(c.acc).freeze();
         let _ =
