@@ -1182,23 +1182,32 @@ async fn ten_thousand_incrs_are_counted_exactly_once_across_a_crash_mid_replay()
     respite.shutdown().await;
 }
 
-/// A TCP proxy in front of the upstream that, once armed, swallows the next reply to a
-/// replay transaction (the first chunk from the upstream holding `+QUEUED`) and closes that
-/// connection: the upstream has executed the EXEC, respite never learns it.
-struct LossyProxy {
+/// Which way a [`TapProxy`] watches, and what it does to the first chunk holding its
+/// marker once armed.
+#[derive(Clone, Copy)]
+enum Tap {
+    /// Swallows that reply chunk and closes the connection: the upstream ran the commands,
+    /// respite never learns their outcome.
+    DropReply,
+    /// Holds that reply chunk (and the connection's later replies) for a while: a reply
+    /// that ran upstream first reaches respite after others.
+    HoldReply(Duration),
+    /// Holds that request chunk for a while before passing it on: a transaction the
+    /// replayer gave up on reaches the upstream late.
+    HoldRequest(Duration),
+}
+
+/// A TCP proxy in front of the upstream that, once armed, taps one chunk ([`Tap`]).
+/// `fired` counts taps, once the chunk is dropped or passed on.
+struct TapProxy {
     port: u16,
     arm: Arc<AtomicBool>,
     fired: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl LossyProxy {
-    async fn start(upstream: SocketAddr) -> LossyProxy {
-        LossyProxy::start_with(upstream, b"QUEUED").await
-    }
-
-    /// Swallows the first reply chunk holding `marker` instead (once armed).
-    async fn start_with(upstream: SocketAddr, marker: &'static [u8]) -> LossyProxy {
+impl TapProxy {
+    async fn start(upstream: SocketAddr, tap: Tap, marker: &'static [u8]) -> TapProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let arm = Arc::new(AtomicBool::new(false));
@@ -1209,35 +1218,68 @@ impl LossyProxy {
                 let (a, f) = (a.clone(), f.clone());
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let up = tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                    });
-                    let mut buf = vec![0u8; 64 << 10];
-                    loop {
-                        let n = match sr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        let chunk = &buf[..n];
-                        if chunk.windows(marker.len()).any(|w| w == marker) && a.swap(false, Ordering::SeqCst) {
-                            f.fetch_add(1, Ordering::SeqCst);
-                            break;
-                        }
-                        if cw.write_all(chunk).await.is_err() {
-                            break;
-                        }
-                    }
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    let (requests, replies) = match tap {
+                        Tap::HoldRequest(_) => (Some(tap), None),
+                        _ => (None, Some(tap)),
+                    };
+                    let up = tokio::spawn(pump(cr, sw, requests, marker, a.clone(), f.clone()));
+                    pump(sr, cw, replies, marker, a, f).await;
                     up.abort();
                 });
             }
         });
-        LossyProxy { port, arm, fired, task }
+        TapProxy { port, arm, fired, task }
     }
 }
 
-impl Drop for LossyProxy {
+/// Copies one direction, tapping the first chunk holding `marker` once armed.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    tap: Option<Tap>,
+    marker: &'static [u8],
+    arm: Arc<AtomicBool>,
+    fired: Arc<AtomicUsize>,
+) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let hit =
+            tap.is_some() && buf[..n].windows(marker.len()).any(|w| w == marker) && arm.swap(false, Ordering::SeqCst);
+        if hit {
+            match tap {
+                Some(Tap::DropReply) => {
+                    fired.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Some(Tap::HoldReply(d) | Tap::HoldRequest(d)) => tokio::time::sleep(d).await,
+                None => {}
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        if hit {
+            fired.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    // Give the other side time to act on what it was just sent before closing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// A drill-ready configuration (admin token "t") whose upstream is `proxy`.
+fn proxied_config(proxy: &TapProxy) -> Config {
+    let mut cfg = test_config(&format!("redis://127.0.0.1:{}", proxy.port));
+    cfg.admin.token = "t".into();
+    cfg
+}
+
+impl Drop for TapProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -1249,7 +1291,7 @@ async fn a_read_before_a_write_of_a_lost_batch_is_not_retried_after_it() {
     // The INCR's outcome is unknown; the GET used to be retried on its own, after the INCR
     // had run, and answered 6: as if the later command had run first.
     let redis = RedisServer::start();
-    let proxy = LossyProxy::start_with(addr(&redis), b":6\r\n").await;
+    let proxy = TapProxy::start(addr(&redis), Tap::DropReply, b":6\r\n").await;
     let respite = Respite::start(&format!("redis://127.0.0.1:{}", proxy.port)).await;
     let mut raw = Raw::connect(respite.addr).await;
     assert_eq!(cmd(&mut raw, "SET k 5").await, b"+OK\r\n");
@@ -1267,9 +1309,8 @@ async fn a_read_before_a_write_of_a_lost_batch_is_not_retried_after_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_transaction_whose_reply_is_lost_is_confirmed_by_the_watermark_not_applied_twice() {
     let redis = RedisServer::start();
-    let proxy = LossyProxy::start(addr(&redis)).await;
-    let mut cfg = test_config(&format!("redis://127.0.0.1:{}", proxy.port));
-    cfg.admin.token = "t".into();
+    let proxy = TapProxy::start(addr(&redis), Tap::DropReply, b"QUEUED").await;
+    let mut cfg = proxied_config(&proxy);
     cfg.journal.replay_batch = 50;
     let respite = Respite::start_with(cfg).await;
     let mut raw = Raw::connect(respite.addr).await;
@@ -1292,129 +1333,14 @@ async fn a_replay_transaction_whose_reply_is_lost_is_confirmed_by_the_watermark_
     respite.shutdown().await;
 }
 
-/// A TCP proxy in front of the upstream that, once armed, holds the next request chunk
-/// holding `EXEC` (a replay transaction) for `hold` before passing it on: the replayer
-/// times out and replays the batch on a new connection, then the old transaction reaches
-/// the upstream after all (a stalled or slow upstream reading a large batch does this).
-struct LateProxy {
-    port: u16,
-    arm: Arc<AtomicBool>,
-    delivered: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl LateProxy {
-    async fn start(upstream: SocketAddr, hold: Duration) -> LateProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let arm = Arc::new(AtomicBool::new(false));
-        let delivered = Arc::new(AtomicUsize::new(0));
-        let (a, d) = (arm.clone(), delivered.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let (a, d) = (a.clone(), d.clone());
-                tokio::spawn(async move {
-                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let down = tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
-                    });
-                    let mut buf = vec![0u8; 64 << 10];
-                    loop {
-                        let n = match cr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        let late = buf[..n].windows(4).any(|w| w == b"EXEC") && a.swap(false, Ordering::SeqCst);
-                        if late {
-                            tokio::time::sleep(hold).await;
-                        }
-                        if sw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                        if late {
-                            d.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                    // Give the upstream time to run what it was just sent before closing.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    down.abort();
-                });
-            }
-        });
-        LateProxy { port, arm, delivered, task }
-    }
-}
-
-impl Drop for LateProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A TCP proxy in front of the upstream that, once armed, holds the next reply chunk
-/// holding `marker` for `hold` before passing it on (and that connection's later replies
-/// behind it): a reply that ran upstream first reaches respite after others.
-struct SlowReplyProxy {
-    port: u16,
-    arm: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl SlowReplyProxy {
-    async fn start(upstream: SocketAddr, marker: &'static [u8], hold: Duration) -> SlowReplyProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let arm = Arc::new(AtomicBool::new(false));
-        let a = arm.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let a = a.clone();
-                tokio::spawn(async move {
-                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let up = tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                    });
-                    let mut buf = vec![0u8; 64 << 10];
-                    loop {
-                        let n = match sr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        let held = buf[..n].windows(marker.len()).any(|w| w == marker);
-                        if held && a.swap(false, Ordering::SeqCst) {
-                            tokio::time::sleep(hold).await;
-                        }
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    up.abort();
-                });
-            }
-        });
-        SlowReplyProxy { port, arm, task }
-    }
-}
-
-impl Drop for SlowReplyProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_learned_after_a_later_write_does_not_put_the_older_value_back() {
     // Session A's GET runs upstream before session B's SET, but its reply reaches respite
     // 500 ms later (held by a proxy), after B's reply was learned. Learned as it came, it
     // put the older value back in the store, served in the outage that followed.
     let redis = RedisServer::start();
-    let proxy = SlowReplyProxy::start(addr(&redis), b"old-value", Duration::from_millis(500)).await;
-    let mut cfg = test_config(&format!("redis://127.0.0.1:{}", proxy.port));
-    cfg.admin.token = "t".into();
+    let proxy = TapProxy::start(addr(&redis), Tap::HoldReply(Duration::from_millis(500)), b"old-value").await;
+    let mut cfg = proxied_config(&proxy);
     cfg.upstream.pool_size = 2;
     let respite = Respite::start_with(cfg).await;
     let mut up = direct(&redis).await;
@@ -1443,9 +1369,8 @@ async fn an_expiry_learned_from_a_slow_reply_counts_from_the_sending() {
     // the command ran; the local copy counted from the reply and lived until 3.5 s,
     // served as live in an outage at 2.3 s.
     let redis = RedisServer::start();
-    let proxy = SlowReplyProxy::start(addr(&redis), b"+OK", Duration::from_millis(1500)).await;
-    let mut cfg = test_config(&format!("redis://127.0.0.1:{}", proxy.port));
-    cfg.admin.token = "t".into();
+    let proxy = TapProxy::start(addr(&redis), Tap::HoldReply(Duration::from_millis(1500)), b"+OK").await;
+    let mut cfg = proxied_config(&proxy);
     cfg.upstream.command_timeout = "3s".parse().unwrap();
     let respite = Respite::start_with(cfg).await;
     let mut r = Raw::connect(respite.addr).await;
@@ -1469,9 +1394,8 @@ async fn a_replay_transaction_that_arrives_after_its_timeout_is_not_applied_twic
     // transaction WATCHes the watermark, so the late one aborts (it used to apply again:
     // 2,050).
     let redis = RedisServer::start();
-    let proxy = LateProxy::start(addr(&redis), Duration::from_secs(7)).await;
-    let mut cfg = test_config(&format!("redis://127.0.0.1:{}", proxy.port));
-    cfg.admin.token = "t".into();
+    let proxy = TapProxy::start(addr(&redis), Tap::HoldRequest(Duration::from_secs(7)), b"EXEC").await;
+    let mut cfg = proxied_config(&proxy);
     cfg.journal.replay_batch = 50;
     let respite = Respite::start_with(cfg).await;
     let mut raw = Raw::connect(respite.addr).await;
@@ -1484,7 +1408,7 @@ async fn a_replay_transaction_that_arrives_after_its_timeout_is_not_applied_twic
     drill(&respite, "auto").await;
     wait_drained(&respite, Duration::from_secs(20)).await;
     let deadline = armed + Duration::from_secs(15);
-    while proxy.delivered.load(Ordering::SeqCst) == 0 {
+    while proxy.fired.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "the held transaction was never delivered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1504,10 +1428,8 @@ async fn while_replaying_a_pipeline_never_sends_writes_past_the_journal() {
     // reached the upstream before the journal's SET k 1, which then overwrote it (k = 1
     // after the client was told both succeeded, in that order).
     let redis = RedisServer::start();
-    let proxy = LateProxy::start(addr(&redis), Duration::from_secs(3)).await;
-    let mut cfg = test_config(&format!("redis://127.0.0.1:{}", proxy.port));
-    cfg.admin.token = "t".into();
-    let respite = Respite::start_with(cfg).await;
+    let proxy = TapProxy::start(addr(&redis), Tap::HoldRequest(Duration::from_secs(3)), b"EXEC").await;
+    let respite = Respite::start_with(proxied_config(&proxy)).await;
     let mut raw = Raw::connect(respite.addr).await;
     drill(&respite, "down").await;
     assert_eq!(cmd(&mut raw, "SET before x").await, b"+OK\r\n");
