@@ -1562,6 +1562,33 @@ async fn an_aborted_exec_ends_the_transaction_for_the_store_too() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_confirmation_does_not_extend_max_staleness() {
+    // Another client replaced the value ("aa" -> "bb"); respite's APPENDs get the same
+    // lengths as its cached copy would, which kept confirming "aac…" and renewing its
+    // max_staleness, so the stale copy was served in an outage long after the bound.
+    let redis = RedisServer::start();
+    let mut cfg = drill_config(&redis);
+    cfg.store.max_staleness = "1s".parse().unwrap();
+    let respite = Respite::start_with(cfg).await;
+    let mut r = Raw::connect(respite.addr).await;
+    let mut other = direct(&redis).await;
+    let _: () = q(&mut other, "SET k aa").await;
+    assert_eq!(cmd(&mut r, "GET k").await, b"$2\r\naa\r\n");
+    let read = Instant::now();
+    let _: () = q(&mut other, "SET k bb").await;
+    for n in 3..=7 {
+        assert_eq!(text(&cmd(&mut r, "APPEND k c").await), format!(":{n}\r\n"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(read.elapsed() > Duration::from_millis(1100));
+    drill(&respite, "down").await;
+    let got = text(&cmd(&mut r, "GET k").await);
+    assert!(got.starts_with("-UNAVAILABLE"), "past max_staleness since the last full value: {got}");
+    drill(&respite, "auto").await;
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_changed_by_scripts_unknown_commands_and_move_are_never_served_stale() {
     // Each of these changed a key upstream while the store kept the value before it, and
     // served that in an outage: a script (EVAL is not flagged as a write), a command the

@@ -57,6 +57,9 @@ pub struct Cx<'a> {
     pub rewrite: Option<Vec<Vec<u8>>>,
     pub miss_nil: bool,
     pub allow_conditional: bool,
+    /// Writes keep a value's `seen_at`: learning a write whose reply confirms only part of
+    /// the value (a length, a count), which is no confirmation of the rest.
+    pub keep_seen: bool,
     /// Keys written that were never seen (applied as if absent, SPEC §3.7).
     pub unseen: u32,
     /// Written keys (argument index) and their slots, to re-weigh once journaled.
@@ -103,7 +106,9 @@ impl<'a> Cx<'a> {
                     e.value = Value::Absent;
                     e.expires_at_ms = None;
                 }
-                e.seen_at = self.now.at;
+                if !self.keep_seen {
+                    e.seen_at = self.now.at;
+                }
             }
             r
         };
@@ -534,6 +539,7 @@ impl Outage {
             rewrite: None,
             miss_nil: settings.miss_nil,
             allow_conditional: settings.allow_conditional,
+            keep_seen: false,
             unseen: 0,
             touched: SmallVec::new(),
         }

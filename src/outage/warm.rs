@@ -344,6 +344,9 @@ impl Outage {
             let mut cx = self.cx(req.db, req.resp3, args, &mut scratch, now);
             cx.allow_conditional = true;
             cx.miss_nil = true;
+            // Only a write that sets the whole value confirms it (a matching APPEND length
+            // or SADD count says nothing of the rest, which another client may have changed).
+            cx.keep_seen = !determined;
             let ok = (entry.run)(&mut cx).is_ok();
             let touched = std::mem::take(&mut cx.touched);
             // Otherwise another client changed the value meanwhile (the replies differ).
