@@ -206,11 +206,7 @@ impl Health {
                 // and left recovery to this probe: look again (with `journal_written`'s
                 // check after its mark, one of the two always sees the other).
                 if self.journal_pending.load(Ordering::SeqCst) {
-                    self.transition_from(
-                        &[State::Healthy, State::Degraded],
-                        State::Replaying,
-                        "a write was journaled as the outage ended; replaying it",
-                    );
+                    self.replay_late_write();
                 }
             }
         } else if self.state() != State::Replaying {
@@ -234,12 +230,18 @@ impl Health {
     pub fn journal_written(&self) {
         self.set_journal_pending();
         if matches!(State::from_u8(self.state.load(Ordering::SeqCst)), State::Healthy | State::Degraded) {
-            self.transition_from(
-                &[State::Healthy, State::Degraded],
-                State::Replaying,
-                "a write was journaled as the outage ended; replaying it",
-            );
+            self.replay_late_write();
         }
+    }
+
+    /// The outage ended with a write journaled at its very end: recovery goes through
+    /// `replaying` after all (from a healthy or degraded state only).
+    fn replay_late_write(&self) {
+        self.transition_from(
+            &[State::Healthy, State::Degraded],
+            State::Replaying,
+            "a write was journaled as the outage ended; replaying it",
+        );
     }
 
     /// At start with a non-empty durable journal: replay before forwarding anything.

@@ -31,7 +31,7 @@ use crate::journal::Record;
 use crate::metrics::Metrics;
 use crate::outage::Outage;
 use crate::resp::{parse_int, ReplyScanner};
-use crate::upstream::{encode_command, Connector, UpstreamStream};
+use crate::upstream::{encode_command, encode_one, Connector, UpstreamStream};
 
 /// Watermark keys expire after a week: long after any replay that could need them.
 const WATERMARK_TTL_SECS: &str = "604800";
@@ -419,13 +419,6 @@ impl Conn {
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
         }
     }
-}
-
-/// One command, encoded.
-fn encode_one(args: &[&[u8]]) -> BytesMut {
-    let mut req = BytesMut::new();
-    encode_command(&mut req, args);
-    req
 }
 
 /// The watermark from a `GET` reply (nil: 0, nothing replayed yet).

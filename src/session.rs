@@ -463,11 +463,10 @@ impl Session {
     async fn process(&mut self, frozen: &Bytes) {
         let n = self.reqs.len();
         let mut i = 0;
-        let limit = self.live.output_buffer_limit;
         while i < n {
             // Replies past the limit (served locally, or forwarded batches added up) end
             // the round: the client is disconnected instead of holding more.
-            if self.overflow || (limit > 0 && self.out.len() as u64 > limit) {
+            if self.over_output_limit() {
                 self.overflow = true;
                 return;
             }
@@ -829,11 +828,11 @@ impl Session {
                 &format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()),
             );
         }
-        let limit = self.live.output_buffer_limit;
-        let local = self.local.get_or_insert_with(|| {
-            let (tx, rx) = crate::pubsub::queue(if limit == 0 { u64::MAX } else { limit });
-            LocalSub { id: broker.subscriber(), tx, rx }
-        });
+        if self.local.is_none() {
+            let (tx, rx) = self.local_queue();
+            self.local = Some(LocalSub { id: broker.subscriber(), tx, rx });
+        }
+        let local = self.local.as_mut().expect("set above");
         #[derive(PartialEq)]
         enum Space {
             Channels,
@@ -1396,11 +1395,7 @@ impl Session {
             return out;
         }
         let proto = arg(1);
-        let encode = |args: &[&[u8]]| {
-            let mut b = BytesMut::new();
-            crate::upstream::encode_command(&mut b, args);
-            b.freeze()
-        };
+        let encode = crate::upstream::encode_one;
         out.push((StateKey::Hello, encode(&[b"HELLO", proto]), StateEffect::Resp3(proto == b"3")));
         let mut k = 2;
         while k < argc {
@@ -1483,8 +1478,8 @@ impl Session {
     /// or that accepts no bytes for `client.write_timeout`, is disconnected (Redis's
     /// `client-output-buffer-limit`): a slow or hostile reader cannot hold memory forever.
     async fn flush(&mut self) -> std::io::Result<()> {
-        let limit = self.live.output_buffer_limit;
-        if std::mem::take(&mut self.overflow) || (limit > 0 && self.out.len() as u64 > limit) {
+        if self.over_output_limit() {
+            self.overflow = false;
             self.ctx.metrics.client_disconnects.with_label_values(&["output_buffer"]).inc();
             self.out = BytesMut::new();
             return Err(std::io::Error::other("client output buffer limit reached"));
@@ -1672,11 +1667,22 @@ impl Session {
         all.freeze()
     }
 
+    /// A local subscriber's queue, bounded in bytes by `client.output_buffer_limit`.
+    fn local_queue(&self) -> (crate::pubsub::SubTx, crate::pubsub::SubRx) {
+        let limit = self.live.output_buffer_limit;
+        crate::pubsub::queue(if limit == 0 { u64::MAX } else { limit })
+    }
+
+    /// Whether this round's replies went past `client.output_buffer_limit`.
+    fn over_output_limit(&self) -> bool {
+        let limit = self.live.output_buffer_limit;
+        self.overflow || (limit > 0 && self.out.len() as u64 > limit)
+    }
+
     /// Keeps the client subscribed, locally, until the upstream is back.
     fn go_local(&mut self) {
         let broker = &self.ctx.outage.broker;
-        let limit = self.live.output_buffer_limit;
-        let (tx, rx) = crate::pubsub::queue(if limit == 0 { u64::MAX } else { limit });
+        let (tx, rx) = self.local_queue();
         let id = broker.subscriber();
         for c in &self.subs.channels {
             broker.subscribe(id, c.clone(), tx.clone());

@@ -132,7 +132,9 @@ impl Outage {
         let changes = &self.store.changes;
         let trusted = |before: u64, marks: &BatchMarks| before <= req.sent || marks.contains(&before);
         if single && args.len() > 1 {
-            // The common case (GET, SET, INCR, HSET, ...), without the lists below.
+            // The common case (GET, SET, INCR, HSET, ...), without the lists below: the
+            // loop below does the same for one key at ~170 more instructions per request
+            // (callgrind, GET and SET at pipeline 16).
             let k = key(1);
             let slot = changes.key(k);
             let (before, expect) = if write {
@@ -163,7 +165,8 @@ impl Outage {
         let mut ticks: SmallVec<[u64; 4]> = SmallVec::with_capacity(keys.len());
         let mut fresh = true;
         for &i in &keys {
-            let (before, tick) = if write { changes.mark(key(i)) } else { (changes.last(key(i)), 0) };
+            let slot = changes.key(key(i));
+            let (before, tick) = if write { slot.mark() } else { (slot.last(), 0) };
             fresh &= trusted(before, marks);
             if write {
                 marks.push(tick);
@@ -184,7 +187,7 @@ impl Outage {
         // A change that came in while this reply was applied (another thread): neither is
         // trusted.
         for (&i, &t) in keys.iter().zip(&ticks) {
-            let last = changes.last(key(i));
+            let last = changes.key(key(i)).last();
             // (A key named twice in one write carries the later of its two marks.)
             if last != t && !marks.contains(&last) {
                 self.store.invalidate(key(i));

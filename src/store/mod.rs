@@ -295,33 +295,19 @@ impl Changes {
         &self.slots[(key_hash(key.db, key.key) as usize) & (Self::SLOTS - 1)]
     }
 
-    /// [`Changes::last`] and [`Changes::mark`] for one key, hashed once.
+    /// One key's slot (hashed once), for [`KeyChanges::last`] and [`KeyChanges::mark`].
     pub fn key(&self, key: KeyRef<'_>) -> KeyChanges<'_> {
         KeyChanges { slot: self.slot(key), changes: self }
     }
 
     /// `key` changed by this sidecar's hand (or its value became unknown).
     pub fn changed(&self, key: KeyRef<'_>) {
-        let tick = self.clock.fetch_add(1, Ordering::AcqRel) + 1;
-        self.slot(key).fetch_max(tick, Ordering::AcqRel);
+        self.key(key).mark();
     }
 
     fn changed_all(&self) {
         let tick = self.clock.fetch_add(1, Ordering::AcqRel) + 1;
         self.all.fetch_max(tick, Ordering::AcqRel);
-    }
-
-    /// The tick of the last change to `key` (0: none).
-    pub fn last(&self, key: KeyRef<'_>) -> u64 {
-        self.slot(key).load(Ordering::Acquire).max(self.all.load(Ordering::Acquire))
-    }
-
-    /// A write is being learned: marks its key changed. Returns the tick of the change
-    /// before (as [`Changes::last`]) and the mark.
-    pub fn mark(&self, key: KeyRef<'_>) -> (u64, u64) {
-        let tick = self.clock.fetch_add(1, Ordering::AcqRel) + 1;
-        let before = self.slot(key).fetch_max(tick, Ordering::AcqRel);
-        (before.max(self.all.load(Ordering::Acquire)), tick)
     }
 }
 
@@ -332,10 +318,13 @@ pub struct KeyChanges<'a> {
 }
 
 impl KeyChanges<'_> {
+    /// The tick of the last change to the key (0: none).
     pub fn last(&self) -> u64 {
         self.slot.load(Ordering::Acquire).max(self.changes.all.load(Ordering::Acquire))
     }
 
+    /// A write is being learned: marks the key changed. Returns the tick of the change
+    /// before (as [`KeyChanges::last`]) and the mark.
     pub fn mark(&self) -> (u64, u64) {
         let tick = self.changes.clock.fetch_add(1, Ordering::AcqRel) + 1;
         let before = self.slot.fetch_max(tick, Ordering::AcqRel);

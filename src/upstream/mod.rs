@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -155,6 +155,13 @@ pub fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
         out.put_slice(a);
         out.put_slice(b"\r\n");
     }
+}
+
+/// One command, encoded on its own.
+pub fn encode_one(args: &[&[u8]]) -> Bytes {
+    let mut out = BytesMut::new();
+    encode_command(&mut out, args);
+    out.freeze()
 }
 
 /// The shared side of the upstream: a fixed set of pipelined connections.
