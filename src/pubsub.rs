@@ -219,20 +219,20 @@ impl Broker {
         let size = msg.size();
         // Counted before sending, so the receiver never subtracts what was not added.
         let before = tx.queued.fetch_add(size, Ordering::AcqRel);
-        if before.saturating_add(size) > tx.max_bytes {
-            tx.queued.fetch_sub(size, Ordering::AcqRel);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return 0;
-        }
-        match tx.tx.try_send(msg) {
+        let sent = if before.saturating_add(size) > tx.max_bytes {
+            Err(true)
+        } else {
+            tx.tx.try_send(msg).map_err(|e| matches!(e, mpsc::error::TrySendError::Full(_)))
+        };
+        match sent {
             Ok(()) => 1,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            // Not queued: uncounted again; over the bounds (bytes or messages) it is a
+            // missed message.
+            Err(missed) => {
                 tx.queued.fetch_sub(size, Ordering::AcqRel);
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                0
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tx.queued.fetch_sub(size, Ordering::AcqRel);
+                if missed {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
                 0
             }
         }
