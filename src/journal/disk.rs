@@ -1194,16 +1194,22 @@ mod tests {
         assert_eq!(j.read_after(1, 1, usize::MAX)[0].payload, payload(3));
     }
 
-    #[test]
-    fn corrupt_tails_are_truncated_and_later_segments_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = open(dir.path(), Fsync::No, 200);
+    /// Records 1-12 in segments of 200 bytes (three or more), closed; the segment files.
+    fn twelve_records_in_small_segments(dir: &Path) -> Vec<PathBuf> {
+        let j = open(dir, Fsync::No, 200);
         for i in 1..=12 {
             j.append(0, 1, &payload(i), 0).unwrap();
         }
         drop(j);
-        let files = segments(dir.path());
+        let files = segments(dir);
         assert!(files.len() >= 3);
+        files
+    }
+
+    #[test]
+    fn corrupt_tails_are_truncated_and_later_segments_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = twelve_records_in_small_segments(dir.path());
         // Flip one byte in the second record of the second segment.
         let victim = &files[1];
         let mut bytes = fs::read(victim).unwrap();
@@ -1230,13 +1236,7 @@ mod tests {
         // the records it lost were applied already, so the segments after it are intact
         // and replayable (they used to be deleted).
         let dir = tempfile::tempdir().unwrap();
-        let j = open(dir.path(), Fsync::No, 200);
-        for i in 1..=12 {
-            j.append(0, 1, &payload(i), 0).unwrap();
-        }
-        drop(j);
-        let files = segments(dir.path());
-        assert!(files.len() >= 3);
+        let files = twelve_records_in_small_segments(dir.path());
         let second_first = parse_segment_name(files[1].file_name().unwrap().to_str().unwrap()).unwrap();
         // Confirmed up to the end of the first segment, as a crash between writing
         // `confirmed` and deleting the segment leaves it.
