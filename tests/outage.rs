@@ -78,9 +78,22 @@ fn drill_config(redis: &RedisServer) -> Config {
 }
 
 async fn drill(respite: &Respite, state: &str) {
+    if state == "down" {
+        // The probe's first connection asks how many databases the upstream has (SELECT
+        // during the outage is answered only for databases known to exist).
+        wait_databases_from_config(respite).await;
+    }
     let body = format!("{{\"state\":\"{state}\"}}");
     let (code, answer) = respite.http_post("/admin/drill", Some("t"), &body).await;
     assert_eq!(code, 200, "drill {state}: {answer}");
+}
+
+async fn wait_databases_from_config(respite: &Respite) {
+    let deadline = Instant::now() + HEALTHY_WITHIN;
+    while respite.status().await["upstream"]["databases"]["from"] != "config" {
+        assert!(Instant::now() < deadline, "the probe never read CONFIG GET databases: {}", respite.status().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until the state is `healthy` and the journal is empty (replay finished).
@@ -1485,11 +1498,12 @@ async fn writes_the_upstream_refuses_for_now_stay_in_the_journal_until_it_takes_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_the_upstream_can_never_apply_are_skipped_alone_and_never_land_elsewhere() {
-    // An upstream with 4 databases and RPUSH renamed away: a journaled RPUSH (unknown
-    // command there) and the writes to database 9 can never apply; they are skipped and
-    // counted, the writes around them apply, and nothing meant for database 9 lands in
-    // another database (a SELECT refused inside MULTI used to leave them in database 0).
-    let redis = RedisServer::start_with(&["--databases", "4", "--rename-command", "RPUSH", ""]);
+    // The upstream comes back from the outage with 4 databases (it had 16) and RPUSH
+    // renamed away: a journaled RPUSH (unknown command there) and the writes to database 9
+    // can never apply; they are skipped and counted, the writes around them apply, and
+    // nothing meant for database 9 lands in another database (a SELECT refused inside
+    // MULTI used to leave them in database 0).
+    let mut redis = RedisServer::start();
     let respite = Respite::start_with(drill_config(&redis)).await;
     let mut raw = Raw::connect(respite.addr).await;
     drill(&respite, "down").await;
@@ -1505,6 +1519,7 @@ async fn records_the_upstream_can_never_apply_are_skipped_alone_and_never_land_e
     ] {
         assert_eq!(text(&cmd(&mut raw, c).await), want, "{c}");
     }
+    redis.restart_with(&["--databases", "4", "--rename-command", "RPUSH", ""]);
     end_drill(&respite).await;
     let mut up = direct(&redis).await;
     for (k, v) in
@@ -1515,6 +1530,77 @@ async fn records_the_upstream_can_never_apply_are_skipped_alone_and_never_land_e
     assert_eq!(q::<i64>(&mut up, "EXISTS list").await, 0);
     let body = metrics_body(&respite).await;
     assert_eq!(metric(&body, "respite_journal_replay_errors_total"), 3.0, "RPUSH and the two writes to database 9");
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_during_an_outage_refuses_a_database_the_upstream_lacks() {
+    // Redis refuses SELECT past its `databases`; during an outage respite did not, and
+    // acknowledged writes there that the replay then had to drop. The probe reads the count
+    // (CONFIG GET databases), and the outage answers SELECT as Redis would.
+    let redis = RedisServer::start_with(&["--databases", "4"]);
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    drill(&respite, "down").await;
+    assert_eq!(respite.status().await["upstream"]["databases"]["known"], 4);
+    for (c, want) in [
+        ("SELECT 3", "+OK\r\n"),
+        ("SELECT 4", "-ERR DB index is out of range\r\n"),
+        ("SELECT 4000000000", "-ERR DB index is out of range\r\n"),
+        ("SELECT -1", "-ERR DB index is out of range\r\n"),
+        ("SELECT x", "-ERR value is not an integer or out of range\r\n"),
+        // A refused SELECT leaves the client where it was (database 3).
+        ("SET k in-three", "+OK\r\n"),
+    ] {
+        assert_eq!(text(&cmd(&mut raw, c).await), want, "{c}");
+    }
+    end_drill(&respite).await;
+    let mut up = direct(&redis).await;
+    let _: () = q(&mut up, "SELECT 3").await;
+    assert_eq!(q::<Option<String>>(&mut up, "GET k").await.as_deref(), Some("in-three"));
+    // The same SELECTs against Redis itself give the same answers.
+    let mut d = Raw::connect(addr(&redis)).await;
+    for (c, want) in
+        [("SELECT 4", "-ERR DB index is out of range\r\n"), ("SELECT -1", "-ERR DB index is out of range\r\n")]
+    {
+        assert_eq!(text(&cmd(&mut d, c).await), want, "redis: {c}");
+    }
+    let body = metrics_body(&respite).await;
+    assert_eq!(metric(&body, "respite_journal_replay_errors_total"), 0.0);
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_during_an_outage_without_config_answers_only_databases_a_select_reached() {
+    // Where CONFIG is refused (renamed here, as managed services do), the databases known to
+    // exist are those up to the highest one a forwarded SELECT (or the URL) reached; a
+    // SELECT of any other is refused during the outage, never acknowledged as a guess.
+    let redis = RedisServer::start_with(&["--rename-command", "CONFIG", ""]);
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(text(&cmd(&mut raw, "SELECT 5").await), "+OK\r\n");
+    assert_eq!(text(&cmd(&mut raw, "SELECT 0").await), "+OK\r\n");
+    let (code, answer) = respite.http_post("/admin/drill", Some("t"), "{\"state\":\"down\"}").await;
+    assert_eq!(code, 200, "{answer}");
+    let dbs = &respite.status().await["upstream"]["databases"];
+    assert_eq!((dbs["known"].as_u64(), dbs["from"].as_str()), (Some(6), Some("select")), "{dbs}");
+    for c in ["SELECT 5", "SELECT 2"] {
+        assert_eq!(text(&cmd(&mut raw, c).await), "+OK\r\n", "{c}");
+    }
+    let refused = text(&cmd(&mut raw, "SELECT 6").await);
+    assert!(
+        refused.starts_with("-UNAVAILABLE upstream down: SELECT 6 is not served during an outage")
+            && refused.contains("not known to exist upstream"),
+        "{refused}"
+    );
+    // Still in database 2.
+    assert_eq!(text(&cmd(&mut raw, "SET k two").await), "+OK\r\n");
+    end_drill(&respite).await;
+    let mut up = direct(&redis).await;
+    let _: () = q(&mut up, "SELECT 2").await;
+    assert_eq!(q::<Option<String>>(&mut up, "GET k").await.as_deref(), Some("two"));
+    let body = metrics_body(&respite).await;
+    assert_eq!(metric(&body, "respite_outage_refused_total{reason=\"unsupported\"}"), 1.0);
     respite.shutdown().await;
 }
 
@@ -2950,4 +3036,79 @@ async fn concurrent_clients_in_an_outage_each_get_redis_replies_and_the_replay_k
         respite.shutdown().await;
     }
     assert!(problems.is_empty(), "{} differences:\n{}", problems.len(), problems.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_reads_see_a_multi_key_write_whole_or_not_at_all() {
+    // Redis runs MSET and a MULTI block atomically: no reader sees them half applied. With
+    // several worker threads respite's outage reads ran beside outage writes and an MGET
+    // could see some keys of an MSET (or of a MULTI block) new and the others old.
+    let redis = RedisServer::start();
+    // In process: respite runs on this test's two worker threads.
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    const KEYS: usize = 64;
+    let keys: Vec<String> = (0..KEYS).map(|k| format!("atomic:{k}")).collect();
+    let mut writer = Raw::connect(respite.addr).await;
+    let mset = |round: usize| {
+        let mut c = vec![b"MSET".to_vec()];
+        for k in &keys {
+            c.push(k.clone().into_bytes());
+            c.push(round.to_string().into_bytes());
+        }
+        c
+    };
+    let send = |c: &[Vec<u8>]| encode(&c.iter().map(|a| &a[..]).collect::<Vec<_>>());
+    let first = send(&mset(0));
+    writer.send(&first).await;
+    assert_eq!(writer.reply().await, b"+OK\r\n");
+    drill(&respite, "down").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let (stop, addr, keys) = (stop.clone(), respite.addr, keys.clone());
+        readers.push(tokio::spawn(async move {
+            let mut r = Raw::connect(addr).await;
+            let mut mget: Vec<&[u8]> = vec![b"MGET"];
+            mget.extend(keys.iter().map(|k| k.as_bytes()));
+            let (mut reads, mut torn) = (0usize, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let reply = r.call(&mget).await;
+                let values = items(&reply).expect("MGET answers an array");
+                reads += 1;
+                if values.iter().any(|v| v != &values[0]) {
+                    torn.push(String::from_utf8_lossy(&reply).into_owned());
+                }
+            }
+            (reads, torn)
+        }));
+    }
+    let mut block_writer = Raw::connect(respite.addr).await;
+    for round in 1..=1500usize {
+        // Rounds alternate between one MSET and a MULTI block of SETs.
+        if round % 2 == 0 {
+            let c = send(&mset(round));
+            writer.send(&c).await;
+            assert_eq!(writer.reply().await, b"+OK\r\n");
+        } else {
+            let mut pipeline = encode(&[b"MULTI"]);
+            for k in &keys {
+                pipeline.extend(encode(&[b"SET", k.as_bytes(), round.to_string().as_bytes()]));
+            }
+            pipeline.extend(encode(&[b"EXEC"]));
+            block_writer.send(&pipeline).await;
+            for _ in 0..KEYS + 1 {
+                block_writer.reply().await;
+            }
+            assert!(block_writer.reply().await.starts_with(b"*64\r\n"));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for r in readers {
+        let (reads, torn) = r.await.unwrap();
+        total += reads;
+        assert!(torn.is_empty(), "{} of {reads} MGETs saw a write half applied, e.g. {}", torn.len(), torn[0]);
+    }
+    assert!(total > 100, "the readers ran alongside the writes ({total} MGETs)");
+    respite.shutdown().await;
 }

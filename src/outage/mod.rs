@@ -5,7 +5,7 @@
 //! - [`warm`]: keeping the store warm from healthy-path replies and writes.
 //! - [`reply`]: encoding replies in the client's protocol.
 //!
-//! Every write takes the engine's lock, is applied to the store, then appended to the
+//! Every write takes the engine's lock (reads take it shared), is applied to the store, then appended to the
 //! journal: store order equals journal order equals acceptance order. Relative expiries
 //! are rewritten as absolute ones before journaling. Commands whose meaning depends on
 //! state across all clients (locks, WATCH, scripts, blocking pops) are refused.
@@ -17,7 +17,7 @@ pub mod warm;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 use smallvec::SmallVec;
 
 use crate::command::CommandId;
@@ -155,7 +155,9 @@ pub struct Outage {
     pub broker: crate::pubsub::Broker,
     pub journal: Arc<dyn Journal>,
     /// Orders journal appends, and guards the keys they wrote that are not yet replayed.
-    lock: Mutex<PendingKeys>,
+    /// Reads hold it shared while they run, so with several worker threads a read sees a
+    /// multi-key write (`MSET`, a `MULTI` block) whole or not at all, as in Redis.
+    lock: RwLock<PendingKeys>,
     /// [`Settings`] as bits: read per command, swapped by a reload.
     settings: std::sync::atomic::AtomicU8,
     metrics: Arc<Metrics>,
@@ -253,7 +255,7 @@ impl Outage {
             store,
             journal,
             broker: Default::default(),
-            lock: Mutex::new(PendingKeys::default()),
+            lock: RwLock::new(PendingKeys::default()),
             settings,
             metrics,
             health,
@@ -283,8 +285,8 @@ impl Outage {
 
     /// The lock that orders journal appends; the replayer takes it to end outage mode (and
     /// then empties the pending keys).
-    pub fn lock(&self) -> parking_lot::MutexGuard<'_, PendingKeys> {
-        self.lock.lock()
+    pub fn lock(&self) -> parking_lot::RwLockWriteGuard<'_, PendingKeys> {
+        self.lock.write()
     }
 
     /// Why a command is refused during an outage, if it is (metric label, client message).
@@ -344,19 +346,20 @@ impl Outage {
         let writes = matches!(entry.kind, Kind::Write | Kind::Conditional);
         if !writes {
             let mark = out.len();
+            let pending = self.lock.read();
             let mut cx = self.cx(db, resp3, args, out, now);
             let result = (entry.run)(&mut cx);
             // While replaying, the upstream knows a key with no pending write.
             if matches!(result, Err(CmdErr::Miss))
                 && self.health.state() == State::Replaying
-                && !self.lock.lock().any(db, &args[1..])
+                && !pending.any(db, &args[1..])
             {
                 out.truncate(mark);
                 return Served::Forward;
             }
             return self.finish_read(result, spec.name, out);
         }
-        let mut pending = self.lock.lock();
+        let mut pending = self.lock.write();
         if !self.active() {
             return Served::Forward;
         }
@@ -404,7 +407,7 @@ impl Outage {
 
     /// Runs a MULTI/EXEC block as one atomic journal record.
     pub fn execute_block(&self, db: u32, resp3: bool, block: &[Queued], out: &mut BytesMut) -> Served {
-        let mut pending = self.lock.lock();
+        let mut pending = self.lock.write();
         if !self.active() {
             return Served::Forward;
         }
@@ -470,7 +473,7 @@ impl Outage {
     /// never seen start as absent, as for any outage write. Returns the records applied.
     pub fn restore(&self) -> usize {
         let records = self.journal.read_after(0, usize::MAX, usize::MAX);
-        let mut pending = self.lock.lock();
+        let mut pending = self.lock.write();
         let limits = crate::resp::Limits { max_bulk: usize::MAX >> 1, max_array: usize::MAX >> 1, max_inline: 0 };
         let mut applied = 0;
         for r in &records {
