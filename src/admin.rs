@@ -148,6 +148,7 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
             "at_unix_seconds": e.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
         })
     });
+    let dbs = ctx.upstream.connector.databases.known();
     Json(json!({
         "state": h.state().as_str(),
         "state_seconds": h.in_state_for().as_secs_f64(),
@@ -156,6 +157,10 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
             "address": ctx.cfg.upstream.redacted(),
             "latency_seconds": h.latency().as_secs_f64(),
             "last_error": last_error,
+            "databases": {
+                "known": dbs.0,
+                "from": if dbs.1 { "config" } else { "select" },
+            },
         },
         "clients": ctx.metrics.client_connections.get(),
         "store": {

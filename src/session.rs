@@ -31,7 +31,7 @@ use crate::resp::{Arg, Parsed, ProtocolError, RequestParser};
 use crate::upstream::backoff;
 use crate::upstream::dedicated::{Dedicated, StateKey};
 use crate::upstream::mux::{BatchFailure, BatchReply, BatchResult};
-use crate::upstream::{Mux, UpstreamStream};
+use crate::upstream::{DbCheck, Mux, UpstreamStream};
 use indexmap::IndexSet;
 use smallvec::SmallVec;
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -634,8 +634,21 @@ impl Session {
                     }
                 }
             }
+            ("SELECT", None) if args.len() != 2 => err(out, "ERR wrong number of arguments for 'select' command"),
             ("SELECT", None) => match args.get(1).and_then(|a| crate::resp::parse_int(a)) {
-                Some(db) if (0..=u32::MAX as i64).contains(&db) && args.len() == 2 => {
+                Some(db) if !(0..=u32::MAX as i64).contains(&db) => err(out, "ERR DB index is out of range"),
+                Some(db) if self.ctx.upstream.connector.databases.check(db as u32) == DbCheck::OutOfRange => {
+                    err(out, "ERR DB index is out of range")
+                }
+                Some(db) if self.ctx.upstream.connector.databases.check(db as u32) == DbCheck::Unknown => {
+                    let msg = format!(
+                        "UNAVAILABLE upstream down: SELECT {db} is not served during an outage (database {db} is not \
+                         known to exist upstream: CONFIG GET databases was refused and no SELECT reached it)"
+                    );
+                    outage.write_refusal(out, "unsupported", &msg);
+                    Outcome::Error
+                }
+                Some(db) => {
                     self.db = db as u32;
                     out.extend_from_slice(b"+OK\r\n");
                     let ctx = &self.ctx;
@@ -1341,6 +1354,10 @@ impl Session {
             "HELLO" if argc > 1 => StateEffect::Resp3(self.arg(frozen, &self.reqs[i], 1) == b"3"),
             _ => StateEffect::None,
         };
+        if let (StateEffect::Db(db), b"+OK\r\n") = (&effect, reply) {
+            // The upstream has this database: an outage may answer SELECT for it.
+            self.ctx.upstream.connector.databases.reached(*db);
+        }
         // A HELLO is recorded as the pieces of state it sets (protocol, credentials, name),
         // each replacing its own kind: a later bare `HELLO`, or `HELLO 3` without AUTH,
         // keeps the user an earlier `HELLO 3 AUTH …` authenticated as.

@@ -9,7 +9,7 @@ pub mod mux;
 pub mod stream;
 pub mod tls;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +47,63 @@ pub struct Connector {
     tls: Option<Result<TlsSetup, String>>,
     handshake: BytesMut,
     handshake_replies: usize,
+    /// What is known of the upstream's databases (for `SELECT` during an outage).
+    pub databases: Databases,
+}
+
+/// The databases the upstream is known to have, for answering `SELECT` during an outage
+/// (a write acknowledged in a database the upstream lacks could never be replayed).
+/// Exact once `CONFIG GET databases` answered (the probe asks on each new connection);
+/// until then (or where `CONFIG` is refused or renamed) databases 0 up to the highest one a
+/// forwarded `SELECT` or the URL's database reached, since Redis numbers them without gaps.
+pub struct Databases {
+    count: AtomicU32,
+    exact: AtomicBool,
+}
+
+/// Whether `SELECT n` may be answered locally.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DbCheck {
+    Exists,
+    /// The upstream has fewer databases (Redis's own refusal applies).
+    OutOfRange,
+    /// Not known to exist: not confirmed by `CONFIG GET databases` nor by a `SELECT`.
+    Unknown,
+}
+
+impl Databases {
+    pub fn new(url_db: u32) -> Databases {
+        Databases { count: AtomicU32::new(url_db.saturating_add(1)), exact: AtomicBool::new(false) }
+    }
+
+    /// The count `CONFIG GET databases` gave.
+    pub fn set_count(&self, n: u32) {
+        self.count.store(n, Ordering::Relaxed);
+        self.exact.store(true, Ordering::Relaxed);
+    }
+
+    /// The upstream accepted `SELECT db`: databases 0..=db exist.
+    pub fn reached(&self, db: u32) {
+        if !self.exact.load(Ordering::Relaxed) {
+            self.count.fetch_max(db.saturating_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Databases 0..n known to exist, and whether `CONFIG GET databases` said so (else a
+    /// `SELECT` or the URL's database).
+    pub fn known(&self) -> (u32, bool) {
+        (self.count.load(Ordering::Relaxed), self.exact.load(Ordering::Relaxed))
+    }
+
+    pub fn check(&self, db: u32) -> DbCheck {
+        if db < self.count.load(Ordering::Relaxed) {
+            DbCheck::Exists
+        } else if self.exact.load(Ordering::Relaxed) {
+            DbCheck::OutOfRange
+        } else {
+            DbCheck::Unknown
+        }
+    }
 }
 
 impl Connector {
@@ -82,7 +139,16 @@ impl Connector {
             encode_command(&mut handshake, &[b"SELECT", db.as_bytes()]);
             n += 1;
         }
-        Connector { url, connect_timeout: cfg.connect_timeout.0, metrics, tls, handshake, handshake_replies: n }
+        let databases = Databases::new(url.db);
+        Connector {
+            url,
+            connect_timeout: cfg.connect_timeout.0,
+            metrics,
+            tls,
+            handshake,
+            handshake_replies: n,
+            databases,
+        }
     }
 
     /// The upstream address, without credentials.
@@ -224,6 +290,7 @@ pub async fn probe(connector: Arc<Connector>, health: Arc<Health>, cancel: Cance
             if conn.is_none() {
                 let mut stream = connector.connect().await?;
                 learn_version(&mut stream, &mut buf).await?;
+                learn_databases(&mut stream, &mut buf, &connector.databases).await?;
                 conn = Some(stream);
             }
             let stream = conn.as_mut().expect("connected above");
@@ -252,20 +319,15 @@ fn probe_ticker(first: Instant, every: Duration) -> tokio::time::Interval {
     ticker
 }
 
-/// Reads the upstream's `redis_version` (INFO server), which decides how scores print.
-async fn learn_version(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(), UpstreamError> {
+/// Sends one command on `stream` and returns its whole reply (an error reply included).
+async fn ask(stream: &mut UpstreamStream, buf: &mut BytesMut, command: &[u8]) -> Result<BytesMut, UpstreamError> {
     let broken = |e: std::io::Error| UpstreamError::Broken { reason: e.to_string(), sent: true };
-    stream.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n").await.map_err(broken)?;
+    stream.write_all(command).await.map_err(broken)?;
     buf.clear();
     let mut scanner = ReplyScanner::default();
     loop {
         if let Some(info) = scanner.next(buf).map_err(|e| UpstreamError::Protocol(e.to_string()))? {
-            let text = String::from_utf8_lossy(&buf[..info.len]);
-            if let Some(v) = text.lines().find_map(|l| l.strip_prefix("redis_version:")) {
-                crate::outage::reply::set_upstream_version(v.trim());
-            }
-            buf.clear();
-            return Ok(());
+            return Ok(buf.split_to(info.len));
         }
         if stream.read_buf(buf).await.map_err(broken)? == 0 {
             return Err(UpstreamError::Broken { reason: "connection closed".into(), sent: true });
@@ -273,22 +335,86 @@ async fn learn_version(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Resul
     }
 }
 
+/// Reads the upstream's `redis_version` (INFO server), which decides how scores print.
+async fn learn_version(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(), UpstreamError> {
+    let reply = ask(stream, buf, b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n").await?;
+    let text = String::from_utf8_lossy(&reply);
+    if let Some(v) = text.lines().find_map(|l| l.strip_prefix("redis_version:")) {
+        crate::outage::reply::set_upstream_version(v.trim());
+    }
+    Ok(())
+}
+
+/// Reads how many databases the upstream has (`CONFIG GET databases`); a refusal (ACL,
+/// a renamed or disabled `CONFIG`) leaves it unknown.
+async fn learn_databases(
+    stream: &mut UpstreamStream,
+    buf: &mut BytesMut,
+    dbs: &Databases,
+) -> Result<(), UpstreamError> {
+    let reply = ask(stream, buf, b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$9\r\ndatabases\r\n").await?;
+    if let Some(n) = config_get_count(&reply) {
+        dbs.set_count(n);
+    }
+    Ok(())
+}
+
+/// The value of a RESP2 `CONFIG GET databases` reply (`*2 databases n`), if it is one.
+fn config_get_count(reply: &[u8]) -> Option<u32> {
+    let mut parts = reply.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let (Some(b"*2"), Some(_), Some(name), Some(_), Some(value)) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    if !name.eq_ignore_ascii_case(b"databases") {
+        return None;
+    }
+    crate::resp::parse_int(value).and_then(|n| u32::try_from(n).ok()).filter(|&n| n > 0)
+}
+
 async fn ping(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(), UpstreamError> {
-    let broken = |e: std::io::Error| UpstreamError::Broken { reason: e.to_string(), sent: true };
-    stream.write_all(b"*1\r\n$4\r\nPING\r\n").await.map_err(broken)?;
-    buf.clear();
-    let mut scanner = ReplyScanner::default();
-    loop {
-        if let Some(info) = scanner.next(buf).map_err(|e| UpstreamError::Protocol(e.to_string()))? {
-            // A LOADING or BUSY error means the upstream cannot serve yet.
-            if info.is_error() {
-                let msg = String::from_utf8_lossy(&buf[1..info.len - 2]).into_owned();
-                return Err(UpstreamError::Protocol(format!("PING answered {msg}")));
-            }
-            return Ok(());
-        }
-        if stream.read_buf(buf).await.map_err(broken)? == 0 {
-            return Err(UpstreamError::Broken { reason: "connection closed".into(), sent: true });
-        }
+    let reply = ask(stream, buf, b"*1\r\n$4\r\nPING\r\n").await?;
+    // A LOADING or BUSY error means the upstream cannot serve yet.
+    if reply.first() == Some(&b'-') {
+        let msg = String::from_utf8_lossy(&reply[1..reply.len() - 2]).into_owned();
+        return Err(UpstreamError::Protocol(format!("PING answered {msg}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_get_databases_reply_is_read_only_when_it_is_one() {
+        assert_eq!(config_get_count(b"*2\r\n$9\r\ndatabases\r\n$2\r\n16\r\n"), Some(16));
+        assert_eq!(config_get_count(b"*2\r\n$9\r\nDATABASES\r\n$1\r\n4\r\n"), Some(4));
+        assert_eq!(config_get_count(b"*0\r\n"), None);
+        assert_eq!(config_get_count(b"-NOPERM this user has no permissions\r\n"), None);
+        assert_eq!(config_get_count(b"-ERR unknown command 'CONFIG'\r\n"), None);
+        assert_eq!(config_get_count(b"*2\r\n$7\r\nmaxmemory\r\n$1\r\n0\r\n"), None);
+        assert_eq!(config_get_count(b"*2\r\n$9\r\ndatabases\r\n$1\r\n0\r\n"), None);
+        assert_eq!(config_get_count(b"*2\r\n$9\r\ndatabases\r\n$3\r\n1x6\r\n"), None);
+    }
+
+    #[test]
+    fn databases_are_known_from_config_or_from_the_highest_select() {
+        let d = Databases::new(2);
+        assert_eq!(d.check(0), DbCheck::Exists);
+        assert_eq!(d.check(2), DbCheck::Exists);
+        assert_eq!(d.check(3), DbCheck::Unknown);
+        d.reached(7);
+        assert_eq!(d.check(5), DbCheck::Exists);
+        assert_eq!(d.check(7), DbCheck::Exists);
+        assert_eq!(d.check(8), DbCheck::Unknown);
+        d.reached(u32::MAX);
+        assert_eq!(d.check(u32::MAX - 1), DbCheck::Exists);
+        d.set_count(4);
+        assert_eq!(d.check(3), DbCheck::Exists);
+        assert_eq!(d.check(4), DbCheck::OutOfRange);
+        d.reached(9);
+        assert_eq!(d.check(9), DbCheck::OutOfRange);
     }
 }

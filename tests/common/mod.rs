@@ -173,6 +173,14 @@ impl RedisServer {
         self.kill();
         self.spawn();
     }
+
+    /// Starts again on the same port and data directory with other extra arguments (an
+    /// upstream that came back configured differently).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.kill();
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.spawn();
+    }
 }
 
 /// Whether a RESP server on `port` answers PING (with any reply).
