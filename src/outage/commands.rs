@@ -292,7 +292,7 @@ fn time(cx: &mut Cx<'_>) -> Res {
 }
 
 fn dbsize(cx: &mut Cx<'_>) -> Res {
-    let n = cx.store.dbsize(cx.db);
+    let n = cx.store.dbsize(cx.db, cx.now);
     cx.r.int(n as i64);
     Ok(())
 }

@@ -582,16 +582,19 @@ impl Store {
         self.cache.weighted_size()
     }
 
-    /// Number of keys of a database that are known to exist (DBSIZE of the local view).
-    pub fn dbsize(&self, db: u32) -> usize {
-        let now = now_ms();
+    /// Number of keys of a database that are known to exist (DBSIZE of the local view):
+    /// values past `store.max_staleness`, which reads treat as unseen, are not counted.
+    pub fn dbsize(&self, db: u32, now: Now) -> usize {
         self.cache
             .iter()
             .filter(|(k, slot)| {
                 k.db == db && {
                     let e = slot.entry.lock();
                     // A guessed value's existence is a guess too: not counted.
-                    !e.guessed && !matches!(e.value, Value::Absent) && e.expires_at_ms.is_none_or(|t| t > now)
+                    !e.guessed
+                        && !matches!(e.value, Value::Absent)
+                        && e.expires_at_ms.is_none_or(|t| t > now.ms)
+                        && now.at.saturating_duration_since(e.seen_at) <= self.max_staleness
                 }
             })
             .count()
@@ -662,6 +665,21 @@ mod tests {
         store.put(key("old"), Value::Str(Bytes::from_static(b"v")), Some(None), Now::current());
         std::thread::sleep(Duration::from_millis(2));
         assert!(matches!(store.get(key("old"), Now::current()), Lookup::Unseen));
+    }
+
+    #[test]
+    fn dbsize_counts_what_reads_would_serve() {
+        let store = Store::new(1 << 20, Duration::from_millis(200), Arc::new(Metrics::new()));
+        store.put(key("old"), Value::Str(Bytes::from_static(b"v")), Some(None), Now::current());
+        store.put(key("gone"), Value::Str(Bytes::from_static(b"v")), Some(Some(now_ms() - 1)), Now::current());
+        store.put(key("absent"), Value::Absent, Some(None), Now::current());
+        assert_eq!(store.dbsize(0, Now::current()), 1);
+        std::thread::sleep(Duration::from_millis(250));
+        store.put(key("fresh"), Value::Str(Bytes::from_static(b"v")), Some(None), Now::current());
+        // "old" is past max_staleness: a GET would answer it as unseen.
+        assert_eq!(store.dbsize(0, Now::current()), 1);
+        assert!(matches!(store.get(key("old"), Now::current()), Lookup::Unseen));
+        assert_eq!(store.dbsize(1, Now::current()), 0);
     }
     #[test]
     fn the_index_follows_moka_through_evictions_invalidations_and_reweighs() {
