@@ -25,7 +25,7 @@ use crate::command::{self, Block, CommandId, CommandSpec, Route};
 use crate::error::{write_error_line, UpstreamError};
 use crate::metrics::Outcome;
 use crate::outage::warm::Request;
-use crate::outage::{Queued, Served};
+use crate::outage::{NotQueued, Queued, Served};
 use crate::reload::LiveSettings;
 use crate::resp::{Arg, Parsed, ProtocolError, RequestParser};
 use crate::upstream::backoff;
@@ -663,7 +663,7 @@ impl Session {
                 }
                 _ => err(out, "ERR value is not an integer or out of range"),
             },
-            (_, Some(multi)) => match outage.queueable(req.id, spec, args[0]) {
+            (_, Some(multi)) => match outage.queueable(req.id, spec, &args) {
                 Ok(entry) => {
                     let spec = spec.expect("queueable() refuses unknown commands");
                     multi.queued.push(Queued {
@@ -675,10 +675,14 @@ impl Session {
                     out.extend_from_slice(b"+QUEUED\r\n");
                     Outcome::Local
                 }
-                Err((reason, msg)) => {
+                Err(NotQueued::Refused(reason, msg)) => {
                     multi.aborted = true;
                     outage.write_refusal(out, reason, &msg);
                     Outcome::Error
+                }
+                Err(NotQueued::Redis(msg)) => {
+                    multi.aborted = true;
+                    err(out, &msg)
                 }
             },
             (_, None) => match outage.execute(self.db, self.resp3, req.id, spec, &args, raw, now, out) {

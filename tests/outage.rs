@@ -3112,3 +3112,70 @@ async fn outage_reads_see_a_multi_key_write_whole_or_not_at_all() {
     assert!(total > 100, "the readers ran alongside the writes ({total} MGETs)");
     respite.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_with_the_wrong_arity_queued_in_an_outage_multi_aborts_it_as_redis_does() {
+    // Redis refuses a wrong number of arguments when queuing and answers EXECABORT. Queued
+    // in an outage MULTI it was accepted, and at EXEC its handler indexed past its
+    // arguments: the session panicked after the block's SET had changed the store, never
+    // journaled (the next outage served "new"; the upstream kept "orig").
+    let redis = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(cmd(&mut raw, "SET k orig").await, b"+OK\r\n");
+    drill(&respite, "down").await;
+    for (c, want) in [
+        ("MULTI", "+OK\r\n"),
+        ("SET k new", "+QUEUED\r\n"),
+        ("GET", "-ERR wrong number of arguments for 'get' command\r\n"),
+        ("HSET h f", "-ERR wrong number of arguments for 'hset' command\r\n"),
+        ("EXEC", "-EXECABORT Transaction discarded because of previous errors.\r\n"),
+        ("GET k", "$4\r\norig\r\n"),
+    ] {
+        assert_eq!(text(&cmd(&mut raw, c).await), want, "{c}");
+    }
+    assert_eq!(journal_entries(&respite).await, 0);
+    end_drill(&respite).await;
+    assert_eq!(q::<Option<String>>(&mut direct(&redis).await, "GET k").await.as_deref(), Some("orig"));
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_refused_when_an_outage_exec_runs_it_discards_the_whole_block() {
+    // Some refusals show only when the command runs (ZADD NX, SET NX, a read of a key never
+    // seen). The commands before it in the block used to apply and be journaled alone, and
+    // the EXEC answered a mix: Redis would have run the whole block, so none of it may run.
+    let redis = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    for c in ["SET c 5", "SET s old", "RPUSH l a", "LRANGE l 0 -1", "GET c"] {
+        assert!(!cmd(&mut raw, c).await.starts_with(b"-"), "{c}");
+    }
+    drill(&respite, "down").await;
+    for refused in ["ZADD z NX 1 m", "SET s v NX", "GET never-seen"] {
+        for (c, want) in [
+            ("MULTI", "+OK\r\n"),
+            ("INCR c", "+QUEUED\r\n"),
+            ("SET s new", "+QUEUED\r\n"),
+            ("RPUSH l b", "+QUEUED\r\n"),
+            ("SET fresh 1", "+QUEUED\r\n"),
+            (refused, "+QUEUED\r\n"),
+            ("INCR c", "+QUEUED\r\n"),
+        ] {
+            assert_eq!(text(&cmd(&mut raw, c).await), want, "{refused}: {c}");
+        }
+        let exec = text(&cmd(&mut raw, "EXEC").await);
+        assert!(exec.starts_with("-EXECABORT Transaction discarded: UNAVAILABLE upstream down"), "{refused}: {exec}");
+        for (c, want) in [("GET c", "$1\r\n5\r\n"), ("GET s", "$3\r\nold\r\n"), ("LRANGE l 0 -1", "*1\r\n$1\r\na\r\n")]
+        {
+            assert_eq!(text(&cmd(&mut raw, c).await), want, "{refused}: {c}");
+        }
+        assert!(text(&cmd(&mut raw, "GET fresh").await).starts_with("-UNAVAILABLE"), "{refused}: fresh was never set");
+        assert_eq!(journal_entries(&respite).await, 0, "{refused}");
+    }
+    end_drill(&respite).await;
+    let mut up = direct(&redis).await;
+    assert_eq!(q::<Option<String>>(&mut up, "GET c").await.as_deref(), Some("5"));
+    assert_eq!(q::<Option<String>>(&mut up, "GET fresh").await, None);
+    respite.shutdown().await;
+}

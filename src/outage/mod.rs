@@ -64,6 +64,26 @@ pub struct Cx<'a> {
     pub unseen: u32,
     /// Written keys (argument index) and their slots, to re-weigh once journaled.
     touched: SmallVec<[(usize, Arc<Slot>); 2]>,
+    /// In a MULTI block: each written slot as it was before the block first changed it, to
+    /// put back if a later command of the block is refused.
+    undo: Option<Vec<Undo>>,
+}
+
+/// Why a command was not queued in an outage MULTI (either way the EXEC is aborted).
+pub enum NotQueued {
+    /// Not served during an outage: metric reason, message.
+    Refused(&'static str, String),
+    /// The error Redis gives when queuing it (wrong number of arguments).
+    Redis(String),
+}
+
+/// A slot as it was before a MULTI block changed it.
+struct Undo {
+    key: crate::store::StoreKey,
+    slot: Arc<Slot>,
+    /// The slot was made by the block (the key was not in the store).
+    created: bool,
+    before: Entry,
 }
 
 impl<'a> Cx<'a> {
@@ -98,6 +118,12 @@ impl<'a> Cx<'a> {
     pub fn write<T>(&mut self, i: usize, f: impl FnOnce(&mut Entry) -> Result<T, CmdErr>) -> Result<T, CmdErr> {
         let key = self.key(i);
         let (slot, created) = self.store.slot_for_write(key, self.now);
+        if let Some(undo) = &mut self.undo {
+            if !undo.iter().any(|u| Arc::ptr_eq(&u.slot, &slot)) {
+                let before = slot.entry.lock().clone();
+                undo.push(Undo { key: key.to_owned(), slot: slot.clone(), created, before });
+            }
+        }
         let result = {
             let mut e = slot.entry.lock();
             let r = f(&mut e);
@@ -421,14 +447,26 @@ impl Outage {
         let mut writes = 0u32;
         let mut touched_all = Vec::new();
         let mut unseen_all = 0;
+        let mut undo = Vec::new();
         let now = Now::current();
         let now_ms = now.ms;
         for q in block {
             let args: SmallVec<[&[u8]; 8]> = q.args.iter().map(|a| &a[..]).collect();
             let entry = q.entry;
+            if !q.spec.arity_ok(args.len()) {
+                // Refused when queued (EXECABORT); never run a handler past its arguments.
+                let name = q.spec.name.to_ascii_lowercase();
+                crate::error::write_error_line(
+                    &mut replies,
+                    &format!("ERR wrong number of arguments for '{name}' command"),
+                );
+                continue;
+            }
             let mut cx = self.cx(db, resp3, &args, &mut replies, now);
+            cx.undo = Some(std::mem::take(&mut undo));
             let result = (entry.run)(&mut cx);
             let (rewrite, touched, unseen) = (cx.rewrite.take(), std::mem::take(&mut cx.touched), cx.unseen);
+            undo = cx.undo.take().unwrap_or_default();
             match result {
                 Ok(()) if matches!(entry.kind, Kind::Write | Kind::Conditional) => {
                     writes += 1;
@@ -442,8 +480,25 @@ impl Outage {
                 }
                 Ok(()) => {}
                 // As in Redis, an error inside EXEC does not stop the other commands.
-                Err(e) => {
-                    self.finish_read(Err(e), q.spec.name, &mut replies);
+                Err(CmdErr::Redis(msg)) => crate::error::write_error_line(&mut replies, &msg),
+                // A command the outage cannot serve in this form (found only when it runs:
+                // a miss, SET NX, ZADD GT, ...): Redis would have run the whole block, so
+                // none of it runs here. What the commands before it changed is put back.
+                Err(refused) => {
+                    for u in undo.into_iter().rev() {
+                        if u.created {
+                            self.store.invalidate(u.key.as_ref());
+                        } else {
+                            *u.slot.entry.lock() = u.before;
+                            self.store.reweigh(u.key.as_ref(), &u.slot);
+                        }
+                    }
+                    let mut why = BytesMut::new();
+                    self.finish_read(Err(refused), q.spec.name, &mut why);
+                    let why = String::from_utf8_lossy(&why);
+                    let why = why.trim_end().trim_start_matches('-');
+                    crate::error::write_error_line(out, &format!("EXECABORT Transaction discarded: {why}"));
+                    return Served::Done { outcome: Outcome::Refused, seq: None };
                 }
             }
         }
@@ -515,16 +570,20 @@ impl Outage {
         &self,
         id: CommandId,
         spec: Option<&'static CommandSpec>,
-        name: &[u8],
-    ) -> Result<&'static commands::OutageSpec, (&'static str, String)> {
-        if let Some(r) = Self::refusal(spec, name) {
-            return Err(r);
+        args: &[&[u8]],
+    ) -> Result<&'static commands::OutageSpec, NotQueued> {
+        if let Some((reason, msg)) = Self::refusal(spec, args[0]) {
+            return Err(NotQueued::Refused(reason, msg));
         }
         let spec = spec.expect("checked");
+        if !spec.arity_ok(args.len()) {
+            let name = spec.name.to_ascii_lowercase();
+            return Err(NotQueued::Redis(format!("ERR wrong number of arguments for '{name}' command")));
+        }
         let entry = commands::by_id(id).expect("refusal() checked the table");
         match entry.kind {
             Kind::Conditional if !self.settings().allow_conditional => {
-                Err(("coordination", conditional_message(spec.name)))
+                Err(NotQueued::Refused("coordination", conditional_message(spec.name)))
             }
             _ => Ok(entry),
         }
@@ -545,6 +604,7 @@ impl Outage {
             keep_seen: false,
             unseen: 0,
             touched: SmallVec::new(),
+            undo: None,
         }
     }
 
