@@ -182,15 +182,96 @@ fn int(b: &[u8]) -> Result<i64, CmdErr> {
     crate::resp::parse_int(b).ok_or_else(|| err(NOT_INT))
 }
 
+/// A double as Redis's `string2d` reads one (scores, ZINCRBY increments): C's `strtod`
+/// over the whole argument, no leading space, and neither NaN nor a value out of range (an
+/// overflow to infinity or an underflow to zero, which `strtod` flags with ERANGE).
 fn float(b: &[u8]) -> Result<f64, CmdErr> {
     let s = std::str::from_utf8(b).map_err(|_| err(NOT_FLOAT))?;
-    let v: f64 = match s.to_ascii_lowercase().as_str() {
-        "inf" | "+inf" | "infinity" | "+infinity" => f64::INFINITY,
-        "-inf" | "-infinity" => f64::NEG_INFINITY,
-        t if t.is_empty() || t.contains("nan") || t.starts_with(char::is_whitespace) => return Err(err(NOT_FLOAT)),
-        t => t.parse().map_err(|_| err(NOT_FLOAT))?,
+    if s.starts_with(|c: char| c.is_ascii_whitespace() || c == '\x0b') {
+        return Err(err(NOT_FLOAT));
+    }
+    match c_strtod(s) {
+        Some((v, false)) if !v.is_nan() => Ok(v),
+        _ => Err(err(NOT_FLOAT)),
+    }
+}
+
+/// A float as Redis's `string2ld` reads one (INCRBYFLOAT, HINCRBYFLOAT): as [`float`], but
+/// in the range of an x87 long double (`1e400` is a float there). A hexadecimal float,
+/// which `strtold` reads, is refused here (see README).
+fn float_ld(b: &[u8]) -> Result<(), CmdErr> {
+    use rustc_apfloat::Float as _;
+    let s = std::str::from_utf8(b).map_err(|_| err(NOT_FLOAT))?;
+    if s.starts_with(|c: char| c.is_ascii_whitespace() || c == '\x0b') {
+        return Err(err(NOT_FLOAT));
+    }
+    match c_strtod(s) {
+        Some((v, _)) if v.is_nan() => Err(err(NOT_FLOAT)),
+        Some((v, false)) if v.is_infinite() => Ok(()),
+        Some((_, out_of_double_range)) => match long_double::parse(b) {
+            Some(ld) if !out_of_double_range || (ld.is_finite() && !ld.is_zero()) => Ok(()),
+            _ => Err(err(NOT_FLOAT)),
+        },
+        None => Err(err(NOT_FLOAT)),
+    }
+}
+
+/// What C's `strtod` makes of all of `s` (`None` unless every character is part of the
+/// number): the value, and whether it was out of range (ERANGE: a finite number too large,
+/// or a non-zero one too small, for a double). Leading whitespace is skipped, as `strtod`
+/// does; hexadecimal (`0x1.8p3`) is read too.
+fn c_strtod(s: &str) -> Option<(f64, bool)> {
+    let t = s.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b');
+    let (neg, body) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
     };
-    Ok(v)
+    let lower = body.to_ascii_lowercase();
+    let v = match lower.as_str() {
+        "inf" | "infinity" => return Some((if neg { f64::NEG_INFINITY } else { f64::INFINITY }, false)),
+        "nan" => return Some((f64::NAN, false)),
+        _ if lower.starts_with("0x") => hex_float(&lower[2..])?,
+        // Rust's parser takes what C's does here, and nothing more (no "_", no "inf" left).
+        _ if lower.bytes().all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'+' | b'-')) => {
+            lower.parse::<f64>().ok()?
+        }
+        _ => return None,
+    };
+    let mantissa_nonzero = {
+        let m = lower.strip_prefix("0x").unwrap_or(&lower);
+        let m = m.split(['e', 'p']).next().unwrap_or("");
+        m.bytes().any(|c| c.is_ascii_hexdigit() && c != b'0')
+    };
+    let out_of_range = v.is_infinite() || (v == 0.0 && mantissa_nonzero);
+    Some((if neg { -v } else { v }, out_of_range))
+}
+
+/// The digits of a hexadecimal float after `0x`: `h[.h][p[+-]d]`.
+fn hex_float(s: &str) -> Option<f64> {
+    let (mantissa, exp) = match s.split_once('p') {
+        Some((m, e)) => (m, e.parse::<i32>().ok()?),
+        None => (s, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let mut m: u128 = 0;
+    let mut shift = exp;
+    for (i, c) in int.chars().chain(frac.chars()).enumerate() {
+        let d = c.to_digit(16)? as u128;
+        if m >> 120 == 0 {
+            m = m * 16 + d;
+            if i >= int.len() {
+                shift = shift.saturating_sub(4);
+            }
+        } else if i < int.len() {
+            // Digits past 120 bits only scale (and round away) the value.
+            shift = shift.saturating_add(4);
+        }
+    }
+    Some((m as f64) * 2f64.powi(shift.clamp(-2000, 2000)))
 }
 
 fn is(arg: &[u8], word: &str) -> bool {
@@ -393,7 +474,8 @@ fn expire_time_ms(cx: &mut Cx<'_>) -> Result<i64, CmdErr> {
 
 fn expiretime(cx: &mut Cx<'_>) -> Res {
     let t = expire_time_ms(cx)?;
-    cx.r.int(if t < 0 { t } else { t / 1000 });
+    // Rounded to the nearest second, as Redis does ((ms + 500) / 1000).
+    cx.r.int(if t < 0 { t } else { (t + 500) / 1000 });
     Ok(())
 }
 
@@ -505,12 +587,15 @@ fn llen(cx: &mut Cx<'_>) -> Res {
 }
 
 fn lindex(cx: &mut Cx<'_>) -> Res {
-    let idx = int(cx.args[2])?;
+    let arg = cx.args[2];
+    // Redis's order: the key (nil when absent), its type, then the index.
     let v = cx.read(1, |e| {
-        Ok(typed::<List>(&e.value)?.and_then(|l| {
-            let i = if idx < 0 { l.len() as i64 + idx } else { idx };
-            (i >= 0).then(|| l.get(i as usize).cloned()).flatten()
-        }))
+        let Some(l) = typed::<List>(&e.value)? else {
+            return Ok(None);
+        };
+        let idx = int(arg)?;
+        let i = if idx < 0 { l.len() as i64 + idx } else { idx };
+        Ok((i >= 0).then(|| l.get(i as usize).cloned()).flatten())
     })?;
     cx.r.bulk_or_nil(v.as_deref());
     Ok(())
@@ -560,12 +645,20 @@ fn scard(cx: &mut Cx<'_>) -> Res {
 #[derive(Clone, Copy)]
 struct Bound(f64, bool);
 
+/// A score bound as Redis's `zslParseRange` reads one: `strtod` over the rest, so leading
+/// space is skipped, an empty bound is 0 and a value out of range saturates (to infinity or
+/// zero); only NaN and trailing text are refused.
 fn bound(b: &[u8]) -> Result<Bound, CmdErr> {
     let (excl, rest) = match b.first() {
         Some(b'(') => (true, &b[1..]),
         _ => (false, b),
     };
-    Ok(Bound(float(rest).map_err(|_| err(MIN_MAX_FLOAT))?, excl))
+    let rest = std::str::from_utf8(rest).map_err(|_| err(MIN_MAX_FLOAT))?;
+    let v = if rest.is_empty() { Some((0.0, false)) } else { c_strtod(rest) };
+    match v {
+        Some((v, _)) if !v.is_nan() => Ok(Bound(v, excl)),
+        _ => Err(err(MIN_MAX_FLOAT)),
+    }
 }
 
 fn in_range(s: f64, min: Bound, max: Bound) -> bool {
@@ -576,21 +669,56 @@ fn in_range(s: f64, min: Bound, max: Bound) -> bool {
 struct RangeOpts {
     withscores: bool,
     limit: Option<(i64, i64)>,
+    rev: bool,
+    byscore: bool,
 }
 
-fn range_opts(args: &[&[u8]], allow_limit: bool) -> Result<RangeOpts, CmdErr> {
-    let mut o = RangeOpts { withscores: false, limit: None };
+/// What a ZRANGE-like command fixes before its options: ZRANGE nothing, ZRANGEBYSCORE the
+/// score type, ZREVRANGE the rank type and the direction, and so on.
+#[derive(Clone, Copy, PartialEq)]
+enum RangeBy {
+    Auto,
+    Rank,
+    Score,
+}
+
+/// The options as Redis's `zrangeGenericCommand` reads them: each of REV, BYSCORE and BYLEX
+/// at most once and only where the command does not fix it, LIMIT (count -1: no limit) only
+/// with a score or lex range, WITHSCORES not with BYLEX; all before the range itself.
+fn range_opts(args: &[&[u8]], by: RangeBy, rev_fixed: bool) -> Result<RangeOpts, CmdErr> {
+    let mut o = RangeOpts { withscores: false, limit: None, rev: rev_fixed, byscore: by == RangeBy::Score };
+    let (mut rev_given, mut by_given, mut bylex) = (rev_fixed, by != RangeBy::Auto, false);
     let mut i = 0;
     while i < args.len() {
-        if is(args[i], "WITHSCORES") {
+        let a = args[i];
+        if is(a, "WITHSCORES") {
             o.withscores = true;
-            i += 1;
-        } else if allow_limit && is(args[i], "LIMIT") && i + 2 < args.len() {
+        } else if is(a, "LIMIT") && i + 2 < args.len() {
             o.limit = Some((int(args[i + 1])?, int(args[i + 2])?));
-            i += 3;
+            i += 2;
+        } else if !rev_given && is(a, "REV") {
+            (o.rev, rev_given) = (true, true);
+        } else if !by_given && is(a, "BYSCORE") {
+            (o.byscore, by_given) = (true, true);
+        } else if !by_given && is(a, "BYLEX") {
+            (bylex, by_given) = (true, true);
         } else {
             return Err(err(SYNTAX));
         }
+        i += 1;
+    }
+    if o.limit.is_some_and(|(_, count)| count != -1) && !o.byscore && !bylex {
+        return Err(err("ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX"));
+    }
+    if o.withscores && bylex {
+        return Err(err("ERR syntax error, WITHSCORES not supported in combination with BYLEX"));
+    }
+    if bylex {
+        return Err(CmdErr::Unsupported("ZRANGE BYLEX"));
+    }
+    if !o.byscore {
+        // A rank range ignores a LIMIT whose count is -1 (Redis lets it through).
+        o.limit = None;
     }
     Ok(o)
 }
@@ -646,51 +774,37 @@ fn by_score(cx: &mut Cx<'_>, min: Bound, max: Bound, rev: bool) -> Result<Vec<(B
 }
 
 fn zrange(cx: &mut Cx<'_>) -> Res {
-    let mut byscore = false;
-    let mut rev = false;
-    let mut rest: Vec<&[u8]> = Vec::new();
-    for a in &cx.args[4..] {
-        if is(a, "BYSCORE") {
-            byscore = true;
-        } else if is(a, "REV") {
-            rev = true;
-        } else if is(a, "BYLEX") {
-            return Err(CmdErr::Unsupported("ZRANGE BYLEX"));
-        } else {
-            rest.push(a);
-        }
-    }
-    let o = range_opts(&rest, byscore)?;
-    let items = if byscore {
+    let o = range_opts(&cx.args[4..], RangeBy::Auto, false)?;
+    let items = if o.byscore {
         // With REV the bounds come max first.
         let (a, b) = (bound(cx.args[2])?, bound(cx.args[3])?);
-        let (min, max) = if rev { (b, a) } else { (a, b) };
-        apply_limit(by_score(cx, min, max, rev)?, o.limit)
+        let (min, max) = if o.rev { (b, a) } else { (a, b) };
+        apply_limit(by_score(cx, min, max, o.rev)?, o.limit)
     } else {
-        by_rank(cx, int(cx.args[2])?, int(cx.args[3])?, rev)?
+        by_rank(cx, int(cx.args[2])?, int(cx.args[3])?, o.rev)?
     };
     emit_scored(cx, items, o.withscores);
     Ok(())
 }
 
 fn zrangebyscore(cx: &mut Cx<'_>) -> Res {
+    let o = range_opts(&cx.args[4..], RangeBy::Score, false)?;
     let (min, max) = (bound(cx.args[2])?, bound(cx.args[3])?);
-    let o = range_opts(&cx.args[4..], true)?;
     let items = apply_limit(by_score(cx, min, max, false)?, o.limit);
     emit_scored(cx, items, o.withscores);
     Ok(())
 }
 
 fn zrevrangebyscore(cx: &mut Cx<'_>) -> Res {
+    let o = range_opts(&cx.args[4..], RangeBy::Score, true)?;
     let (max, min) = (bound(cx.args[2])?, bound(cx.args[3])?);
-    let o = range_opts(&cx.args[4..], true)?;
     let items = apply_limit(by_score(cx, min, max, true)?, o.limit);
     emit_scored(cx, items, o.withscores);
     Ok(())
 }
 
 fn zrevrange(cx: &mut Cx<'_>) -> Res {
-    let o = range_opts(&cx.args[4..], false)?;
+    let o = range_opts(&cx.args[4..], RangeBy::Rank, true)?;
     let items = by_rank(cx, int(cx.args[2])?, int(cx.args[3])?, true)?;
     emit_scored(cx, items, o.withscores);
     Ok(())
@@ -766,46 +880,58 @@ struct SetOpts {
     xx: bool,
 }
 
-fn parse_set_opts(cx: &Cx<'_>) -> Result<SetOpts, CmdErr> {
-    let mut o = SetOpts { expiry: None, keepttl: false, get: false, nx: false, xx: false };
-    let a = &cx.args[3..];
+/// The options of SET (`for_set`) or GETEX as Redis's `parseExtendedStringArgumentsOrReply`
+/// reads them: an expiry unit excludes the others, KEEPTTL and PERSIST, but may repeat (the
+/// last value wins), as may every other flag; NX/XX/GET/KEEPTTL are SET's, PERSIST GETEX's.
+#[derive(Default)]
+struct Extended<'a> {
+    /// Value, in seconds, relative.
+    expire: Option<(&'a [u8], bool, bool)>,
+    unit: Option<&'static str>,
+    keepttl: bool,
+    persist: bool,
+    get: bool,
+    nx: bool,
+    xx: bool,
+}
+
+fn parse_extended<'a>(a: &[&'a [u8]], for_set: bool) -> Result<Extended<'a>, CmdErr> {
+    let mut o = Extended::default();
     let mut i = 0;
-    let mut expire: Option<(&[u8], bool, bool)> = None;
     while i < a.len() {
         let opt = a[i];
-        let unit = if is(opt, "EX") {
-            Some((1000, false))
-        } else if is(opt, "PX") {
-            Some((1, false))
-        } else if is(opt, "EXAT") {
-            Some((1000, true))
-        } else if is(opt, "PXAT") {
-            Some((1, true))
-        } else {
-            None
-        };
-        if let Some((mult, absolute)) = unit {
-            if expire.is_some() || o.keepttl || i + 1 >= a.len() {
+        let unit = ["EX", "PX", "EXAT", "PXAT"].into_iter().find(|u| is(opt, u));
+        if let Some(unit) = unit {
+            if o.unit.is_some_and(|u| u != unit) || o.keepttl || o.persist || i + 1 >= a.len() {
                 return Err(err(SYNTAX));
             }
-            expire = Some((a[i + 1], mult == 1000, !absolute));
+            o.unit = Some(unit);
+            o.expire = Some((a[i + 1], unit.starts_with('E'), !unit.ends_with("AT")));
             i += 2;
             continue;
         }
-        if is(opt, "KEEPTTL") && expire.is_none() {
+        if for_set && is(opt, "KEEPTTL") && o.unit.is_none() {
             o.keepttl = true;
-        } else if is(opt, "GET") {
+        } else if !for_set && is(opt, "PERSIST") && o.unit.is_none() {
+            o.persist = true;
+        } else if for_set && is(opt, "GET") {
             o.get = true;
-        } else if is(opt, "NX") && !o.xx {
+        } else if for_set && is(opt, "NX") && !o.xx {
             o.nx = true;
-        } else if is(opt, "XX") && !o.nx {
+        } else if for_set && is(opt, "XX") && !o.nx {
             o.xx = true;
         } else {
             return Err(err(SYNTAX));
         }
         i += 1;
     }
-    if let Some((text, seconds, relative)) = expire {
+    Ok(o)
+}
+
+fn parse_set_opts(cx: &Cx<'_>) -> Result<SetOpts, CmdErr> {
+    let e = parse_extended(&cx.args[3..], true)?;
+    let mut o = SetOpts { expiry: None, keepttl: e.keepttl, get: e.get, nx: e.nx, xx: e.xx };
+    if let Some((text, seconds, relative)) = e.expire {
         o.expiry = Some(expire_ms(cx, text, seconds, relative)?);
     }
     Ok(o)
@@ -975,9 +1101,9 @@ fn incrbyfloat(cx: &mut Cx<'_>) -> Res {
         // Redis's order: the key's type, its value, then the increment.
         let cur = typed::<Bytes>(&e.value)?.cloned();
         if let Some(b) = &cur {
-            float(b)?;
+            float_ld(b)?;
         }
-        float(incr)?;
+        float_ld(incr)?;
         let s = long_double::add(cur.as_deref().unwrap_or(b"0"), incr).ok_or_else(|| err(NAN_INF))?;
         e.value = Value::Str(Bytes::from(s.clone()));
         Ok(s)
@@ -1015,25 +1141,11 @@ fn getex(cx: &mut Cx<'_>) -> Res {
     // GETEX key [EX s | PX ms | EXAT s | PXAT ms | PERSIST]
     // Redis's order: the syntax, then the key (missing: nil; another type: WRONGTYPE),
     // then the expiry's value.
-    let a = &cx.args[2..];
-    let option = match a.len() {
-        0 => None,
-        1 if is(a[0], "PERSIST") => Some(None),
-        2 => {
-            let (seconds, relative) = if is(a[0], "EX") {
-                (true, true)
-            } else if is(a[0], "PX") {
-                (false, true)
-            } else if is(a[0], "EXAT") {
-                (true, false)
-            } else if is(a[0], "PXAT") {
-                (false, false)
-            } else {
-                return Err(err(SYNTAX));
-            };
-            Some(Some((a[1], seconds, relative)))
-        }
-        _ => return Err(err(SYNTAX)),
+    let o = parse_extended(&cx.args[2..], false)?;
+    let option = match (o.expire, o.persist) {
+        (Some(e), _) => Some(Some(e)),
+        (None, true) => Some(None),
+        (None, false) => None,
     };
     // Checked only once the key is known to hold a string.
     let expiry: Option<Result<Option<u64>, CmdErr>> = option.map(|o| match o {
@@ -1085,8 +1197,10 @@ fn del(cx: &mut Cx<'_>) -> Res {
 /// Sets an absolute expiry (ms) on an existing key; journals `PEXPIREAT key t`.
 fn expire_at(cx: &mut Cx<'_>, t: u64) -> Res {
     if cx.args.len() > 3 {
-        // NX / XX / GT / LT depend on the upstream's current TTL.
-        return Err(CmdErr::Conditional("EXPIRE with NX|XX|GT|LT"));
+        // NX / XX / GT / LT depend on the upstream's current TTL (not served even with
+        // allow_conditional, so the refusal must not suggest it).
+        let what = "EXPIRE with NX|XX|GT|LT";
+        return Err(if cx.allow_conditional { CmdErr::Unsupported(what) } else { CmdErr::Conditional(what) });
     }
     let now = cx.now_ms;
     let n = cx.write(1, |e| {
@@ -1217,7 +1331,7 @@ fn hincrby(cx: &mut Cx<'_>) -> Res {
 
 fn hincrbyfloat(cx: &mut Cx<'_>) -> Res {
     let incr = cx.args[3];
-    float(incr)?;
+    float_ld(incr)?;
     if !long_double::is_finite(incr) {
         return Err(err(INCR_NAN_INF));
     }
@@ -1229,7 +1343,7 @@ fn hincrbyfloat(cx: &mut Cx<'_>) -> Res {
             _ => return Err(err(WRONGTYPE)),
         };
         if let Some(v) = &cur {
-            float(v).map_err(|_| err(HASH_NOT_FLOAT))?;
+            float_ld(v).map_err(|_| err(HASH_NOT_FLOAT))?;
         }
         let s = long_double::add(cur.as_deref().unwrap_or(b"0"), incr).ok_or_else(|| err(NAN_INF))?;
         typed_mut::<Hash>(e)?.insert(field, Bytes::from(s.clone()));
@@ -1284,14 +1398,12 @@ fn rpush(cx: &mut Cx<'_>) -> Res {
 fn pop(cx: &mut Cx<'_>, left: bool) -> Res {
     let count = match cx.args.len() {
         2 => None,
-        3 => {
-            let c = int(cx.args[2])?;
-            if c < 0 {
-                return Err(CmdErr::Redis("ERR value is out of range, must be positive".into()));
-            }
-            Some(c as usize)
-        }
-        _ => return Err(err(SYNTAX)),
+        3 => match crate::resp::parse_int(cx.args[2]) {
+            Some(c) if c >= 0 => Some(c as usize),
+            // Redis's getPositiveLongFromObjectOrReply: one message for both.
+            _ => return Err(CmdErr::Redis("ERR value is out of range, must be positive".into())),
+        },
+        _ => return Err(wrong_args(cx)),
     };
     let popped: Option<Vec<Bytes>> = cx.write(1, |e| match &mut e.value {
         Value::Absent => Ok(None),
@@ -1380,11 +1492,13 @@ fn lrem(cx: &mut Cx<'_>) -> Res {
 }
 
 fn lset(cx: &mut Cx<'_>) -> Res {
-    let idx = int(cx.args[2])?;
+    let arg = cx.args[2];
     let v = Bytes::copy_from_slice(cx.args[3]);
+    // Redis's order: the key, its type, then the index.
     cx.write(1, |e| match &mut e.value {
         Value::Absent => Err(err(NO_SUCH_KEY)),
         Value::List(l) => {
+            let idx = int(arg)?;
             let i = if idx < 0 { l.len() as i64 + idx } else { idx };
             match (i >= 0).then(|| l.get_mut(i as usize)).flatten() {
                 Some(slot) => {
@@ -1431,7 +1545,8 @@ fn zadd(cx: &mut Cx<'_>) -> Res {
     while i < cx.args.len() {
         let a = cx.args[i];
         if is(a, "NX") || is(a, "XX") || is(a, "GT") || is(a, "LT") {
-            return Err(CmdErr::Conditional("ZADD NX|XX|GT|LT"));
+            let what = "ZADD NX|XX|GT|LT";
+            return Err(if cx.allow_conditional { CmdErr::Unsupported(what) } else { CmdErr::Conditional(what) });
         } else if is(a, "CH") {
             ch = true;
         } else if is(a, "INCR") {
@@ -1456,7 +1571,7 @@ fn zadd(cx: &mut Cx<'_>) -> Res {
         let z = typed_mut::<ZSet>(e)?;
         if incr {
             let (by, m) = pairs.pop().expect("one pair");
-            let n = z.scores.get(&m).copied().unwrap_or(0.0) + by;
+            let n = z.scores.get(&m).map_or(by, |cur| cur + by);
             if n.is_nan() {
                 return Err(CmdErr::Redis("ERR resulting score is not a number (NaN)".into()));
             }
@@ -1498,7 +1613,7 @@ fn zincrby(cx: &mut Cx<'_>) -> Res {
     let m = Bytes::copy_from_slice(cx.args[3]);
     let n = cx.write(1, |e| {
         let z = typed_mut::<ZSet>(e)?;
-        let n = z.scores.get(&m).copied().unwrap_or(0.0) + by;
+        let n = z.scores.get(&m).map_or(by, |cur| cur + by);
         if n.is_nan() {
             return Err(CmdErr::Redis("ERR resulting score is not a number (NaN)".into()));
         }

@@ -133,7 +133,7 @@ pub fn format_double(v: f64) -> String {
 /// The shortest representation that reads back the same, in `%g` layout.
 pub fn format_shortest(v: f64) -> String {
     if v == 0.0 {
-        return "0".into();
+        return if v.is_sign_negative() { "-0".into() } else { "0".into() };
     }
     let exp = v.abs().log10().floor();
     if (-4.0..17.0).contains(&exp) {
@@ -146,7 +146,7 @@ pub fn format_shortest(v: f64) -> String {
 /// C's `%.17g`: 17 significant digits, trailing zeros removed.
 pub fn format_g17(v: f64) -> String {
     if v == 0.0 {
-        return "0".into();
+        return if v.is_sign_negative() { "-0".into() } else { "0".into() };
     }
     let sci = format!("{v:.16e}");
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
@@ -340,6 +340,7 @@ mod tests {
         assert_eq!(format_shortest(1e21), "1e+21");
         assert_eq!(format_shortest(1.5e-7), "1.5e-07");
         assert_eq!(format_shortest(-2.5), "-2.5");
+        assert_eq!((format_shortest(-0.0), format_g17(-0.0), format_g17(0.0)), ("-0".into(), "-0".into(), "0".into()));
         // Redis 7.0's %.17g.
         assert_eq!(format_g17(1.1), "1.1000000000000001");
         assert_eq!(format_g17(2.5), "2.5");

@@ -282,8 +282,11 @@ impl Outage {
                                 e.expires_at_ms = None;
                             }
                             -1 => e.expires_at_ms = None,
-                            // TTL is rounded to seconds: keep the earlier bound, never later.
-                            n if name == "TTL" => e.expires_at_ms = Some(now.ms + (n.max(1) as u64 - 1) * 1000),
+                            // TTL is rounded to the nearest second ((ms + 500) / 1000): keep
+                            // the earliest expiry it allows, never a later one.
+                            n if name == "TTL" => {
+                                e.expires_at_ms = Some(now.ms + (n.max(0) as u64 * 1000).saturating_sub(500))
+                            }
                             n => e.expires_at_ms = Some(now.ms + n as u64),
                         }
                         e.ttl_known = true;

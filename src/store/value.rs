@@ -90,8 +90,9 @@ impl PartialOrd for Score {
     }
 }
 impl Ord for Score {
+    /// As Redis compares scores (`<`): -0 and 0 are equal (the member then decides).
     fn cmp(&self, other: &Self) -> Ordering {
-        self.0.total_cmp(&other.0)
+        self.0.partial_cmp(&other.0).unwrap_or_else(|| self.0.total_cmp(&other.0))
     }
 }
 
@@ -105,6 +106,13 @@ pub struct ZSet {
 impl ZSet {
     /// Sets a member's score; returns whether the member is new.
     pub fn insert(&mut self, member: Bytes, score: f64) -> bool {
+        // Redis stores a small sorted set's scores as text, where -0 reads back as 0.
+        let score = score + 0.0;
+        match self.scores.get(&member) {
+            // As Redis: an equal score (0 for -0 too) changes nothing.
+            Some(&old) if old == score => return false,
+            _ => {}
+        }
         match self.scores.insert(member.clone(), score) {
             Some(old) => {
                 self.order.remove(&(Score(old), member.clone()));
