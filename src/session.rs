@@ -546,11 +546,18 @@ impl Session {
                 // through) each request goes through `serve_local` on its own: a batch
                 // would forward the writes after it past the journal.
                 let local = self.ctx.outage.active() || self.local.is_some();
+                // UNSUBSCRIBE and friends end it too: not subscribed, they are answered
+                // here (above), once per channel; batched, they went upstream counted as
+                // one reply each, and the extra replies reached other clients' batches.
+                // RESET ends it after itself: its reply drops the dedicated connection,
+                // and with it what the commands after it set there (MULTI, WATCH).
                 while !local
                     && end < n
+                    && self.reqs[end - 1].name() != "RESET"
                     && self.reqs[end].inline.is_none()
                     && self.forwardable(self.reqs[end].route)
                     && !(gated && matches!(self.reqs[end].name(), "AUTH" | "HELLO"))
+                    && !matches!(self.reqs[end].name(), "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE")
                 {
                     end += 1;
                 }
@@ -1390,6 +1397,8 @@ impl Session {
                 self.txn = Txn::None;
                 self.db = self.ctx.cfg.upstream.db;
                 self.resp3 = false;
+                // As Redis: RESET leaves the client unauthenticated (with client auth).
+                self.authed = !self.ctx.auth.required();
                 if let Some(d) = &mut self.dedicated {
                     d.clear_state();
                     // The upstream reset this connection to database 0 and the default

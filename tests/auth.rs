@@ -344,3 +344,19 @@ fn secrets_can_come_from_the_environment() {
     let shown = c.to_redacted_toml();
     assert!(!shown.contains("env-token") && !shown.contains("env-pass"), "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_leaves_the_client_unauthenticated_as_redis_does() {
+    let redis = RedisServer::start();
+    let respite = with_auth(&redis).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(call(&mut raw, &[b"AUTH", b"sesame"]).await, b"+OK\r\n");
+    assert_eq!(call(&mut raw, &[b"SET", b"x", b"hello"]).await, b"+OK\r\n");
+    // In one write, as the review sent it: RESET then GET.
+    raw.send(&[encode(&[b"RESET"]), encode(&[b"GET", b"x"])].concat()).await;
+    assert_eq!(raw.reply().await, b"+RESET\r\n");
+    assert_eq!(raw.reply().await, b"-NOAUTH Authentication required.\r\n");
+    assert_eq!(call(&mut raw, &[b"AUTH", b"app", b"s3cret"]).await, b"+OK\r\n");
+    assert_eq!(call(&mut raw, &[b"GET", b"x"]).await, b"$5\r\nhello\r\n");
+    respite.shutdown().await;
+}

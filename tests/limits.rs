@@ -582,3 +582,58 @@ async fn unsubscribe_without_subscriptions_answers_like_redis_and_shifts_no_one(
     }
     respite.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_of_several_channels_inside_a_pipeline_shifts_no_one() {
+    // The local answer above covered an UNSUBSCRIBE at the start of a batch only: one
+    // after PING in the same write joined the forwarded batch, Redis answered it twice, and
+    // the extra reply went to other clients (their GET got "unsubscribe c").
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.upstream.pool_size = 1;
+    let respite = Respite::start_with(cfg).await;
+    let mut direct = Raw::connect(SocketAddr::from(([127, 0, 0, 1], redis.port))).await;
+    let mut a = Raw::connect(respite.addr).await;
+    let mut b = Raw::connect(respite.addr).await;
+    assert_eq!(call(&mut b, &[b"SET", b"x", b"hello"]).await, b"+OK\r\n");
+    let pipeline = [
+        encode(&[b"PING"]),
+        encode(&[b"UNSUBSCRIBE", b"b", b"c"]),
+        encode(&[b"PUNSUBSCRIBE", b"p*", b"q*"]),
+        encode(&[b"PING"]),
+    ]
+    .concat();
+    for round in 0..20 {
+        direct.send(&pipeline).await;
+        a.send(&pipeline).await;
+        for k in 0..6 {
+            let want = text(&reply(&mut direct).await);
+            assert_eq!(text(&reply(&mut a).await), want, "round {round}, reply {k}");
+        }
+        assert_eq!(call(&mut b, &[b"GET", b"x"]).await, b"$5\r\nhello\r\n", "round {round}");
+    }
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_in_a_pipeline_keeps_what_the_commands_after_it_set() {
+    // RESET drops the client's dedicated connection when its reply comes (the upstream
+    // reset it to the default user and database 0). Batched with the commands after it,
+    // the MULTI they opened on that connection went with it: EXEC failed.
+    let redis = RedisServer::start();
+    let respite = Respite::start(&redis.url()).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    raw.send(&[encode(&[b"RESET"]), encode(&[b"MULTI"])].concat()).await;
+    assert_eq!(reply(&mut raw).await, b"+RESET\r\n");
+    assert_eq!(reply(&mut raw).await, b"+OK\r\n");
+    raw.send(&[encode(&[b"SET", b"a", b"1"]), encode(&[b"EXEC"])].concat()).await;
+    assert_eq!(text(&reply(&mut raw).await), "+QUEUED\r\n");
+    assert_eq!(text(&reply(&mut raw).await), "*1\r\n+OK\r\n");
+    raw.send(&[encode(&[b"RESET"]), encode(&[b"WATCH", b"a"]), encode(&[b"MULTI"])].concat()).await;
+    for want in ["+RESET\r\n", "+OK\r\n", "+OK\r\n"] {
+        assert_eq!(text(&reply(&mut raw).await), want);
+    }
+    assert_eq!(text(&call(&mut raw, &[b"INCR", b"a"]).await), "+QUEUED\r\n");
+    assert_eq!(text(&call(&mut raw, &[b"EXEC"]).await), "*1\r\n:2\r\n");
+    respite.shutdown().await;
+}
