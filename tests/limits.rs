@@ -637,3 +637,22 @@ async fn reset_in_a_pipeline_keeps_what_the_commands_after_it_set() {
     assert_eq!(text(&call(&mut raw, &[b"EXEC"]).await), "*1\r\n:2\r\n");
     respite.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_on_a_dedicated_connection_keeps_the_replies_that_arrived() {
+    // A pinned client's pipeline [GET, SET] while the upstream pauses writes: GET is
+    // answered at once, SET waits past the command timeout. The timeout used to drop what
+    // had been read, and GET got -TIMEOUT too (a shared connection kept it).
+    let redis = RedisServer::start();
+    let respite = Respite::start(&redis.url()).await;
+    let mut direct = Raw::connect(SocketAddr::from(([127, 0, 0, 1], redis.port))).await;
+    assert_eq!(call(&mut direct, &[b"SET", b"x", b"hello"]).await, b"+OK\r\n");
+    let mut raw = Raw::connect(respite.addr).await;
+    assert_eq!(call(&mut raw, &[b"CLIENT", b"SETNAME", b"pinned"]).await, b"+OK\r\n");
+    assert_eq!(call(&mut direct, &[b"CLIENT", b"PAUSE", b"2500", b"WRITE"]).await, b"+OK\r\n");
+    raw.send(&[encode(&[b"GET", b"x"]), encode(&[b"SET", b"y", b"1"])].concat()).await;
+    assert_eq!(text(&reply(&mut raw).await), "$5\r\nhello\r\n");
+    let second = text(&reply(&mut raw).await);
+    assert!(second.starts_with("-TIMEOUT"), "{second}");
+    respite.shutdown().await;
+}

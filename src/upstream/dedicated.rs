@@ -148,7 +148,13 @@ impl Dedicated {
     ) -> BatchResult {
         let started = Instant::now();
         let budget = deadline.map(|d| d.saturating_duration_since(started));
-        let work = async {
+        let timed_out = || {
+            Box::new(BatchFailure {
+                done: BatchReply::default(),
+                error: UpstreamError::Timeout(round_duration(budget.unwrap_or_default())),
+            })
+        };
+        let send = async {
             if in_transaction && self.had_connection {
                 self.drop_if_closed();
                 if self.stream.is_none() {
@@ -166,17 +172,21 @@ impl Dedicated {
                     error: UpstreamError::Broken { reason: e.to_string(), sent: true },
                 }));
             }
-            read_replies_partial(stream, &mut self.buf, count, limit).await
+            Ok(())
         };
-        let result = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, work).await {
-                Ok(r) => r,
-                Err(_) => Err(Box::new(BatchFailure {
-                    done: BatchReply::default(),
-                    error: UpstreamError::Timeout(round_duration(budget.unwrap_or_default())),
-                })),
-            },
-            None => work.await,
+        let sent = match deadline {
+            Some(d) => tokio::time::timeout_at(d, send).await.unwrap_or_else(|_| Err(timed_out())),
+            None => send.await,
+        };
+        // The replies are read against the same deadline, keeping those that arrived in
+        // time: a GET answered before a SET that timed out is the client's.
+        let result = match sent {
+            Ok(()) => {
+                let stream = self.stream.as_mut().expect("sent on it");
+                read_replies_partial(stream, &mut self.buf, count, limit, deadline.map(|d| (d, timed_out().error)))
+                    .await
+            }
+            Err(e) => Err(e),
         };
         // A dedicated connection does not feed the circuit breaker: what fails here may be
         // this client's own (a slow transaction, state that no longer restores: a database
@@ -222,6 +232,7 @@ async fn read_replies_partial(
     buf: &mut BytesMut,
     count: usize,
     limit: usize,
+    deadline: Option<(Instant, UpstreamError)>,
 ) -> BatchResult {
     let mut scanner = ReplyScanner::default();
     let mut acc = 0usize;
@@ -253,7 +264,14 @@ async fn read_replies_partial(
             }
         }
         crate::resp::make_room(buf, super::UPSTREAM_READ_ROOM);
-        let n = match stream.read_buf(buf).await {
+        let read = match &deadline {
+            Some((d, timeout)) => match tokio::time::timeout_at(*d, stream.read_buf(buf)).await {
+                Ok(r) => r,
+                Err(_) => return Err(Box::new(fail_partial(buf, ends, timeout.clone()))),
+            },
+            None => stream.read_buf(buf).await,
+        };
+        let n = match read {
             Ok(n) => n,
             Err(e) => {
                 let error = UpstreamError::Broken { reason: e.to_string(), sent: true };
@@ -281,5 +299,5 @@ async fn read_replies(
     buf: &mut BytesMut,
     count: usize,
 ) -> Result<BatchReply, UpstreamError> {
-    read_replies_partial(stream, buf, count, usize::MAX).await.map_err(|f| f.error)
+    read_replies_partial(stream, buf, count, usize::MAX, None).await.map_err(|f| f.error)
 }
