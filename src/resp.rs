@@ -245,11 +245,15 @@ fn parse_inline(
 
 /// Splits an inline line the way Redis's `sdssplitargs` does: whitespace separates,
 /// "double quotes" allow `\n \r \t \b \a \\ \" \xHH` escapes, 'single quotes' allow `\'`.
+/// A quote anywhere in an unquoted word starts quoting (`a"b c"` is `ab c`); such a word
+/// ends only at a space, tab, CR or LF, while C's `isspace` (form feed and vertical tab too)
+/// separates words and must follow a closing quote.
 fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
+    let c_isspace = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
     let mut out = Vec::new();
     let mut i = 0;
     while i < line.len() {
-        while i < line.len() && line[i].is_ascii_whitespace() {
+        while i < line.len() && c_isspace(&line[i]) {
             i += 1;
         }
         if i == line.len() {
@@ -287,7 +291,7 @@ fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                     i += 2;
                 } else if c == b'"' {
                     // The closing quote must be followed by a space or the end.
-                    if line.get(i + 1).is_some_and(|n| !n.is_ascii_whitespace()) {
+                    if line.get(i + 1).is_some_and(|n| !c_isspace(n)) {
                         return Err(ProtocolError::UnbalancedQuotes);
                     }
                     i += 1;
@@ -304,7 +308,7 @@ fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                     cur.push(b'\'');
                     i += 2;
                 } else if c == b'\'' {
-                    if line.get(i + 1).is_some_and(|n| !n.is_ascii_whitespace()) {
+                    if line.get(i + 1).is_some_and(|n| !c_isspace(n)) {
                         return Err(ProtocolError::UnbalancedQuotes);
                     }
                     i += 1;
@@ -315,13 +319,12 @@ fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                 }
             } else {
                 match line.get(i) {
-                    None => break,
-                    Some(c) if c.is_ascii_whitespace() => break,
-                    Some(b'"') if cur.is_empty() => {
+                    None | Some(b' ' | b'\n' | b'\r' | b'\t') => break,
+                    Some(b'"') => {
                         in_dq = true;
                         i += 1;
                     }
-                    Some(b'\'') if cur.is_empty() => {
+                    Some(b'\'') => {
                         in_sq = true;
                         i += 1;
                     }
@@ -702,6 +705,15 @@ mod tests {
         assert_eq!(parse_all(b"\r\n\r\nPING\n").unwrap(), vec![vec![b"PING".to_vec()]]);
         assert_eq!(parse_all(b"set \"abc\n"), Err(ProtocolError::UnbalancedQuotes));
         assert_eq!(parse_all(b"set \"a\"b\n"), Err(ProtocolError::UnbalancedQuotes));
+        // As redis-server 7.0 splits them (checked against it): a quote inside a word starts
+        // quoting; form feed and vertical tab separate words but do not end one.
+        let words = |line: &[u8]| parse_all(line).unwrap().remove(0);
+        assert_eq!(words(b"SET k a\"b c\"\r\n"), [&b"SET"[..], b"k", b"ab c"]);
+        assert_eq!(words(b"SET k a'b c'\r\n"), [&b"SET"[..], b"k", b"ab c"]);
+        assert_eq!(parse_all(b"SET k a'b c'd\r\n"), Err(ProtocolError::UnbalancedQuotes));
+        assert_eq!(words(b"SET f a\x0cb\r\n"), [&b"SET"[..], b"f", b"a\x0cb"]);
+        assert_eq!(words(b"SET  \x0c g \x0bv\r\n"), [&b"SET"[..], b"g", b"v"]);
+        assert_eq!(words(b"SET q \"x\"\x0cy\r\n"), [&b"SET"[..], b"q", b"x", b"y"]);
     }
 
     fn scan(input: &[u8]) -> Option<ReplyInfo> {
