@@ -726,8 +726,12 @@ impl Session {
             let ok = match args.len() {
                 2 => auth.check(None, &args[1]),
                 3 => auth.check(Some(&args[1]), &args[2]),
-                _ => {
-                    err(&mut self.out, "ERR wrong number of arguments for 'auth' command");
+                n => {
+                    // As Redis: arity first (AUTH alone), then a syntax error for more.
+                    err(
+                        &mut self.out,
+                        if n > 3 { "ERR syntax error" } else { "ERR wrong number of arguments for 'auth' command" },
+                    );
                     self.count(i, Outcome::Refused);
                     return true;
                 }
@@ -740,15 +744,34 @@ impl Session {
                 wrongpass(&mut self.out)
             }
         } else {
-            // HELLO [protover [AUTH user pass] [SETNAME name]]
+            // HELLO [protover [AUTH user pass] [SETNAME name]]: checked in Redis's order,
+            // the version, then the options, then the credentials.
+            if let Some(v) = args.get(1) {
+                let msg = match crate::resp::parse_int(v) {
+                    None => Some("ERR Protocol version is not an integer or out of range"),
+                    Some(2 | 3) => None,
+                    Some(_) => Some("NOPROTO unsupported protocol version"),
+                };
+                if let Some(msg) = msg {
+                    err(&mut self.out, msg);
+                    self.count(i, Outcome::Refused);
+                    return true;
+                }
+            }
             let mut k = 2;
             let mut at = None;
             while k < args.len() {
                 if args[k].eq_ignore_ascii_case(b"AUTH") && k + 2 < args.len() {
                     at = Some(k);
                     k += 3;
+                } else if args[k].eq_ignore_ascii_case(b"SETNAME") && k + 1 < args.len() {
+                    k += 2;
                 } else {
-                    k += if args[k].eq_ignore_ascii_case(b"SETNAME") { 2 } else { 1 };
+                    // Redis checks the options before authentication.
+                    let opt = String::from_utf8_lossy(&args[k]).into_owned();
+                    err(&mut self.out, &format!("ERR Syntax error in HELLO option '{opt}'"));
+                    self.count(i, Outcome::Refused);
+                    return true;
                 }
             }
             match at {

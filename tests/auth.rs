@@ -360,3 +360,26 @@ async fn reset_leaves_the_client_unauthenticated_as_redis_does() {
     assert_eq!(call(&mut raw, &[b"GET", b"x"]).await, b"$5\r\nhello\r\n");
     respite.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_auth_and_hello_get_the_errors_redis_gives() {
+    // Checked against a redis-server with requirepass: the same bytes, the same replies.
+    let redis = RedisServer::start();
+    let reference = RedisServer::start_with(&["--requirepass", "sesame"]);
+    let respite = with_auth(&redis).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    let mut direct = Raw::connect(std::net::SocketAddr::from(([127, 0, 0, 1], reference.port))).await;
+    for c in [
+        &[&b"AUTH"[..], b"a", b"b", b"c"][..],
+        &[b"AUTH"],
+        &[b"HELLO", b"2", b"AUTH", b"default"],
+        &[b"HELLO", b"3", b"SETNAME"],
+        &[b"HELLO", b"3", b"bogus"],
+        &[b"HELLO", b"4", b"AUTH", b"default", b"sesame"],
+        &[b"HELLO", b"x"],
+        &[b"HELLO", b"2", b"AUTH", b"default", b"wrong"],
+    ] {
+        assert_eq!(text(&call(&mut raw, c).await), text(&call(&mut direct, c).await), "{c:?}");
+    }
+    respite.shutdown().await;
+}
