@@ -101,6 +101,11 @@ async fn connect(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 
+/// Entries for commands newer than the redis-server these tests run (7.0), routed by hand
+/// from the Redis documentation: unknown to the table they would go to a shared connection,
+/// and WAITAOF (7.2) blocks. Only these may be missing from this server's COMMAND.
+const NEWER_THAN_THE_TEST_SERVER: &[&str] = &["WAITAOF"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_table_entry_matches_command_info() {
     let redis = RedisServer::start();
@@ -111,6 +116,7 @@ async fn every_table_entry_matches_command_info() {
         let reply: Value = redis::cmd("COMMAND").arg("INFO").arg(spec.name).query_async(&mut c).await.unwrap();
         let entry = items(&reply).and_then(|a| a.first());
         match entry {
+            None | Some(Value::Nil) if NEWER_THAN_THE_TEST_SERVER.contains(&spec.name) => {}
             None | Some(Value::Nil) => {
                 mismatches.push(format!("{}: unknown to Redis (COMMAND INFO is nil)", spec.name))
             }
@@ -164,7 +170,8 @@ async fn every_server_command_is_in_the_table() {
     let missing: Vec<&String> = from_command.difference(&table).collect();
     assert!(missing.is_empty(), "{} command(s) known to Redis are missing from the table: {missing:?}", missing.len());
     // And nothing in the table is unknown to this Redis.
-    let extra: Vec<&String> = table.difference(&from_command).collect();
+    let extra: Vec<&String> =
+        table.difference(&from_command).filter(|n| !NEWER_THAN_THE_TEST_SERVER.contains(&n.as_str())).collect();
     assert!(extra.is_empty(), "table entries unknown to Redis: {extra:?}");
 }
 

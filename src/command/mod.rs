@@ -230,7 +230,7 @@ mod tests {
                 assert!(matches!(spec.route, Route::Blocking(_)), "{} blocks but is not routed as blocking", spec.name);
             }
             if let Route::Blocking(_) = spec.route {
-                assert!(spec.flags & flags::B != 0 || spec.name == "WAIT", "{}", spec.name);
+                assert!(spec.flags & flags::B != 0 || matches!(spec.name, "WAIT" | "WAITAOF"), "{}", spec.name);
             }
             if spec.flags & flags::P != 0 && spec.name.contains("SUBSCRIBE") && !spec.name.contains("UNSUB") {
                 assert_eq!(spec.route, Route::Stream, "{}", spec.name);
@@ -261,6 +261,7 @@ mod tests {
             ("XREAD", Block::BlockOption),
             ("XREADGROUP", Block::BlockOption),
             ("WAIT", Block::ArgMillis(2)),
+            ("WAITAOF", Block::ArgMillis(3)),
         ] {
             assert_eq!(lookup(name.as_bytes()).unwrap().1.route, Route::Blocking(block), "{name}");
         }

@@ -199,6 +199,8 @@ pub static TABLE: &[CommandSpec] = &[
     c("UNSUBSCRIBE", -1, P | N, 0, 0, 0, Route::Shared),
     c("UNWATCH", 1, N, 0, 0, 0, Route::Shared),
     c("WAIT", 3, N, 0, 0, 0, Route::Blocking(Block::ArgMillis(2))),
+    // Redis 7.2: WAITAOF numlocal numreplicas timeout (ms).
+    c("WAITAOF", 4, N, 0, 0, 0, Route::Blocking(Block::ArgMillis(3))),
     c("WATCH", -2, N, 1, -1, 1, Route::Pin),
     c("XACK", -4, W, 1, 1, 1, Route::Shared),
     c("XADD", -5, W | D, 1, 1, 1, Route::Shared),
