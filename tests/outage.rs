@@ -3273,6 +3273,9 @@ async fn outage_replies_match_redis_on_argument_edge_cases_found_by_review() {
         &["HINCRBYFLOAT", "h", "f", "1e5000"],
         &["INCRBYFLOAT", "f", "1e400"],
         &["GET", "f"],
+        &["SADD", "ints", "3", "1", "2"],
+        &["SADD", "ints", "0", "-5", "10"],
+        &["SMEMBERS", "ints"],
     ];
     for c in cases {
         let (mine, theirs) = (run(&mut r, &call(c)).await, run(&mut d, &call(c)).await);

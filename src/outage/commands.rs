@@ -606,11 +606,27 @@ fn lindex(cx: &mut Cx<'_>) -> Res {
 fn smembers(cx: &mut Cx<'_>) -> Res {
     let ms: Vec<Bytes> =
         cx.read(1, |e| Ok(typed::<Set>(&e.value)?.map(|s| s.iter().cloned().collect()).unwrap_or_default()))?;
+    let ms = intset_order(ms);
     cx.r.set(ms.len());
     for m in ms {
         cx.r.bulk(&m);
     }
     Ok(())
+}
+
+/// Redis keeps a set of only integers (up to `set-max-intset-entries`, 512 by default) as an
+/// intset, listed in numeric order; other sets are listed in an order of their own, kept
+/// here as learned and added.
+fn intset_order(ms: Vec<Bytes>) -> Vec<Bytes> {
+    if ms.len() > 512 {
+        return ms;
+    }
+    let Some(ints) = ms.iter().map(|m| crate::resp::parse_int(m)).collect::<Option<Vec<i64>>>() else {
+        return ms;
+    };
+    let mut pairs: Vec<(i64, Bytes)> = ints.into_iter().zip(ms).collect();
+    pairs.sort_unstable_by_key(|p| p.0);
+    pairs.into_iter().map(|p| p.1).collect()
 }
 
 fn sismember(cx: &mut Cx<'_>) -> Res {
