@@ -641,6 +641,83 @@ impl Session {
                     }
                 }
             }
+            ("HELLO", None) => {
+                // HELLO [protover [AUTH user pass] [SETNAME name]], answered as Redis would,
+                // so a client can (re)connect during the outage; the protocol and name are
+                // recorded for the upstream connection the client gets when it is back.
+                let proto = match args.get(1).map(|v| crate::resp::parse_int(v)) {
+                    None => Some(if self.resp3 { 3 } else { 2 }),
+                    Some(Some(v @ (2 | 3))) => Some(v),
+                    Some(Some(_)) => None,
+                    Some(None) => {
+                        let outcome = err(out, "ERR Protocol version is not an integer or out of range");
+                        self.count_at(i, outcome, now.at);
+                        return true;
+                    }
+                };
+                let mut name = None;
+                let mut k = 2;
+                let mut refused = None;
+                while k < args.len() {
+                    if args[k].eq_ignore_ascii_case(b"AUTH") && k + 2 < args.len() {
+                        refused = Some("UNAVAILABLE upstream down: HELLO with AUTH is not served during an outage (the upstream checks those credentials)");
+                        k += 3;
+                    } else if args[k].eq_ignore_ascii_case(b"SETNAME") && k + 1 < args.len() {
+                        name = Some(args[k + 1]);
+                        k += 2;
+                    } else {
+                        let opt = String::from_utf8_lossy(args[k]).into_owned();
+                        let outcome = err(out, &format!("ERR Syntax error in HELLO option '{opt}'"));
+                        self.count_at(i, outcome, now.at);
+                        return true;
+                    }
+                }
+                let outcome = match (proto, refused) {
+                    (None, _) => err(out, "NOPROTO unsupported protocol version"),
+                    (Some(_), Some(msg)) => {
+                        outage.write_refusal(out, "unsupported", msg);
+                        Outcome::Refused
+                    }
+                    (Some(proto), None) => {
+                        let resp3 = proto == 3;
+                        self.resp3 = resp3;
+                        let ctx = &self.ctx;
+                        let d = self
+                            .dedicated
+                            .get_or_insert_with(|| Dedicated::new(ctx.upstream.connector.clone(), ctx.metrics.clone()));
+                        let proto_arg = proto.to_string();
+                        d.record_state(StateKey::Hello, crate::upstream::encode_one(&[b"HELLO", proto_arg.as_bytes()]));
+                        if let Some(n) = name {
+                            d.record_state(
+                                StateKey::ClientName,
+                                crate::upstream::encode_one(&[b"CLIENT", b"SETNAME", n]),
+                            );
+                        }
+                        // An open connection still speaks the old protocol: the next
+                        // forwarded command reconnects and restores the state.
+                        d.disconnect();
+                        let mut r = crate::outage::reply::Reply { out, resp3 };
+                        r.map(7);
+                        r.bulk(b"server");
+                        r.bulk(b"redis");
+                        r.bulk(b"version");
+                        r.bulk(crate::outage::reply::upstream_version().as_bytes());
+                        r.bulk(b"proto");
+                        r.int(proto);
+                        r.bulk(b"id");
+                        r.int(0);
+                        r.bulk(b"mode");
+                        r.bulk(b"standalone");
+                        r.bulk(b"role");
+                        r.bulk(b"master");
+                        r.bulk(b"modules");
+                        r.array(0);
+                        Outcome::Local
+                    }
+                };
+                self.count_at(i, outcome, now.at);
+                return true;
+            }
             ("SELECT", None) if args.len() != 2 => err(out, "ERR wrong number of arguments for 'select' command"),
             ("SELECT", None) => match args.get(1).and_then(|a| crate::resp::parse_int(a)) {
                 Some(db) if !(0..=u32::MAX as i64).contains(&db) => err(out, "ERR DB index is out of range"),

@@ -3293,3 +3293,47 @@ async fn outage_replies_match_redis_on_argument_edge_cases_found_by_review() {
     assert_eq!(metric(&metrics_body(&respite).await, "respite_journal_replay_errors_total"), 0.0);
     respite.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_is_answered_during_an_outage_so_resp3_clients_can_connect() {
+    // Clients that open every connection with HELLO 3 (the redis crate with resp3, Lettuce,
+    // go-redis) could not connect during an outage: HELLO was refused. It is answered as
+    // Redis would, and the protocol and name apply upstream once the outage ends.
+    let redis = RedisServer::start();
+    let respite = Respite::start_with(drill_config(&redis)).await;
+    drill(&respite, "down").await;
+    let mut raw = Raw::connect(respite.addr).await;
+    let hello = text(&cmd(&mut raw, "HELLO 3 SETNAME app").await);
+    let version = redis_cli(redis.port, &["INFO", "server"])
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:").map(|v| v.trim().to_string()))
+        .expect("redis_version");
+    assert!(hello.starts_with("%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n"), "{hello}");
+    assert!(hello.contains(&format!("\r\n{version}\r\n$5\r\nproto\r\n:3\r\n")), "{hello}");
+    assert!(hello.ends_with("$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n"));
+    for (c, want) in [
+        ("DEL h", ":0\r\n"),
+        ("HSET h f 1", ":1\r\n"),
+        ("HGETALL h", "%1\r\n$1\r\nf\r\n$1\r\n1\r\n"),
+        ("HELLO 4", "-NOPROTO unsupported protocol version\r\n"),
+        ("HELLO x", "-ERR Protocol version is not an integer or out of range\r\n"),
+        ("HELLO 3 bogus", "-ERR Syntax error in HELLO option 'bogus'\r\n"),
+    ] {
+        assert_eq!(text(&cmd(&mut raw, c).await), want, "{c}");
+    }
+    let with_auth = text(&cmd(&mut raw, "HELLO 3 AUTH default pw").await);
+    assert!(with_auth.starts_with("-UNAVAILABLE upstream down: HELLO with AUTH"), "{with_auth}");
+    // A real RESP3 client connects and works.
+    let client = redis::Client::open(format!("{}?protocol=resp3", respite.url())).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.expect("a RESP3 client connects during the outage");
+    let _: () = redis::cmd("SET").arg("k").arg("v").query_async(&mut con).await.unwrap();
+    let v: String = redis::cmd("GET").arg("k").query_async(&mut con).await.unwrap();
+    assert_eq!(v, "v");
+    end_drill(&respite).await;
+    // Upstream again: the connection speaks RESP3 and carries the name.
+    assert_eq!(text(&cmd(&mut raw, "CLIENT GETNAME").await), "$3\r\napp\r\n");
+    assert_eq!(text(&cmd(&mut raw, "HGETALL h").await), "%1\r\n$1\r\nf\r\n$1\r\n1\r\n");
+    let v: String = redis::cmd("GET").arg("k").query_async(&mut con).await.unwrap();
+    assert_eq!(v, "v");
+    respite.shutdown().await;
+}

@@ -111,8 +111,17 @@ impl Reply<'_> {
 /// upstream's version by the probe, so outage replies match what the upstream would say.
 static SCORES_SHORTEST: AtomicBool = AtomicBool::new(true);
 
+/// The upstream's `redis_version` as last read by the probe (HELLO answered during an
+/// outage reports it); "7.0.0", the oldest supported, until one is read.
+static UPSTREAM_VERSION: parking_lot::Mutex<Option<String>> = parking_lot::Mutex::new(None);
+
+pub fn upstream_version() -> String {
+    UPSTREAM_VERSION.lock().clone().unwrap_or_else(|| "7.0.0".into())
+}
+
 /// Sets the score format from the upstream's `redis_version` (e.g. "7.0.15").
 pub fn set_upstream_version(version: &str) {
+    *UPSTREAM_VERSION.lock() = Some(version.to_string());
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     SCORES_SHORTEST.store((major, minor) >= (7, 2), Ordering::Relaxed);
