@@ -27,48 +27,92 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    /// This error on one line, for a log line. A TOML parse error drops its excerpt of the
-    /// file (the excerpt may show a secret) and keeps the position, the key of the offending
-    /// line and the reason.
+    /// This error on one line, for a log line. (Every message is one line already; this
+    /// guards the log format against a multi-line one.)
     pub fn one_line(&self) -> String {
-        let ConfigError::Parse { path, message } = self else {
-            return self.to_string();
-        };
-        let mut lines = message.lines();
-        // "TOML parse error at line 2, column 9"
-        let head = lines.next().unwrap_or_default();
-        let mut key = None;
-        let mut reason = Vec::new();
-        for line in lines {
-            let t = line.trim_start();
-            if t.starts_with('|') {
-                continue; // the excerpt's gutter and its ^^^ marker
-            }
-            if let Some((n, source)) = t.split_once(" | ") {
-                if n.trim().parse::<usize>().is_ok() {
-                    key = bare_key(source);
-                    continue;
-                }
-            }
-            if !t.is_empty() {
-                reason.push(t);
-            }
-        }
-        let key = key.map(|k| format!(" ({k})")).unwrap_or_default();
-        format!("config file {}: {head}{key}: {}", path.display(), reason.join(" "))
+        self.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
     }
 }
 
-/// The key a TOML line sets (`token = …` → `token`) or the table it opens (`[client]`);
-/// `None` for anything else, such as the inside of a multi-line string.
-fn bare_key(line: &str) -> Option<String> {
-    let line = line.trim();
-    let candidate = match line.strip_prefix('[') {
-        Some(_) => line.split(']').next().map(|t| format!("{t}]"))?,
-        None => line.split_once('=')?.0.trim().to_string(),
+/// A TOML parse error as respite shows it: one line with the position, the dotted key of
+/// the offending line and the reason — never the file's text. A file that failed to parse
+/// may hold a secret anywhere (a misspelt `requirepasss = "…"`, an unquoted URL with its
+/// password, an unclosed string), so the reason's quoted values are `<redacted>` too; only
+/// key and table names and the schema's own words (after "expected") are kept.
+fn describe_parse_error(text: &str, e: &toml::de::Error) -> String {
+    let reason = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(", ");
+    let reason = redact_values(&reason);
+    let Some(span) = e.span() else {
+        return format!("TOML parse error: {reason}");
     };
-    let ok = |c: char| c.is_ascii_alphanumeric() || "_-.[] ".contains(c);
-    (!candidate.is_empty() && candidate.chars().all(ok)).then_some(candidate)
+    let start = span.start.min(text.len());
+    let start = (0..=start).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    let line = text[..start].matches('\n').count();
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..start].chars().count() + 1;
+    let key = key_path(text, line).map(|k| format!(" ({k})")).unwrap_or_default();
+    format!("TOML parse error at line {}, column {column}{key}: {reason}", line + 1)
+}
+
+/// Replaces every quoted part (`…` or "…") of a parse error's reason with `<redacted>`,
+/// except key and table names (after "field ", "key ", "table ") and everything after the
+/// first unquoted "expected", which is the schema's (or the parser's) own words.
+fn redact_values(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    let mut rest = reason;
+    loop {
+        let quote = rest.find(['`', '"']);
+        let expected = rest.find("expected");
+        let Some(q) = quote.filter(|&q| expected.is_none_or(|e| q < e)) else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..q]);
+        let mark = &rest[q..=q];
+        let after = &rest[q + 1..];
+        // An unclosed quote hides everything after it.
+        let (inner, next) = after.find(mark).map_or((after, ""), |c| (&after[..c], &after[c + 1..]));
+        if ["field ", "key ", "table "].iter().any(|w| out.ends_with(w)) {
+            out.push_str(mark);
+            out.push_str(inner);
+            out.push_str(mark);
+        } else {
+            out.push_str("<redacted>");
+        }
+        rest = next;
+    }
+}
+
+/// The dotted key set on line `line` (0-based) of a TOML text: the last table header
+/// before it and the line's own key (`[admin]` … `token = …` → `admin.token`), or the
+/// header itself (`[clinet]`). `None` when the line sets no key, such as the inside of a
+/// multi-line string.
+fn key_path(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let own = lines.get(line)?.trim();
+    if own.starts_with('[') {
+        return table_header(own).map(|t| format!("[{t}]"));
+    }
+    let key = own.split_once('=')?.0.trim();
+    if !is_key(key) {
+        return None;
+    }
+    match lines[..line].iter().rev().find(|l| l.trim_start().starts_with('[')) {
+        Some(h) => Some(format!("{}.{key}", table_header(h.trim())?)),
+        None => Some(key.to_string()),
+    }
+}
+
+/// The table a header line opens: `[client]` → `client`, `[[client.users]]` → `client.users`.
+fn table_header(line: &str) -> Option<String> {
+    let inner = line.strip_prefix("[[").or_else(|| line.strip_prefix('['))?;
+    let name = inner.split(']').next()?.trim();
+    is_key(name).then(|| name.to_string())
+}
+
+/// Whether `s` looks like a (possibly dotted) bare TOML key.
+fn is_key(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-. ".contains(c))
 }
 
 fn invalid(key: &'static str, value: impl fmt::Display, reason: impl fmt::Display) -> ConfigError {
@@ -97,7 +141,7 @@ impl FromStr for Dur {
         }
         humantime::parse_duration(s)
             .map(Dur)
-            .map_err(|e| format!("not a duration ({e}); write e.g. \"250ms\", \"2s\", \"1m\""))
+            .map_err(|e| format!("not a duration ({e}); expected a number and a unit, e.g. \"250ms\", \"2s\", \"1m\""))
     }
 }
 
@@ -720,9 +764,10 @@ impl Config {
         Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
     }
 
-    /// Parses TOML text; the error names the key and the line.
+    /// Parses TOML text; the error names the line and the key, and never shows a value
+    /// (see [`describe_parse_error`]).
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+        toml::from_str(text).map_err(|e| describe_parse_error(text, &e))
     }
 
     /// Flags and their environment variables win over the file.
@@ -1019,14 +1064,58 @@ mod tests {
         let err =
             |text: &str| ConfigError::Parse { path: "f.toml".into(), message: Config::from_toml(text).unwrap_err() };
         let e = err("[admin]\ntoken = \"hunter2\n").one_line();
-        assert!(e.starts_with("config file f.toml: TOML parse error at line 2") && e.contains("(token)"), "{e}");
+        assert!(e.starts_with("config file f.toml: TOML parse error at line 2") && e.contains("(admin.token)"), "{e}");
         assert!(!e.contains("hunter2") && !e.contains('\n'), "{e}");
         let e = err("[admin]\ntoken = 5\n").one_line();
-        assert!(e.contains("(token): invalid type: integer `5`, expected a string"), "{e}");
+        assert!(e.contains("(admin.token): invalid type: integer <redacted>, expected a string"), "{e}");
         let e = err("[clinet]\nx = 1\n").one_line();
         assert!(e.contains("([clinet]): unknown field `clinet`"), "{e}");
         let e = invalid("client.listen", "x", "bad");
         assert_eq!(e.one_line(), e.to_string());
+    }
+
+    #[test]
+    fn parse_errors_never_show_the_file_or_its_values() {
+        let cases = [
+            // A misspelt secret key: the excerpt showed the whole line.
+            (
+                "[client]\nrequirepasss = \"hunter2\"\n",
+                "line 2, column 1 (client.requirepasss): unknown field `requirepasss`",
+            ),
+            // An unquoted URL with its password.
+            ("[upstream]\nurl = redis://app:hunter2@10.0.0.1:6379\n", "line 2, column 7 (upstream.url): "),
+            // An unclosed string.
+            ("[admin]\ntoken = \"hunter2\n", "line 2, column 17 (admin.token): invalid basic string"),
+            // A value of the wrong type: serde quotes it.
+            (
+                "[client]\nrequirepass = 12345678\n",
+                "(client.requirepass): invalid type: integer <redacted>, expected a string",
+            ),
+            (
+                "[client]\nmax_connections = \"expected hunter2\"\n",
+                "(client.max_connections): invalid type: string <redacted>, expected",
+            ),
+            (
+                "[upstream]\ncommand_timeout = \"5hunter2\"\n",
+                "(upstream.command_timeout): not a duration (unknown time unit <redacted>",
+            ),
+            (
+                "[[client.users]]\nname = \"a\"\npassword_sha256 = 7\n",
+                "line 3, column 19 (client.users.password_sha256): invalid type",
+            ),
+            ("[log]\nformat = \"hunter2\"\n", "(log.format): unknown variant <redacted>, expected `text` or `json`"),
+        ];
+        for (text, expected) in cases {
+            let e = ConfigError::Parse { path: "f.toml".into(), message: Config::from_toml(text).unwrap_err() };
+            // What the binary prints (check-config, start-up) and what a reload logs.
+            for shown in [e.to_string(), e.one_line()] {
+                assert!(shown.contains(expected), "{expected:?} not in {shown}");
+                for secret in ["hunter2", "12345678"] {
+                    assert!(!shown.contains(secret), "{secret} in {shown}");
+                }
+                assert!(!shown.contains('\n'), "{shown}");
+            }
+        }
     }
 
     #[test]

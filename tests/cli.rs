@@ -510,6 +510,28 @@ fn secrets_are_redacted_in_error_messages() {
 }
 
 #[test]
+fn a_file_that_does_not_parse_is_reported_without_its_values() {
+    for (text, key) in [
+        ("[client]\nrequirepasss = \"hunter2\"\n", "client.requirepasss"),
+        ("[upstream]\nurl = redis://app:hunter2@10.0.0.1:6379\n", "upstream.url"),
+        ("[admin]\ntoken = \"hunter2\n", "admin.token"),
+        ("[client]\nrequirepass = 12345678\n", "client.requirepass"),
+    ] {
+        let f = TempConfig::new(text);
+        let o = check(&["--config", f.arg()], &[]);
+        assert_config_error(&o, &["line 2", key]);
+        // The server reports it the same way at start.
+        let mut cmd = respite_cmd();
+        cmd.args(["--config", f.arg(), "--listen", &format!("127.0.0.1:{}", free_port())]);
+        let server = run(cmd);
+        assert_config_error(&server, &["line 2", key]);
+        for out in [both(&o), both(&server)] {
+            assert!(!out.contains("hunter2") && !out.contains("12345678"), "a value of the file printed:\n{out}");
+        }
+    }
+}
+
+#[test]
 fn rediss_with_an_unreadable_ca_file_fails_naming_the_key_without_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("respite.toml");
