@@ -645,19 +645,35 @@ impl UpstreamUrl {
     }
 }
 
-/// Replaces the password of a URL-like string, even one that does not parse.
+/// Replaces the password of a URL-like string, even one that does not parse: whatever
+/// lies between the first `:` after the scheme (`redis://`, or `redis:`/`rediss:` without
+/// the slashes) and the last `@` (`redis:/alice:pw@h`, `alice:pw@h`, `redis//:pw@h` all
+/// lose `pw`). Without an `@`, a non-numeric "port" is hidden too (`redis://default:pw`,
+/// the host forgotten).
 pub fn redact_url(s: &str) -> String {
-    let Some(scheme_end) = s.find("://") else {
-        return s.to_string();
+    let scheme_end = match s.find("://") {
+        Some(i) => i + 3,
+        None => {
+            match ["redis:", "rediss:"].iter().find(|p| s.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p))) {
+                // The scheme and any slashes after it.
+                Some(p) => s.len() - s[p.len()..].trim_start_matches('/').len(),
+                None => 0,
+            }
+        }
     };
-    let rest = &s[scheme_end + 3..];
-    let Some(at) = rest.rfind('@') else {
-        return s.to_string();
-    };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!("{}{}:<redacted>{}", &s[..scheme_end + 3], &userinfo[..colon], &rest[at..]),
-        None => s.to_string(),
+    let (head, rest) = s.split_at(scheme_end);
+    if let Some(at) = rest.rfind('@') {
+        return match rest[..at].find(':') {
+            Some(colon) => format!("{head}{}:<redacted>{}", &rest[..colon], &rest[at..]),
+            None => s.to_string(),
+        };
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    match authority.rfind(':') {
+        Some(colon) if !authority.ends_with(']') && !authority[colon + 1..].chars().all(|c| c.is_ascii_digit()) => {
+            format!("{head}{}:<redacted>{}", &authority[..colon], &rest[authority.len()..])
+        }
+        _ => s.to_string(),
     }
 }
 
@@ -1136,6 +1152,31 @@ mod tests {
         assert_eq!(u.addr(), "[::1]:6380");
         assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:<redacted>@h:1/0");
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(redact_url("redis://[::1]"), "redis://[::1]");
+        assert_eq!(redact_url("redis://user@h:1"), "redis://user@h:1");
+        // Strings that do not parse as the URL they were meant to be.
+        for (given, shown) in [
+            ("redis:/alice:hunter2@10.0.0.1:6379", "redis:/alice:<redacted>@10.0.0.1:6379"),
+            ("alice:hunter2@host:6379", "alice:<redacted>@host:6379"),
+            ("redis:alice:hunter2@host", "redis:alice:<redacted>@host"),
+            ("redis//:hunter2@host", "redis//:<redacted>@host"),
+            ("redis://alice:hun:ter2@x@host/0", "redis://alice:<redacted>@host/0"),
+            ("redis://alice:hunter2/x@host", "redis://alice:<redacted>@host"),
+            ("redis://default:hunter2", "redis://default:<redacted>"),
+            ("redis://default:hunter2/0", "redis://default:<redacted>/0"),
+        ] {
+            assert_eq!(redact_url(given), shown);
+        }
+        // And the errors about them.
+        for url in ["redis:/alice:hunter2@10.0.0.1:6379", "alice:hunter2@host:6379", "redis:alice:hunter2@host"] {
+            let e = UpstreamUrl::parse(url).unwrap_err().to_string();
+            assert!(e.contains("upstream.url") && !e.contains("hunter2"), "{e}");
+        }
+        for url in ["redis//:hunter2@host", "redis://default:hunter2", "redis://a:hunter2/x@h"] {
+            let e = UpstreamUrl::parse(url).unwrap_err().to_string();
+            assert!(e.contains("upstream.url") && !e.contains("hunter2"), "{e}");
+        }
     }
 
     #[test]

@@ -507,6 +507,17 @@ fn secrets_are_redacted_in_error_messages() {
     let o = check(&["--upstream", "http://user:hunter2@127.0.0.1:1/0"], &[]);
     assert_config_error(&o, &["scheme"]);
     assert!(!both(&o).contains("hunter2"), "{}", both(&o));
+    // Malformed URLs: the password is hidden whatever the shape.
+    for url in [
+        "redis:/alice:hunter2@10.0.0.1:6379",
+        "alice:hunter2@host:6379",
+        "redis:alice:hunter2@host",
+        "redis//:hunter2@host",
+    ] {
+        let o = check(&["--upstream", url], &[]);
+        assert_config_error(&o, &["upstream.url", "<redacted>"]);
+        assert!(!both(&o).contains("hunter2"), "{}", both(&o));
+    }
 }
 
 #[test]
