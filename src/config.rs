@@ -681,31 +681,32 @@ pub fn redact_url(s: &str) -> String {
 #[derive(Debug, Clone, Default, Args)]
 pub struct Flags {
     /// TOML configuration file (see the repository's config.toml for every key).
-    #[arg(long, env = "RESPITE_CONFIG", global = true)]
+    #[arg(long, env = "RESPITE_CONFIG", hide_env_values = true, global = true)]
     pub config: Option<PathBuf>,
     /// Client-facing RESP listener address [default: 127.0.0.1:6380].
-    #[arg(long, env = "RESPITE_LISTEN", global = true)]
+    #[arg(long, env = "RESPITE_LISTEN", hide_env_values = true, global = true)]
     pub listen: Option<String>,
     /// The upstream Redis URL (`--upstream`; its help text is the `help` below, which
     /// rustdoc does not read as a link).
     #[arg(
         long,
         env = "RESPITE_UPSTREAM",
+        hide_env_values = true,
         global = true,
         help = "Upstream Redis URL: redis://[user:password@]host:port[/db] or rediss://… [default: redis://127.0.0.1:6379]"
     )]
     pub upstream: Option<String>,
     /// Admin HTTP listener for /metrics, /healthz, /readyz, /status [default: 127.0.0.1:9480].
-    #[arg(long, env = "RESPITE_ADMIN_LISTEN", global = true)]
+    #[arg(long, env = "RESPITE_ADMIN_LISTEN", hide_env_values = true, global = true)]
     pub admin_listen: Option<String>,
     /// Directory of the durable journal (off when absent).
-    #[arg(long, env = "RESPITE_JOURNAL_DIR", global = true)]
+    #[arg(long, env = "RESPITE_JOURNAL_DIR", hide_env_values = true, global = true)]
     pub journal_dir: Option<PathBuf>,
     /// Log format [default: text].
-    #[arg(long, env = "RESPITE_LOG_FORMAT", global = true, value_enum)]
+    #[arg(long, env = "RESPITE_LOG_FORMAT", hide_env_values = true, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
     /// Log level or tracing filter [default: info].
-    #[arg(long, env = "RESPITE_LOG_LEVEL", global = true)]
+    #[arg(long, env = "RESPITE_LOG_LEVEL", hide_env_values = true, global = true)]
     pub log_level: Option<String>,
     /// Validate the configuration, print it with secrets redacted, and exit.
     #[arg(long, global = true)]

@@ -543,6 +543,20 @@ fn a_file_that_does_not_parse_is_reported_without_its_values() {
 }
 
 #[test]
+fn help_does_not_show_environment_values() {
+    let mut cmd = respite_cmd();
+    cmd.arg("--help");
+    for v in RESPITE_ENV {
+        cmd.env(v, format!("redis://app:hunter2@10.0.0.1:6379/{v}"));
+    }
+    let o = run(cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let text = both(&o);
+    assert!(text.contains("RESPITE_UPSTREAM"), "the variable is named:\n{text}");
+    assert!(!text.contains("hunter2"), "an environment value shown:\n{text}");
+}
+
+#[test]
 fn rediss_with_an_unreadable_ca_file_fails_naming_the_key_without_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("respite.toml");
