@@ -119,6 +119,10 @@ fn invalid(key: &'static str, value: impl fmt::Display, reason: impl fmt::Displa
     ConfigError::Invalid { key, value: value.to_string(), reason: reason.to_string() }
 }
 
+/// The longest duration any key accepts (ten years, as `"10y"` counts them): deadlines
+/// are computed as now plus a duration, and far beyond this the clock overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 31_557_600);
+
 /// A duration written in human units in TOML (`"250ms"`, `"2s"`, `"1m"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
@@ -839,9 +843,6 @@ impl Config {
         positive("client.max_connections", self.client.max_connections as u64)?;
         positive("client.max_bulk_bytes", self.client.max_bulk_bytes.0)?;
         positive("admin.max_connections", self.admin.max_connections as u64)?;
-        if self.admin.idle_timeout.0.is_zero() {
-            return Err(invalid("admin.idle_timeout", self.admin.idle_timeout, "must be positive"));
-        }
         positive("client.max_array_len", self.client.max_array_len as u64)?;
         positive("client.max_pipeline", self.client.max_pipeline as u64)?;
         positive("upstream.pool_size", self.upstream.pool_size as u64)?;
@@ -883,17 +884,7 @@ impl Config {
                 format!("must be at least client.max_bulk_bytes ({})", self.client.max_bulk_bytes),
             ));
         }
-        for (key, d) in [
-            ("upstream.connect_timeout", self.upstream.connect_timeout),
-            ("upstream.command_timeout", self.upstream.command_timeout),
-            ("health.probe_interval", self.health.probe_interval),
-            ("health.probe_timeout", self.health.probe_timeout),
-            ("upstream.retry_backoff_base", self.upstream.retry_backoff_base),
-        ] {
-            if d.0.is_zero() {
-                return Err(invalid(key, d, "must be greater than 0"));
-            }
-        }
+        self.validate_durations()?;
         if self.upstream.retry_backoff_max < self.upstream.retry_backoff_base {
             return Err(invalid(
                 "upstream.retry_backoff_max",
@@ -913,6 +904,58 @@ impl Config {
         }
         crate::auth::Auth::from_config(&self.client)?;
         Ok(Validated { raw: self.clone(), listen, admin_listen, upstream })
+    }
+
+    /// Checks every duration against its key's range: at most [`MAX_DURATION`], and no
+    /// non-zero value so short that the code reading it would count it as 0 (timers count
+    /// whole milliseconds, latencies whole microseconds). Keys where 0 means "never" or
+    /// "none" accept 0.
+    fn validate_durations(&self) -> Result<(), ConfigError> {
+        const MS: Duration = Duration::from_millis(1);
+        const TIMERS: &str = "timers count whole milliseconds";
+        let (c, u, h) = (&self.client, &self.upstream, &self.health);
+        // (key, value, what 0 means where it is allowed, the smallest other value, why)
+        let keys: [(&'static str, Dur, Option<&str>, Duration, &str); 13] = [
+            ("client.idle_timeout", c.idle_timeout, Some("never"), MS, TIMERS),
+            ("client.write_timeout", c.write_timeout, Some("never"), MS, TIMERS),
+            ("upstream.connect_timeout", u.connect_timeout, None, MS, TIMERS),
+            ("upstream.command_timeout", u.command_timeout, None, MS, TIMERS),
+            ("upstream.blocking_margin", u.blocking_margin, Some("no margin"), Duration::ZERO, ""),
+            ("upstream.retry_backoff_base", u.retry_backoff_base, None, MS, TIMERS),
+            // Checked against retry_backoff_base below.
+            ("upstream.retry_backoff_max", u.retry_backoff_max, Some(""), Duration::ZERO, ""),
+            ("health.probe_interval", h.probe_interval, None, MS, TIMERS),
+            ("health.probe_timeout", h.probe_timeout, None, MS, TIMERS),
+            (
+                "health.degraded_latency",
+                h.degraded_latency,
+                None,
+                Duration::from_micros(1),
+                "round trips are measured in whole microseconds",
+            ),
+            ("admin.idle_timeout", self.admin.idle_timeout, None, MS, TIMERS),
+            ("store.max_staleness", self.store.max_staleness, Some("values are never served"), Duration::ZERO, ""),
+            ("shutdown.grace_period", self.shutdown.grace_period, Some("exit at once"), Duration::ZERO, ""),
+        ];
+        for (key, d, zero, min, why) in keys {
+            if d.0 > MAX_DURATION {
+                return Err(invalid(key, d, format!("must be at most {}", Dur(MAX_DURATION))));
+            }
+            if d.0.is_zero() {
+                if zero.is_none() {
+                    return Err(invalid(key, d, "must be greater than 0"));
+                }
+                continue;
+            }
+            if d.0 < min {
+                let reason = match zero {
+                    Some(means) => format!("must be 0s ({means}) or at least {} ({why})", Dur(min)),
+                    None => format!("must be at least {} ({why})", Dur(min)),
+                };
+                return Err(invalid(key, d, reason));
+            }
+        }
+        Ok(())
     }
 
     /// The upstream credentials: the password from exactly one of the URL,
@@ -1074,6 +1117,46 @@ mod tests {
         c.upstream.tls.ca_file = Some("/nonexistent/ca.pem".into());
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("upstream.tls.ca_file") && e.contains("cannot read") && !e.contains("pw"), "{e}");
+    }
+
+    #[test]
+    fn durations_that_would_count_as_zero_or_overflow_are_rejected() {
+        let check = |file: &str| Config::from_toml(file).unwrap().validate().map(|_| ()).map_err(|e| e.to_string());
+        for (file, expected) in [
+            ("[health]\nprobe_interval = \"500ns\"", "`health.probe_interval` = \"500ns\": must be at least 1ms"),
+            ("[health]\nprobe_timeout = \"999ns\"", "`health.probe_timeout` = \"999ns\": must be at least 1ms"),
+            ("[upstream]\ncommand_timeout = \"999us\"", "`upstream.command_timeout` = \"999us\": must be at least 1ms"),
+            ("[upstream]\nconnect_timeout = \"1ns\"", "upstream.connect_timeout"),
+            ("[upstream]\nretry_backoff_base = \"1us\"", "upstream.retry_backoff_base"),
+            ("[admin]\nidle_timeout = \"10us\"", "admin.idle_timeout"),
+            ("[health]\ndegraded_latency = \"999ns\"", "must be at least 1us"),
+            ("[health]\ndegraded_latency = \"0s\"", "`health.degraded_latency` = \"0s\": must be greater than 0"),
+            ("[client]\nidle_timeout = \"500us\"", "must be 0s (never) or at least 1ms"),
+            (
+                "[client]\nwrite_timeout = \"1ns\"",
+                "`client.write_timeout` = \"1ns\": must be 0s (never) or at least 1ms",
+            ),
+            ("[shutdown]\ngrace_period = \"300000000000y\"", "`shutdown.grace_period`"),
+            ("[admin]\nidle_timeout = \"300000000000y\"", "`admin.idle_timeout`"),
+            ("[store]\nmax_staleness = \"11y\"", "`store.max_staleness` = \"11years\": must be at most 10years"),
+            ("[upstream]\nblocking_margin = \"20y\"", "upstream.blocking_margin"),
+            ("[upstream]\nretry_backoff_base = \"1s\"\nretry_backoff_max = \"20y\"", "upstream.retry_backoff_max"),
+            ("[client]\nidle_timeout = \"20y\"", "client.idle_timeout"),
+        ] {
+            let e = check(file).expect_err(file);
+            assert!(e.contains(expected), "{expected:?} not in {e}");
+        }
+        for file in [
+            "[client]\nidle_timeout = \"0s\"\nwrite_timeout = \"0s\"",
+            "[shutdown]\ngrace_period = \"0s\"",
+            "[shutdown]\ngrace_period = \"10y\"",
+            "[upstream]\nblocking_margin = \"0s\"",
+            "[upstream]\nblocking_margin = \"100us\"",
+            "[store]\nmax_staleness = \"0s\"",
+            "[health]\nprobe_interval = \"1ms\"\nprobe_timeout = \"1ms\"\ndegraded_latency = \"500us\"",
+        ] {
+            check(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
     }
 
     #[test]

@@ -311,6 +311,22 @@ fn bad_duration_names_the_key() {
 }
 
 #[test]
+fn durations_that_would_count_as_zero_or_overflow_stop_the_server() {
+    for (text, key) in [
+        // The probe panicked on its zero period and respite stayed down.
+        ("[health]\nprobe_interval = \"500ns\"\n", "health.probe_interval"),
+        // SIGTERM panicked adding it to the clock (exit 101, journal not closed).
+        ("[shutdown]\ngrace_period = \"300000000000y\"\n", "shutdown.grace_period"),
+    ] {
+        let f = TempConfig::new(text);
+        assert_config_error(&check(&["--config", f.arg()], &[]), &[key]);
+        let mut cmd = respite_cmd();
+        cmd.args(["--config", f.arg(), "--listen", &format!("127.0.0.1:{}", free_port())]);
+        assert_config_error(&run(cmd), &[key]);
+    }
+}
+
+#[test]
 fn bad_listen_flag_names_key_and_value() {
     let o = check(&["--listen", "nonsense"], &[]);
     assert_config_error(&o, &["client.listen", "nonsense"]);
