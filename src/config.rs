@@ -893,6 +893,14 @@ impl Config {
             ));
         }
         let level = &self.log.level;
+        if level.trim().is_empty() {
+            // An empty filter is valid to tracing and silences everything below ERROR.
+            return Err(invalid(
+                "log.level",
+                level,
+                "must not be empty; write a level (error, warn, info, debug, trace) or a tracing filter",
+            ));
+        }
         let simple = !level.contains('=') && !level.contains(',');
         let bad_level = simple && level.parse::<tracing_subscriber::filter::LevelFilter>().is_err();
         if bad_level || tracing_subscriber::EnvFilter::try_new(level).is_err() {
@@ -1100,6 +1108,11 @@ mod tests {
         let mut c = Config::default();
         c.log.level = "loud!!".into();
         assert!(c.validate().unwrap_err().to_string().contains("log.level"));
+        for empty in ["", " ", "\t"] {
+            c.log.level = empty.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("log.level") && e.contains("must not be empty"), "{e}");
+        }
         let mut c = Config::default();
         c.journal.segment_bytes = Size(64);
         assert!(c.validate().unwrap_err().to_string().contains("journal.segment_bytes"));

@@ -345,6 +345,15 @@ fn bad_log_level_is_an_error() {
 }
 
 #[test]
+fn an_empty_log_level_is_an_error() {
+    // It silenced every INFO line.
+    assert_config_error(&check(&["--log-level="], &[]), &["log.level", "must not be empty"]);
+    assert_config_error(&check(&[], &[("RESPITE_LOG_LEVEL", "")]), &["log.level", "must not be empty"]);
+    let f = TempConfig::new("[log]\nlevel = \" \"\n");
+    assert_config_error(&check(&["--config", f.arg()], &[]), &["log.level", "must not be empty"]);
+}
+
+#[test]
 fn bad_values_also_stop_the_server_before_it_binds() {
     let listen = free_port();
     let mut cmd = respite_cmd();
