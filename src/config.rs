@@ -1025,7 +1025,9 @@ impl Config {
         if c.upstream.password_env.is_some() {
             c.upstream.password_env = Some(Secret("<redacted>".into()));
         }
-        for secret in [&mut c.client.requirepass, &mut c.admin.token] {
+        // The SHA-256 of a weak password is as good as the password: a dictionary reverses it.
+        let hashes = c.client.users.iter_mut().map(|u| &mut u.password_sha256);
+        for secret in [&mut c.client.requirepass, &mut c.admin.token].into_iter().chain(hashes) {
             if !secret.is_empty() {
                 *secret = "<redacted>".into();
             }
@@ -1294,12 +1296,16 @@ mod tests {
         c.client.requirepass = "hunter3".into();
         c.admin.token = "hunter4".into();
         c.apply_env(|name| (name == UPSTREAM_PASSWORD_ENV).then(|| "hunter5".to_string()));
+        // printf %s hunter6 | sha256sum
+        let hash = "6ab62aa84a9bf147513428a3e617e257b4d00c616659d18dd317748404b4258b";
+        c.client.users.push(UserConfig { name: "app".into(), password_sha256: hash.into() });
         let shown = c.to_redacted_toml();
-        for s in ["hunter2", "hunter3", "hunter4", "hunter5"] {
+        for s in ["hunter2", "hunter3", "hunter4", "hunter5", hash] {
             assert!(!shown.contains(s), "{s} in {shown}");
         }
+        assert!(shown.contains("name = \"app\""), "{shown}");
         let debug = format!("{:?}", c.redacted());
-        for s in ["hunter2", "hunter3", "hunter4", "hunter5"] {
+        for s in ["hunter2", "hunter3", "hunter4", "hunter5", hash] {
             assert!(!debug.contains(s), "{s} in {debug}");
         }
         assert!(shown.contains("<redacted>"));

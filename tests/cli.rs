@@ -515,6 +515,19 @@ fn secrets_in_the_file_are_redacted() {
 }
 
 #[test]
+fn password_hashes_of_client_users_are_redacted() {
+    // printf %s hunter2 | sha256sum: a weak password's hash is as good as the password.
+    let hash = "f52fbd32b2b3b86ff88ef6c490628285f482af15ddcb29541f94bcf526a3f6c7";
+    let f = TempConfig::new(&format!("[[client.users]]\nname = \"app\"\npassword_sha256 = \"{hash}\"\n"));
+    let o = check(&["--config", f.arg()], &[]);
+    assert_redacted(&o);
+    assert!(!both(&o).contains(hash), "{}", both(&o));
+    let users = effective(&o)["client"]["users"].clone();
+    assert_eq!(users[0]["name"].as_str(), Some("app"), "{users}");
+    assert_eq!(users[0]["password_sha256"].as_str(), Some("<redacted>"), "{users}");
+}
+
+#[test]
 fn secrets_from_flags_and_env_are_redacted() {
     let f = TempConfig::new("[client]\nrequirepass = \"hunter3\"\n[admin]\ntoken = \"hunter4\"\n");
     let o = check(&["--config", f.arg(), "--upstream", "redis://user:hunter2@127.0.0.1:1/0"], &[]);
