@@ -246,6 +246,10 @@ pub struct Config {
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
     pub runtime: RuntimeConfig,
+    /// Secret environment variables that are set but empty, found by
+    /// [`Config::apply_env`]; [`Config::validate`] rejects them.
+    #[serde(skip)]
+    empty_env: Vec<&'static str>,
 }
 
 /// `[client]`: the client-facing listener and its limits.
@@ -356,6 +360,10 @@ impl Default for UpstreamConfig {
 
 /// The environment variable [`Config::load`] reads the upstream password from.
 pub const UPSTREAM_PASSWORD_ENV: &str = "RESPITE_UPSTREAM_PASSWORD";
+/// The environment variable that sets `admin.token` over the file.
+pub const ADMIN_TOKEN_ENV: &str = "RESPITE_ADMIN_TOKEN";
+/// The environment variable that sets `client.requirepass` over the file.
+pub const REQUIREPASS_ENV: &str = "RESPITE_REQUIREPASS";
 
 /// A secret value: its `Debug` form is `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
@@ -765,15 +773,29 @@ impl Config {
     /// (`RESPITE_UPSTREAM_PASSWORD`), the admin token (`RESPITE_ADMIN_TOKEN`) and the client
     /// password (`RESPITE_REQUIREPASS`). `get` reads a variable (the process environment in
     /// [`Config::load`]).
+    ///
+    /// A variable set but empty (or blank) is an error at [`Config::validate`], not a
+    /// value: an empty `RESPITE_REQUIREPASS` or `RESPITE_ADMIN_TOKEN` would silently turn
+    /// client authentication or drills off over the file's value.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
-        if let Some(p) = get(UPSTREAM_PASSWORD_ENV) {
+        let mut read = |name: &'static str| match get(name) {
+            Some(v) if v.trim().is_empty() => {
+                self.empty_env.push(name);
+                None
+            }
+            v => v,
+        };
+        let upstream_password = read(UPSTREAM_PASSWORD_ENV);
+        // Secrets a Kubernetes Secret can provide as environment variables, over the file.
+        let admin_token = read(ADMIN_TOKEN_ENV);
+        let requirepass = read(REQUIREPASS_ENV);
+        if let Some(p) = upstream_password {
             self.upstream.password_env = Some(Secret(p));
         }
-        // Secrets a Kubernetes Secret can provide as environment variables, over the file.
-        if let Some(t) = get("RESPITE_ADMIN_TOKEN") {
+        if let Some(t) = admin_token {
             self.admin.token = t;
         }
-        if let Some(p) = get("RESPITE_REQUIREPASS") {
+        if let Some(p) = requirepass {
             self.client.requirepass = p;
         }
     }
@@ -815,6 +837,9 @@ impl Config {
 
     /// Checks every value; the first error names its key.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
+        if let Some(name) = self.empty_env.first() {
+            return Err(invalid(name, "", "is set but empty"));
+        }
         let addr = |key: &'static str, v: &str| -> Result<SocketAddr, ConfigError> {
             v.parse()
                 .map_err(|e| invalid(key, v, format!("{e}; write host:port with an IP address, e.g. 127.0.0.1:6380")))
@@ -1287,6 +1312,26 @@ mod tests {
         assert_eq!(c.client.listen, "127.0.0.1:7002");
         assert_eq!(c.admin.listen, "127.0.0.1:7001");
         assert_eq!(c.upstream.url, "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn secret_environment_variables_set_but_empty_are_errors() {
+        for name in [UPSTREAM_PASSWORD_ENV, ADMIN_TOKEN_ENV, REQUIREPASS_ENV] {
+            for empty in ["", " "] {
+                let mut c = Config::from_toml("[client]\nrequirepass = \"a\"\n[admin]\ntoken = \"b\"\n").unwrap();
+                c.apply_env(|n| (n == name).then(|| empty.to_string()));
+                let e = c.validate().unwrap_err().to_string();
+                assert!(e.contains(name) && e.contains("is set but empty"), "{e}");
+            }
+        }
+        // Set, they win over the file.
+        let mut c = Config::from_toml("[client]\nrequirepass = \"a\"\n[admin]\ntoken = \"b\"\n").unwrap();
+        c.apply_env(|n| Some(format!("{n}-value")));
+        let v = c.validate().unwrap();
+        assert_eq!(
+            (v.raw.client.requirepass.as_str(), v.raw.admin.token.as_str()),
+            ("RESPITE_REQUIREPASS-value", "RESPITE_ADMIN_TOKEN-value")
+        );
     }
 
     #[test]

@@ -24,6 +24,9 @@ const RESPITE_ENV: &[&str] = &[
     "RESPITE_JOURNAL_DIR",
     "RESPITE_LOG_FORMAT",
     "RESPITE_LOG_LEVEL",
+    "RESPITE_UPSTREAM_PASSWORD",
+    "RESPITE_ADMIN_TOKEN",
+    "RESPITE_REQUIREPASS",
 ];
 
 /// A `respite` command with a clean environment (no `RESPITE_*`, no `RUST_LOG`).
@@ -351,6 +354,16 @@ fn an_empty_log_level_is_an_error() {
     assert_config_error(&check(&[], &[("RESPITE_LOG_LEVEL", "")]), &["log.level", "must not be empty"]);
     let f = TempConfig::new("[log]\nlevel = \" \"\n");
     assert_config_error(&check(&["--config", f.arg()], &[]), &["log.level", "must not be empty"]);
+}
+
+#[test]
+fn secret_environment_variables_set_but_empty_are_errors() {
+    // An empty RESPITE_REQUIREPASS turned client authentication off over the file's.
+    let f = TempConfig::new("[client]\nrequirepass = \"hunter3\"\n[admin]\ntoken = \"hunter4\"\n");
+    for name in ["RESPITE_REQUIREPASS", "RESPITE_ADMIN_TOKEN", "RESPITE_UPSTREAM_PASSWORD"] {
+        let o = check(&["--config", f.arg()], &[(name, "")]);
+        assert_config_error(&o, &[name, "is set but empty"]);
+    }
 }
 
 #[test]
