@@ -367,6 +367,30 @@ fn secret_environment_variables_set_but_empty_are_errors() {
 }
 
 #[test]
+fn values_refused_by_the_command_line_parser_exit_64() {
+    // They exited 2, not the documented 64 of every configuration error.
+    let o = check(&["--log-format", "yaml"], &[]);
+    assert_config_error(&o, &["'yaml'", "--log-format"]);
+    assert!(!stderr(&o).contains("RESPITE_LOG_FORMAT"), "the flag gave it:\n{}", stderr(&o));
+    let o = check(&[], &[("RESPITE_LOG_FORMAT", "JSON")]);
+    assert_config_error(&o, &["'JSON'", "--log-format", "environment variable RESPITE_LOG_FORMAT"]);
+    let mut cmd = respite_cmd();
+    cmd.args(["--log-format=yaml", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    assert_config_error(&run(cmd), &["'yaml'"]);
+    // A stray argument is quoted without a URL's password.
+    let o = check(&["redis://app:hunter2@10.0.0.1:6379"], &[]);
+    assert_config_error(&o, &["unexpected argument", "<redacted>"]);
+    assert!(!both(&o).contains("hunter2"), "{}", both(&o));
+    // --help and --version still exit 0.
+    for flag in ["--help", "--version"] {
+        let mut cmd = respite_cmd();
+        cmd.arg(flag);
+        let o = run(cmd);
+        assert_eq!(o.status.code(), Some(0), "{flag}: {}", both(&o));
+    }
+}
+
+#[test]
 fn bad_values_also_stop_the_server_before_it_binds() {
     let listen = free_port();
     let mut cmd = respite_cmd();
