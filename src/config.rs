@@ -176,14 +176,26 @@ impl fmt::Display for Dur {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Size(pub u64);
 
+/// The units a size may carry, as the errors list them.
+const SIZE_UNITS: &str = "B, KiB, MiB, GiB, TiB, KB, kB, MB, GB, TB";
+
+// The error messages never repeat the value (a file that fails to parse is reported without
+// its values) and put their examples after "expected", where the parse error keeps them.
 impl FromStr for Size {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 =
-            num.parse().map_err(|_| format!("not a size: {s:?}; write e.g. \"64KiB\", \"512MiB\", \"1GB\""))?;
+        if num.is_empty() {
+            return Err(format!(
+                "not a size, expected a number of bytes or a number with a unit ({SIZE_UNITS}), e.g. \"64KiB\""
+            ));
+        }
+        if unit.starts_with('.') {
+            return Err(WHOLE_SIZE.to_string());
+        }
+        let n: u64 = num.parse().map_err(|_| "size is too large for 64 bits".to_string())?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KiB" => 1 << 10,
@@ -194,24 +206,37 @@ impl FromStr for Size {
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
             "TB" => 1_000_000_000_000,
-            other => return Err(format!("unknown size unit {other:?}; use B, KiB, MiB, GiB, KB, MB or GB")),
+            _ => return Err(format!("unknown size unit, expected one of {SIZE_UNITS}")),
         };
-        n.checked_mul(mult).map(Size).ok_or_else(|| format!("size {s:?} is too large"))
+        n.checked_mul(mult).map(Size).ok_or_else(|| "size is too large for 64 bits".to_string())
     }
 }
 
+const WHOLE_SIZE: &str =
+    "a size must be a whole number, expected a number of bytes or a whole number of a smaller unit, e.g. \"1536KiB\"";
+
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: a number of bytes, or a string with a unit such as \"64KiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Size, E> {
+                Ok(Size(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Size, E> {
+                u64::try_from(n).map(Size).map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Size, E> {
+                Err(E::custom(WHOLE_SIZE))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Size, E> {
+                s.parse().map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Size(n)),
-            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -1095,6 +1120,27 @@ mod tests {
         assert_eq!(Size(512 << 20).to_string(), "512MiB");
         assert_eq!(Size(1000).to_string(), "1000B");
         assert_eq!(Dur::ms(250).to_string(), "250ms");
+    }
+
+    #[test]
+    fn bad_sizes_say_why() {
+        for (text, expected) in [
+            ("max_bytes = -1", "(store.max_bytes): a size cannot be negative"),
+            ("max_bytes = 1.5", "(store.max_bytes): a size must be a whole number, expected"),
+            ("max_bytes = \"1.5MiB\"", "a size must be a whole number, expected"),
+            (
+                "max_bytes = \"5 parsecs\"",
+                "unknown size unit, expected one of B, KiB, MiB, GiB, TiB, KB, kB, MB, GB, TB",
+            ),
+            ("max_bytes = \"-1\"", "not a size, expected a number of bytes or a number with a unit"),
+            ("max_bytes = \"99999999999999999999\"", "size is too large for 64 bits"),
+            ("max_bytes = true", "invalid type: boolean <redacted>, expected a size"),
+        ] {
+            let e = Config::from_toml(&format!("[store]\n{text}\n")).unwrap_err();
+            assert!(e.contains(expected), "{text}: {expected:?} not in {e}");
+        }
+        let c = Config::from_toml("[store]\nmax_bytes = 1048576\n[journal]\nmax_bytes = \"1 TiB\"\n").unwrap();
+        assert_eq!((c.store.max_bytes, c.journal.max_bytes), (Size(1 << 20), Size(1 << 40)));
     }
 
     #[test]
