@@ -642,6 +642,13 @@ impl UpstreamUrl {
         let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| invalid("upstream.url", &shown, "no host"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         let port = u.port().unwrap_or(6379);
+        if port == 0 {
+            return Err(invalid(
+                "upstream.url",
+                &shown,
+                "port 0 cannot be connected to; give the upstream's port (1-65535)",
+            ));
+        }
         // Percent-decoding only: `+` in a URL's user information is a plus, not a space
         // (form decoding turned a password `a+b` into `a b`).
         let decode = |p: &str| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned();
@@ -650,9 +657,13 @@ impl UpstreamUrl {
         let path = u.path().trim_start_matches('/');
         let db = if path.is_empty() {
             0
+        } else if path.trim_start_matches('-').chars().all(|c| c.is_ascii_digit()) && path != "-" {
+            // Redis numbers its databases 0 to a 32-bit signed maximum.
+            path.parse::<u32>().ok().filter(|&db| db <= i32::MAX as u32).ok_or_else(|| {
+                invalid("upstream.url", &shown, format!("database {path} is out of range (0 to {})", i32::MAX))
+            })?
         } else {
-            path.parse()
-                .map_err(|_| invalid("upstream.url", &shown, format!("database must be a number, not {path:?}")))?
+            return Err(invalid("upstream.url", &shown, format!("database must be a number, not {path:?}")));
         };
         if u.query().is_some() {
             return Err(invalid("upstream.url", &shown, "query parameters are not supported; use the [upstream] keys"));
@@ -871,6 +882,21 @@ impl Config {
         };
         let listen = addr("client.listen", &self.client.listen)?;
         let admin_listen = addr("admin.listen", &self.admin.listen)?;
+        // One of the two binds would fail (an unspecified address covers every other).
+        let (a, b) = (listen.ip(), admin_listen.ip());
+        if listen.port() != 0
+            && listen.port() == admin_listen.port()
+            && (a == b || a.is_unspecified() || b.is_unspecified())
+        {
+            return Err(invalid(
+                "admin.listen",
+                &self.admin.listen,
+                format!(
+                    "must not be the address of client.listen ({}); give each listener its own port",
+                    self.client.listen
+                ),
+            ));
+        }
         let mut upstream = UpstreamUrl::parse(&self.upstream.url)?;
         self.resolve_credentials(&mut upstream)?;
         if upstream.tls {
@@ -1178,6 +1204,38 @@ mod tests {
         let mut c = Config::default();
         c.upstream.url = "redis://h:1/abc".into();
         assert!(c.validate().unwrap_err().to_string().contains("database"));
+        for (url, reason) in [
+            ("redis://h:1/4294967296", "database 4294967296 is out of range (0 to 2147483647)"),
+            ("redis://h:1/2147483648", "database 2147483648 is out of range"),
+            ("redis://h:1/-1", "database -1 is out of range"),
+            ("redis://h:0", "port 0 cannot be connected to"),
+            ("redis://u:hunter2@h:0/1", "port 0"),
+        ] {
+            c.upstream.url = url.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("upstream.url") && e.contains(reason) && !e.contains("hunter2"), "{url}: {e}");
+        }
+        c.upstream.url = "redis://h:1/2147483647".into();
+        assert_eq!(c.validate().unwrap().upstream.db, i32::MAX as u32);
+        let mut c = Config::default();
+        for (client, admin, clash) in [
+            ("127.0.0.1:7000", "127.0.0.1:7000", true),
+            ("0.0.0.0:7000", "127.0.0.1:7000", true),
+            ("127.0.0.1:7000", "[::]:7000", true),
+            ("127.0.0.1:7000", "127.0.0.2:7000", false),
+            ("127.0.0.1:7000", "127.0.0.1:7001", false),
+            ("127.0.0.1:0", "127.0.0.1:0", false),
+        ] {
+            (c.client.listen, c.admin.listen) = (client.into(), admin.into());
+            match c.validate() {
+                Err(e) if clash => {
+                    let e = e.to_string();
+                    assert!(e.contains("admin.listen") && e.contains("client.listen"), "{e}");
+                }
+                Ok(_) if !clash => {}
+                other => panic!("{client} and {admin}: {other:?}"),
+            }
+        }
         let mut c = Config::default();
         c.log.level = "loud!!".into();
         assert!(c.validate().unwrap_err().to_string().contains("log.level"));

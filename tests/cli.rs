@@ -391,6 +391,12 @@ fn values_refused_by_the_command_line_parser_exit_64() {
 }
 
 #[test]
+fn one_address_for_both_listeners_is_an_error() {
+    let o = check(&["--listen", "127.0.0.1:7000", "--admin-listen", "127.0.0.1:7000"], &[]);
+    assert_config_error(&o, &["admin.listen", "client.listen", "127.0.0.1:7000"]);
+}
+
+#[test]
 fn bad_values_also_stop_the_server_before_it_binds() {
     let listen = free_port();
     let mut cmd = respite_cmd();
