@@ -90,8 +90,10 @@ impl AsyncRead for IdleClosing {
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
-                    let next = Instant::now() + self.idle;
-                    self.deadline.as_mut().reset(next);
+                    // A deadline past what the clock counts: keep the one set (as far).
+                    if let Some(next) = Instant::now().checked_add(self.idle) {
+                        self.deadline.as_mut().reset(next);
+                    }
                 }
                 Poll::Ready(r)
             }

@@ -175,13 +175,17 @@ pub async fn run_with_reloads(
     ctx.shutdown.cancel();
     sessions.close();
     let grace = ctx.live.load().grace_period;
-    let deadline = Instant::now() + grace;
+    // `None`: beyond what the clock counts, as good as never.
+    let deadline = Instant::now().checked_add(grace);
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         tracing::warn!(clients = sessions.len(), grace = %humantime::format_duration(grace), "grace period over; closing remaining clients");
     }
     let journal = ctx.outage.journal.clone();
     // The replayer keeps running while the grace period lasts and the upstream answers.
-    while ctx.health.state() == State::Replaying && journal.stats().entries > 0 && Instant::now() < deadline {
+    while ctx.health.state() == State::Replaying
+        && journal.stats().entries > 0
+        && deadline.is_none_or(|d| Instant::now() < d)
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     background.cancel();

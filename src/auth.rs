@@ -49,6 +49,18 @@ impl Auth {
                     reason: "must be a non-empty name without spaces".into(),
                 });
             }
+            // A second entry would be a second password for the same user.
+            if users.iter().any(|(name, _)| *name == u.name) {
+                let reason = if u.name == "default" && !c.requirepass.is_empty() {
+                    format!(
+                        "entry {i} of [[client.users]] is the `default` user, whose password client.requirepass \
+                         already sets; keep one of them"
+                    )
+                } else {
+                    format!("entry {i} of [[client.users]] repeats a user name; each user may be listed once")
+                };
+                return Err(ConfigError::Invalid { key: "client.users.name", value: u.name.clone(), reason });
+            }
             users.push((u.name.clone(), hash));
         }
         Ok(Auth { users })
@@ -131,6 +143,26 @@ mod tests {
         };
         let e = Auth::from_config(&c).unwrap_err().to_string();
         assert!(e.contains("client.users.password_sha256"), "{e}");
+    }
+
+    #[test]
+    fn a_user_listed_twice_is_a_config_error() {
+        let user = |name: &str, pw: &[u8]| UserConfig { name: name.into(), password_sha256: hex(digest(pw)) };
+        // Both passwords of `default` worked.
+        let c = ClientConfig {
+            requirepass: "sesame".into(),
+            users: vec![user("app", b"a"), user("default", b"other")],
+            ..ClientConfig::default()
+        };
+        let e = Auth::from_config(&c).unwrap_err().to_string();
+        assert!(e.contains("client.users.name") && e.contains("entry 1") && e.contains("client.requirepass"), "{e}");
+        let c = ClientConfig { users: vec![user("app", b"a"), user("app", b"b")], ..ClientConfig::default() };
+        let e = Auth::from_config(&c).unwrap_err().to_string();
+        assert!(e.contains("client.users.name") && e.contains("\"app\"") && e.contains("repeats"), "{e}");
+        assert!(!e.contains(&hex(digest(b"b"))), "{e}");
+        // `default` without requirepass is an ordinary user.
+        let c = ClientConfig { users: vec![user("default", b"a")], ..ClientConfig::default() };
+        assert!(Auth::from_config(&c).unwrap().check(None, b"a"));
     }
 
     #[test]

@@ -27,53 +27,101 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    /// This error on one line, for a log line. A TOML parse error drops its excerpt of the
-    /// file (the excerpt may show a secret) and keeps the position, the key of the offending
-    /// line and the reason.
+    /// This error on one line, for a log line. (Every message is one line already; this
+    /// guards the log format against a multi-line one.)
     pub fn one_line(&self) -> String {
-        let ConfigError::Parse { path, message } = self else {
-            return self.to_string();
-        };
-        let mut lines = message.lines();
-        // "TOML parse error at line 2, column 9"
-        let head = lines.next().unwrap_or_default();
-        let mut key = None;
-        let mut reason = Vec::new();
-        for line in lines {
-            let t = line.trim_start();
-            if t.starts_with('|') {
-                continue; // the excerpt's gutter and its ^^^ marker
-            }
-            if let Some((n, source)) = t.split_once(" | ") {
-                if n.trim().parse::<usize>().is_ok() {
-                    key = bare_key(source);
-                    continue;
-                }
-            }
-            if !t.is_empty() {
-                reason.push(t);
-            }
-        }
-        let key = key.map(|k| format!(" ({k})")).unwrap_or_default();
-        format!("config file {}: {head}{key}: {}", path.display(), reason.join(" "))
+        self.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
     }
 }
 
-/// The key a TOML line sets (`token = …` → `token`) or the table it opens (`[client]`);
-/// `None` for anything else, such as the inside of a multi-line string.
-fn bare_key(line: &str) -> Option<String> {
-    let line = line.trim();
-    let candidate = match line.strip_prefix('[') {
-        Some(_) => line.split(']').next().map(|t| format!("{t}]"))?,
-        None => line.split_once('=')?.0.trim().to_string(),
+/// A TOML parse error as respite shows it: one line with the position, the dotted key of
+/// the offending line and the reason — never the file's text. A file that failed to parse
+/// may hold a secret anywhere (a misspelt `requirepasss = "…"`, an unquoted URL with its
+/// password, an unclosed string), so the reason's quoted values are `<redacted>` too; only
+/// key and table names and the schema's own words (after "expected") are kept.
+fn describe_parse_error(text: &str, e: &toml::de::Error) -> String {
+    let reason = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(", ");
+    let reason = redact_values(&reason);
+    let Some(span) = e.span() else {
+        return format!("TOML parse error: {reason}");
     };
-    let ok = |c: char| c.is_ascii_alphanumeric() || "_-.[] ".contains(c);
-    (!candidate.is_empty() && candidate.chars().all(ok)).then_some(candidate)
+    let start = span.start.min(text.len());
+    let start = (0..=start).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    let line = text[..start].matches('\n').count();
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..start].chars().count() + 1;
+    let key = key_path(text, line).map(|k| format!(" ({k})")).unwrap_or_default();
+    format!("TOML parse error at line {}, column {column}{key}: {reason}", line + 1)
+}
+
+/// Replaces every quoted part (`…` or "…") of a parse error's reason with `<redacted>`,
+/// except key and table names (after "field ", "key ", "table ") and everything after the
+/// first unquoted "expected", which is the schema's (or the parser's) own words.
+fn redact_values(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    let mut rest = reason;
+    loop {
+        let quote = rest.find(['`', '"']);
+        let expected = rest.find("expected");
+        let Some(q) = quote.filter(|&q| expected.is_none_or(|e| q < e)) else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..q]);
+        let mark = &rest[q..=q];
+        let after = &rest[q + 1..];
+        // An unclosed quote hides everything after it.
+        let (inner, next) = after.find(mark).map_or((after, ""), |c| (&after[..c], &after[c + 1..]));
+        if ["field ", "key ", "table "].iter().any(|w| out.ends_with(w)) {
+            out.push_str(mark);
+            out.push_str(inner);
+            out.push_str(mark);
+        } else {
+            out.push_str("<redacted>");
+        }
+        rest = next;
+    }
+}
+
+/// The dotted key set on line `line` (0-based) of a TOML text: the last table header
+/// before it and the line's own key (`[admin]` … `token = …` → `admin.token`), or the
+/// header itself (`[clinet]`). `None` when the line sets no key, such as the inside of a
+/// multi-line string.
+fn key_path(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let own = lines.get(line)?.trim();
+    if own.starts_with('[') {
+        return table_header(own).map(|t| format!("[{t}]"));
+    }
+    let key = own.split_once('=')?.0.trim();
+    if !is_key(key) {
+        return None;
+    }
+    match lines[..line].iter().rev().find(|l| l.trim_start().starts_with('[')) {
+        Some(h) => Some(format!("{}.{key}", table_header(h.trim())?)),
+        None => Some(key.to_string()),
+    }
+}
+
+/// The table a header line opens: `[client]` → `client`, `[[client.users]]` → `client.users`.
+fn table_header(line: &str) -> Option<String> {
+    let inner = line.strip_prefix("[[").or_else(|| line.strip_prefix('['))?;
+    let name = inner.split(']').next()?.trim();
+    is_key(name).then(|| name.to_string())
+}
+
+/// Whether `s` looks like a (possibly dotted) bare TOML key.
+fn is_key(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-. ".contains(c))
 }
 
 fn invalid(key: &'static str, value: impl fmt::Display, reason: impl fmt::Display) -> ConfigError {
     ConfigError::Invalid { key, value: value.to_string(), reason: reason.to_string() }
 }
+
+/// The longest duration any key accepts (ten years, as `"10y"` counts them): deadlines
+/// are computed as now plus a duration, and far beyond this the clock overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 31_557_600);
 
 /// A duration written in human units in TOML (`"250ms"`, `"2s"`, `"1m"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -97,7 +145,7 @@ impl FromStr for Dur {
         }
         humantime::parse_duration(s)
             .map(Dur)
-            .map_err(|e| format!("not a duration ({e}); write e.g. \"250ms\", \"2s\", \"1m\""))
+            .map_err(|e| format!("not a duration ({e}); expected a number and a unit, e.g. \"250ms\", \"2s\", \"1m\""))
     }
 }
 
@@ -128,14 +176,26 @@ impl fmt::Display for Dur {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Size(pub u64);
 
+/// The units a size may carry, as the errors list them.
+const SIZE_UNITS: &str = "B, KiB, MiB, GiB, TiB, KB, kB, MB, GB, TB";
+
+// The error messages never repeat the value (a file that fails to parse is reported without
+// its values) and put their examples after "expected", where the parse error keeps them.
 impl FromStr for Size {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 =
-            num.parse().map_err(|_| format!("not a size: {s:?}; write e.g. \"64KiB\", \"512MiB\", \"1GB\""))?;
+        if num.is_empty() {
+            return Err(format!(
+                "not a size, expected a number of bytes or a number with a unit ({SIZE_UNITS}), e.g. \"64KiB\""
+            ));
+        }
+        if unit.starts_with('.') {
+            return Err(WHOLE_SIZE.to_string());
+        }
+        let n: u64 = num.parse().map_err(|_| "size is too large for 64 bits".to_string())?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KiB" => 1 << 10,
@@ -146,24 +206,37 @@ impl FromStr for Size {
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
             "TB" => 1_000_000_000_000,
-            other => return Err(format!("unknown size unit {other:?}; use B, KiB, MiB, GiB, KB, MB or GB")),
+            _ => return Err(format!("unknown size unit, expected one of {SIZE_UNITS}")),
         };
-        n.checked_mul(mult).map(Size).ok_or_else(|| format!("size {s:?} is too large"))
+        n.checked_mul(mult).map(Size).ok_or_else(|| "size is too large for 64 bits".to_string())
     }
 }
 
+const WHOLE_SIZE: &str =
+    "a size must be a whole number, expected a number of bytes or a whole number of a smaller unit, e.g. \"1536KiB\"";
+
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: a number of bytes, or a string with a unit such as \"64KiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Size, E> {
+                Ok(Size(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Size, E> {
+                u64::try_from(n).map(Size).map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Size, E> {
+                Err(E::custom(WHOLE_SIZE))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Size, E> {
+                s.parse().map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Size(n)),
-            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -198,6 +271,10 @@ pub struct Config {
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
     pub runtime: RuntimeConfig,
+    /// Secret environment variables that are set but empty, found by
+    /// [`Config::apply_env`]; [`Config::validate`] rejects them.
+    #[serde(skip)]
+    empty_env: Vec<&'static str>,
 }
 
 /// `[client]`: the client-facing listener and its limits.
@@ -308,6 +385,10 @@ impl Default for UpstreamConfig {
 
 /// The environment variable [`Config::load`] reads the upstream password from.
 pub const UPSTREAM_PASSWORD_ENV: &str = "RESPITE_UPSTREAM_PASSWORD";
+/// The environment variable that sets `admin.token` over the file.
+pub const ADMIN_TOKEN_ENV: &str = "RESPITE_ADMIN_TOKEN";
+/// The environment variable that sets `client.requirepass` over the file.
+pub const REQUIREPASS_ENV: &str = "RESPITE_REQUIREPASS";
 
 /// A secret value: its `Debug` form is `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
@@ -561,6 +642,13 @@ impl UpstreamUrl {
         let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| invalid("upstream.url", &shown, "no host"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         let port = u.port().unwrap_or(6379);
+        if port == 0 {
+            return Err(invalid(
+                "upstream.url",
+                &shown,
+                "port 0 cannot be connected to; give the upstream's port (1-65535)",
+            ));
+        }
         // Percent-decoding only: `+` in a URL's user information is a plus, not a space
         // (form decoding turned a password `a+b` into `a b`).
         let decode = |p: &str| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned();
@@ -569,9 +657,13 @@ impl UpstreamUrl {
         let path = u.path().trim_start_matches('/');
         let db = if path.is_empty() {
             0
+        } else if path.trim_start_matches('-').chars().all(|c| c.is_ascii_digit()) && path != "-" {
+            // Redis numbers its databases 0 to a 32-bit signed maximum.
+            path.parse::<u32>().ok().filter(|&db| db <= i32::MAX as u32).ok_or_else(|| {
+                invalid("upstream.url", &shown, format!("database {path} is out of range (0 to {})", i32::MAX))
+            })?
         } else {
-            path.parse()
-                .map_err(|_| invalid("upstream.url", &shown, format!("database must be a number, not {path:?}")))?
+            return Err(invalid("upstream.url", &shown, format!("database must be a number, not {path:?}")));
         };
         if u.query().is_some() {
             return Err(invalid("upstream.url", &shown, "query parameters are not supported; use the [upstream] keys"));
@@ -601,19 +693,35 @@ impl UpstreamUrl {
     }
 }
 
-/// Replaces the password of a URL-like string, even one that does not parse.
+/// Replaces the password of a URL-like string, even one that does not parse: whatever
+/// lies between the first `:` after the scheme (`redis://`, or `redis:`/`rediss:` without
+/// the slashes) and the last `@` (`redis:/alice:pw@h`, `alice:pw@h`, `redis//:pw@h` all
+/// lose `pw`). Without an `@`, a non-numeric "port" is hidden too (`redis://default:pw`,
+/// the host forgotten).
 pub fn redact_url(s: &str) -> String {
-    let Some(scheme_end) = s.find("://") else {
-        return s.to_string();
+    let scheme_end = match s.find("://") {
+        Some(i) => i + 3,
+        None => {
+            match ["redis:", "rediss:"].iter().find(|p| s.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p))) {
+                // The scheme and any slashes after it.
+                Some(p) => s.len() - s[p.len()..].trim_start_matches('/').len(),
+                None => 0,
+            }
+        }
     };
-    let rest = &s[scheme_end + 3..];
-    let Some(at) = rest.rfind('@') else {
-        return s.to_string();
-    };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!("{}{}:<redacted>{}", &s[..scheme_end + 3], &userinfo[..colon], &rest[at..]),
-        None => s.to_string(),
+    let (head, rest) = s.split_at(scheme_end);
+    if let Some(at) = rest.rfind('@') {
+        return match rest[..at].find(':') {
+            Some(colon) => format!("{head}{}:<redacted>{}", &rest[..colon], &rest[at..]),
+            None => s.to_string(),
+        };
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    match authority.rfind(':') {
+        Some(colon) if !authority.ends_with(']') && !authority[colon + 1..].chars().all(|c| c.is_ascii_digit()) => {
+            format!("{head}{}:<redacted>{}", &authority[..colon], &rest[authority.len()..])
+        }
+        _ => s.to_string(),
     }
 }
 
@@ -621,31 +729,32 @@ pub fn redact_url(s: &str) -> String {
 #[derive(Debug, Clone, Default, Args)]
 pub struct Flags {
     /// TOML configuration file (see the repository's config.toml for every key).
-    #[arg(long, env = "RESPITE_CONFIG", global = true)]
+    #[arg(long, env = "RESPITE_CONFIG", hide_env_values = true, global = true)]
     pub config: Option<PathBuf>,
     /// Client-facing RESP listener address [default: 127.0.0.1:6380].
-    #[arg(long, env = "RESPITE_LISTEN", global = true)]
+    #[arg(long, env = "RESPITE_LISTEN", hide_env_values = true, global = true)]
     pub listen: Option<String>,
     /// The upstream Redis URL (`--upstream`; its help text is the `help` below, which
     /// rustdoc does not read as a link).
     #[arg(
         long,
         env = "RESPITE_UPSTREAM",
+        hide_env_values = true,
         global = true,
         help = "Upstream Redis URL: redis://[user:password@]host:port[/db] or rediss://… [default: redis://127.0.0.1:6379]"
     )]
     pub upstream: Option<String>,
     /// Admin HTTP listener for /metrics, /healthz, /readyz, /status [default: 127.0.0.1:9480].
-    #[arg(long, env = "RESPITE_ADMIN_LISTEN", global = true)]
+    #[arg(long, env = "RESPITE_ADMIN_LISTEN", hide_env_values = true, global = true)]
     pub admin_listen: Option<String>,
     /// Directory of the durable journal (off when absent).
-    #[arg(long, env = "RESPITE_JOURNAL_DIR", global = true)]
+    #[arg(long, env = "RESPITE_JOURNAL_DIR", hide_env_values = true, global = true)]
     pub journal_dir: Option<PathBuf>,
     /// Log format [default: text].
-    #[arg(long, env = "RESPITE_LOG_FORMAT", global = true, value_enum)]
+    #[arg(long, env = "RESPITE_LOG_FORMAT", hide_env_values = true, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
     /// Log level or tracing filter [default: info].
-    #[arg(long, env = "RESPITE_LOG_LEVEL", global = true)]
+    #[arg(long, env = "RESPITE_LOG_LEVEL", hide_env_values = true, global = true)]
     pub log_level: Option<String>,
     /// Validate the configuration, print it with secrets redacted, and exit.
     #[arg(long, global = true)]
@@ -700,15 +809,29 @@ impl Config {
     /// (`RESPITE_UPSTREAM_PASSWORD`), the admin token (`RESPITE_ADMIN_TOKEN`) and the client
     /// password (`RESPITE_REQUIREPASS`). `get` reads a variable (the process environment in
     /// [`Config::load`]).
+    ///
+    /// A variable set but empty (or blank) is an error at [`Config::validate`], not a
+    /// value: an empty `RESPITE_REQUIREPASS` or `RESPITE_ADMIN_TOKEN` would silently turn
+    /// client authentication or drills off over the file's value.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
-        if let Some(p) = get(UPSTREAM_PASSWORD_ENV) {
+        let mut read = |name: &'static str| match get(name) {
+            Some(v) if v.trim().is_empty() => {
+                self.empty_env.push(name);
+                None
+            }
+            v => v,
+        };
+        let upstream_password = read(UPSTREAM_PASSWORD_ENV);
+        // Secrets a Kubernetes Secret can provide as environment variables, over the file.
+        let admin_token = read(ADMIN_TOKEN_ENV);
+        let requirepass = read(REQUIREPASS_ENV);
+        if let Some(p) = upstream_password {
             self.upstream.password_env = Some(Secret(p));
         }
-        // Secrets a Kubernetes Secret can provide as environment variables, over the file.
-        if let Some(t) = get("RESPITE_ADMIN_TOKEN") {
+        if let Some(t) = admin_token {
             self.admin.token = t;
         }
-        if let Some(p) = get("RESPITE_REQUIREPASS") {
+        if let Some(p) = requirepass {
             self.client.requirepass = p;
         }
     }
@@ -720,9 +843,10 @@ impl Config {
         Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
     }
 
-    /// Parses TOML text; the error names the key and the line.
+    /// Parses TOML text; the error names the line and the key, and never shows a value
+    /// (see [`describe_parse_error`]).
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+        toml::from_str(text).map_err(|e| describe_parse_error(text, &e))
     }
 
     /// Flags and their environment variables win over the file.
@@ -749,12 +873,30 @@ impl Config {
 
     /// Checks every value; the first error names its key.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
+        if let Some(name) = self.empty_env.first() {
+            return Err(invalid(name, "", "is set but empty"));
+        }
         let addr = |key: &'static str, v: &str| -> Result<SocketAddr, ConfigError> {
             v.parse()
                 .map_err(|e| invalid(key, v, format!("{e}; write host:port with an IP address, e.g. 127.0.0.1:6380")))
         };
         let listen = addr("client.listen", &self.client.listen)?;
         let admin_listen = addr("admin.listen", &self.admin.listen)?;
+        // One of the two binds would fail (an unspecified address covers every other).
+        let (a, b) = (listen.ip(), admin_listen.ip());
+        if listen.port() != 0
+            && listen.port() == admin_listen.port()
+            && (a == b || a.is_unspecified() || b.is_unspecified())
+        {
+            return Err(invalid(
+                "admin.listen",
+                &self.admin.listen,
+                format!(
+                    "must not be the address of client.listen ({}); give each listener its own port",
+                    self.client.listen
+                ),
+            ));
+        }
         let mut upstream = UpstreamUrl::parse(&self.upstream.url)?;
         self.resolve_credentials(&mut upstream)?;
         if upstream.tls {
@@ -777,9 +919,6 @@ impl Config {
         positive("client.max_connections", self.client.max_connections as u64)?;
         positive("client.max_bulk_bytes", self.client.max_bulk_bytes.0)?;
         positive("admin.max_connections", self.admin.max_connections as u64)?;
-        if self.admin.idle_timeout.0.is_zero() {
-            return Err(invalid("admin.idle_timeout", self.admin.idle_timeout, "must be positive"));
-        }
         positive("client.max_array_len", self.client.max_array_len as u64)?;
         positive("client.max_pipeline", self.client.max_pipeline as u64)?;
         positive("upstream.pool_size", self.upstream.pool_size as u64)?;
@@ -821,17 +960,7 @@ impl Config {
                 format!("must be at least client.max_bulk_bytes ({})", self.client.max_bulk_bytes),
             ));
         }
-        for (key, d) in [
-            ("upstream.connect_timeout", self.upstream.connect_timeout),
-            ("upstream.command_timeout", self.upstream.command_timeout),
-            ("health.probe_interval", self.health.probe_interval),
-            ("health.probe_timeout", self.health.probe_timeout),
-            ("upstream.retry_backoff_base", self.upstream.retry_backoff_base),
-        ] {
-            if d.0.is_zero() {
-                return Err(invalid(key, d, "must be greater than 0"));
-            }
-        }
+        self.validate_durations()?;
         if self.upstream.retry_backoff_max < self.upstream.retry_backoff_base {
             return Err(invalid(
                 "upstream.retry_backoff_max",
@@ -840,6 +969,14 @@ impl Config {
             ));
         }
         let level = &self.log.level;
+        if level.trim().is_empty() {
+            // An empty filter is valid to tracing and silences everything below ERROR.
+            return Err(invalid(
+                "log.level",
+                level,
+                "must not be empty; write a level (error, warn, info, debug, trace) or a tracing filter",
+            ));
+        }
         let simple = !level.contains('=') && !level.contains(',');
         let bad_level = simple && level.parse::<tracing_subscriber::filter::LevelFilter>().is_err();
         if bad_level || tracing_subscriber::EnvFilter::try_new(level).is_err() {
@@ -851,6 +988,58 @@ impl Config {
         }
         crate::auth::Auth::from_config(&self.client)?;
         Ok(Validated { raw: self.clone(), listen, admin_listen, upstream })
+    }
+
+    /// Checks every duration against its key's range: at most [`MAX_DURATION`], and no
+    /// non-zero value so short that the code reading it would count it as 0 (timers count
+    /// whole milliseconds, latencies whole microseconds). Keys where 0 means "never" or
+    /// "none" accept 0.
+    fn validate_durations(&self) -> Result<(), ConfigError> {
+        const MS: Duration = Duration::from_millis(1);
+        const TIMERS: &str = "timers count whole milliseconds";
+        let (c, u, h) = (&self.client, &self.upstream, &self.health);
+        // (key, value, what 0 means where it is allowed, the smallest other value, why)
+        let keys: [(&'static str, Dur, Option<&str>, Duration, &str); 13] = [
+            ("client.idle_timeout", c.idle_timeout, Some("never"), MS, TIMERS),
+            ("client.write_timeout", c.write_timeout, Some("never"), MS, TIMERS),
+            ("upstream.connect_timeout", u.connect_timeout, None, MS, TIMERS),
+            ("upstream.command_timeout", u.command_timeout, None, MS, TIMERS),
+            ("upstream.blocking_margin", u.blocking_margin, Some("no margin"), Duration::ZERO, ""),
+            ("upstream.retry_backoff_base", u.retry_backoff_base, None, MS, TIMERS),
+            // Checked against retry_backoff_base below.
+            ("upstream.retry_backoff_max", u.retry_backoff_max, Some(""), Duration::ZERO, ""),
+            ("health.probe_interval", h.probe_interval, None, MS, TIMERS),
+            ("health.probe_timeout", h.probe_timeout, None, MS, TIMERS),
+            (
+                "health.degraded_latency",
+                h.degraded_latency,
+                None,
+                Duration::from_micros(1),
+                "round trips are measured in whole microseconds",
+            ),
+            ("admin.idle_timeout", self.admin.idle_timeout, None, MS, TIMERS),
+            ("store.max_staleness", self.store.max_staleness, Some("values are never served"), Duration::ZERO, ""),
+            ("shutdown.grace_period", self.shutdown.grace_period, Some("exit at once"), Duration::ZERO, ""),
+        ];
+        for (key, d, zero, min, why) in keys {
+            if d.0 > MAX_DURATION {
+                return Err(invalid(key, d, format!("must be at most {}", Dur(MAX_DURATION))));
+            }
+            if d.0.is_zero() {
+                if zero.is_none() {
+                    return Err(invalid(key, d, "must be greater than 0"));
+                }
+                continue;
+            }
+            if d.0 < min {
+                let reason = match zero {
+                    Some(means) => format!("must be 0s ({means}) or at least {} ({why})", Dur(min)),
+                    None => format!("must be at least {} ({why})", Dur(min)),
+                };
+                return Err(invalid(key, d, reason));
+            }
+        }
+        Ok(())
     }
 
     /// The upstream credentials: the password from exactly one of the URL,
@@ -912,7 +1101,9 @@ impl Config {
         if c.upstream.password_env.is_some() {
             c.upstream.password_env = Some(Secret("<redacted>".into()));
         }
-        for secret in [&mut c.client.requirepass, &mut c.admin.token] {
+        // The SHA-256 of a weak password is as good as the password: a dictionary reverses it.
+        let hashes = c.client.users.iter_mut().map(|u| &mut u.password_sha256);
+        for secret in [&mut c.client.requirepass, &mut c.admin.token].into_iter().chain(hashes) {
             if !secret.is_empty() {
                 *secret = "<redacted>".into();
             }
@@ -958,6 +1149,27 @@ mod tests {
     }
 
     #[test]
+    fn bad_sizes_say_why() {
+        for (text, expected) in [
+            ("max_bytes = -1", "(store.max_bytes): a size cannot be negative"),
+            ("max_bytes = 1.5", "(store.max_bytes): a size must be a whole number, expected"),
+            ("max_bytes = \"1.5MiB\"", "a size must be a whole number, expected"),
+            (
+                "max_bytes = \"5 parsecs\"",
+                "unknown size unit, expected one of B, KiB, MiB, GiB, TiB, KB, kB, MB, GB, TB",
+            ),
+            ("max_bytes = \"-1\"", "not a size, expected a number of bytes or a number with a unit"),
+            ("max_bytes = \"99999999999999999999\"", "size is too large for 64 bits"),
+            ("max_bytes = true", "invalid type: boolean <redacted>, expected a size"),
+        ] {
+            let e = Config::from_toml(&format!("[store]\n{text}\n")).unwrap_err();
+            assert!(e.contains(expected), "{text}: {expected:?} not in {e}");
+        }
+        let c = Config::from_toml("[store]\nmax_bytes = 1048576\n[journal]\nmax_bytes = \"1 TiB\"\n").unwrap();
+        assert_eq!((c.store.max_bytes, c.journal.max_bytes), (Size(1 << 20), Size(1 << 40)));
+    }
+
+    #[test]
     fn every_key_of_the_example_file_parses_and_round_trips() {
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
         let cfg = Config::from_toml(&text).unwrap();
@@ -992,9 +1204,46 @@ mod tests {
         let mut c = Config::default();
         c.upstream.url = "redis://h:1/abc".into();
         assert!(c.validate().unwrap_err().to_string().contains("database"));
+        for (url, reason) in [
+            ("redis://h:1/4294967296", "database 4294967296 is out of range (0 to 2147483647)"),
+            ("redis://h:1/2147483648", "database 2147483648 is out of range"),
+            ("redis://h:1/-1", "database -1 is out of range"),
+            ("redis://h:0", "port 0 cannot be connected to"),
+            ("redis://u:hunter2@h:0/1", "port 0"),
+        ] {
+            c.upstream.url = url.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("upstream.url") && e.contains(reason) && !e.contains("hunter2"), "{url}: {e}");
+        }
+        c.upstream.url = "redis://h:1/2147483647".into();
+        assert_eq!(c.validate().unwrap().upstream.db, i32::MAX as u32);
+        let mut c = Config::default();
+        for (client, admin, clash) in [
+            ("127.0.0.1:7000", "127.0.0.1:7000", true),
+            ("0.0.0.0:7000", "127.0.0.1:7000", true),
+            ("127.0.0.1:7000", "[::]:7000", true),
+            ("127.0.0.1:7000", "127.0.0.2:7000", false),
+            ("127.0.0.1:7000", "127.0.0.1:7001", false),
+            ("127.0.0.1:0", "127.0.0.1:0", false),
+        ] {
+            (c.client.listen, c.admin.listen) = (client.into(), admin.into());
+            match c.validate() {
+                Err(e) if clash => {
+                    let e = e.to_string();
+                    assert!(e.contains("admin.listen") && e.contains("client.listen"), "{e}");
+                }
+                Ok(_) if !clash => {}
+                other => panic!("{client} and {admin}: {other:?}"),
+            }
+        }
         let mut c = Config::default();
         c.log.level = "loud!!".into();
         assert!(c.validate().unwrap_err().to_string().contains("log.level"));
+        for empty in ["", " ", "\t"] {
+            c.log.level = empty.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("log.level") && e.contains("must not be empty"), "{e}");
+        }
         let mut c = Config::default();
         c.journal.segment_bytes = Size(64);
         assert!(c.validate().unwrap_err().to_string().contains("journal.segment_bytes"));
@@ -1015,18 +1264,102 @@ mod tests {
     }
 
     #[test]
+    fn durations_that_would_count_as_zero_or_overflow_are_rejected() {
+        let check = |file: &str| Config::from_toml(file).unwrap().validate().map(|_| ()).map_err(|e| e.to_string());
+        for (file, expected) in [
+            ("[health]\nprobe_interval = \"500ns\"", "`health.probe_interval` = \"500ns\": must be at least 1ms"),
+            ("[health]\nprobe_timeout = \"999ns\"", "`health.probe_timeout` = \"999ns\": must be at least 1ms"),
+            ("[upstream]\ncommand_timeout = \"999us\"", "`upstream.command_timeout` = \"999us\": must be at least 1ms"),
+            ("[upstream]\nconnect_timeout = \"1ns\"", "upstream.connect_timeout"),
+            ("[upstream]\nretry_backoff_base = \"1us\"", "upstream.retry_backoff_base"),
+            ("[admin]\nidle_timeout = \"10us\"", "admin.idle_timeout"),
+            ("[health]\ndegraded_latency = \"999ns\"", "must be at least 1us"),
+            ("[health]\ndegraded_latency = \"0s\"", "`health.degraded_latency` = \"0s\": must be greater than 0"),
+            ("[client]\nidle_timeout = \"500us\"", "must be 0s (never) or at least 1ms"),
+            (
+                "[client]\nwrite_timeout = \"1ns\"",
+                "`client.write_timeout` = \"1ns\": must be 0s (never) or at least 1ms",
+            ),
+            ("[shutdown]\ngrace_period = \"300000000000y\"", "`shutdown.grace_period`"),
+            ("[admin]\nidle_timeout = \"300000000000y\"", "`admin.idle_timeout`"),
+            ("[store]\nmax_staleness = \"11y\"", "`store.max_staleness` = \"11years\": must be at most 10years"),
+            ("[upstream]\nblocking_margin = \"20y\"", "upstream.blocking_margin"),
+            ("[upstream]\nretry_backoff_base = \"1s\"\nretry_backoff_max = \"20y\"", "upstream.retry_backoff_max"),
+            ("[client]\nidle_timeout = \"20y\"", "client.idle_timeout"),
+        ] {
+            let e = check(file).expect_err(file);
+            assert!(e.contains(expected), "{expected:?} not in {e}");
+        }
+        for file in [
+            "[client]\nidle_timeout = \"0s\"\nwrite_timeout = \"0s\"",
+            "[shutdown]\ngrace_period = \"0s\"",
+            "[shutdown]\ngrace_period = \"10y\"",
+            "[upstream]\nblocking_margin = \"0s\"",
+            "[upstream]\nblocking_margin = \"100us\"",
+            "[store]\nmax_staleness = \"0s\"",
+            "[health]\nprobe_interval = \"1ms\"\nprobe_timeout = \"1ms\"\ndegraded_latency = \"500us\"",
+        ] {
+            check(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+
+    #[test]
     fn one_line_parse_errors_name_the_key_but_not_the_value() {
         let err =
             |text: &str| ConfigError::Parse { path: "f.toml".into(), message: Config::from_toml(text).unwrap_err() };
         let e = err("[admin]\ntoken = \"hunter2\n").one_line();
-        assert!(e.starts_with("config file f.toml: TOML parse error at line 2") && e.contains("(token)"), "{e}");
+        assert!(e.starts_with("config file f.toml: TOML parse error at line 2") && e.contains("(admin.token)"), "{e}");
         assert!(!e.contains("hunter2") && !e.contains('\n'), "{e}");
         let e = err("[admin]\ntoken = 5\n").one_line();
-        assert!(e.contains("(token): invalid type: integer `5`, expected a string"), "{e}");
+        assert!(e.contains("(admin.token): invalid type: integer <redacted>, expected a string"), "{e}");
         let e = err("[clinet]\nx = 1\n").one_line();
         assert!(e.contains("([clinet]): unknown field `clinet`"), "{e}");
         let e = invalid("client.listen", "x", "bad");
         assert_eq!(e.one_line(), e.to_string());
+    }
+
+    #[test]
+    fn parse_errors_never_show_the_file_or_its_values() {
+        let cases = [
+            // A misspelt secret key: the excerpt showed the whole line.
+            (
+                "[client]\nrequirepasss = \"hunter2\"\n",
+                "line 2, column 1 (client.requirepasss): unknown field `requirepasss`",
+            ),
+            // An unquoted URL with its password.
+            ("[upstream]\nurl = redis://app:hunter2@10.0.0.1:6379\n", "line 2, column 7 (upstream.url): "),
+            // An unclosed string.
+            ("[admin]\ntoken = \"hunter2\n", "line 2, column 17 (admin.token): invalid basic string"),
+            // A value of the wrong type: serde quotes it.
+            (
+                "[client]\nrequirepass = 12345678\n",
+                "(client.requirepass): invalid type: integer <redacted>, expected a string",
+            ),
+            (
+                "[client]\nmax_connections = \"expected hunter2\"\n",
+                "(client.max_connections): invalid type: string <redacted>, expected",
+            ),
+            (
+                "[upstream]\ncommand_timeout = \"5hunter2\"\n",
+                "(upstream.command_timeout): not a duration (unknown time unit <redacted>",
+            ),
+            (
+                "[[client.users]]\nname = \"a\"\npassword_sha256 = 7\n",
+                "line 3, column 19 (client.users.password_sha256): invalid type",
+            ),
+            ("[log]\nformat = \"hunter2\"\n", "(log.format): unknown variant <redacted>, expected `text` or `json`"),
+        ];
+        for (text, expected) in cases {
+            let e = ConfigError::Parse { path: "f.toml".into(), message: Config::from_toml(text).unwrap_err() };
+            // What the binary prints (check-config, start-up) and what a reload logs.
+            for shown in [e.to_string(), e.one_line()] {
+                assert!(shown.contains(expected), "{expected:?} not in {shown}");
+                for secret in ["hunter2", "12345678"] {
+                    assert!(!shown.contains(secret), "{secret} in {shown}");
+                }
+                assert!(!shown.contains('\n'), "{shown}");
+            }
+        }
     }
 
     #[test]
@@ -1047,6 +1380,31 @@ mod tests {
         assert_eq!(u.addr(), "[::1]:6380");
         assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:<redacted>@h:1/0");
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(redact_url("redis://[::1]"), "redis://[::1]");
+        assert_eq!(redact_url("redis://user@h:1"), "redis://user@h:1");
+        // Strings that do not parse as the URL they were meant to be.
+        for (given, shown) in [
+            ("redis:/alice:hunter2@10.0.0.1:6379", "redis:/alice:<redacted>@10.0.0.1:6379"),
+            ("alice:hunter2@host:6379", "alice:<redacted>@host:6379"),
+            ("redis:alice:hunter2@host", "redis:alice:<redacted>@host"),
+            ("redis//:hunter2@host", "redis//:<redacted>@host"),
+            ("redis://alice:hun:ter2@x@host/0", "redis://alice:<redacted>@host/0"),
+            ("redis://alice:hunter2/x@host", "redis://alice:<redacted>@host"),
+            ("redis://default:hunter2", "redis://default:<redacted>"),
+            ("redis://default:hunter2/0", "redis://default:<redacted>/0"),
+        ] {
+            assert_eq!(redact_url(given), shown);
+        }
+        // And the errors about them.
+        for url in ["redis:/alice:hunter2@10.0.0.1:6379", "alice:hunter2@host:6379", "redis:alice:hunter2@host"] {
+            let e = UpstreamUrl::parse(url).unwrap_err().to_string();
+            assert!(e.contains("upstream.url") && !e.contains("hunter2"), "{e}");
+        }
+        for url in ["redis//:hunter2@host", "redis://default:hunter2", "redis://a:hunter2/x@h"] {
+            let e = UpstreamUrl::parse(url).unwrap_err().to_string();
+            assert!(e.contains("upstream.url") && !e.contains("hunter2"), "{e}");
+        }
     }
 
     #[test]
@@ -1061,18 +1419,42 @@ mod tests {
     }
 
     #[test]
+    fn secret_environment_variables_set_but_empty_are_errors() {
+        for name in [UPSTREAM_PASSWORD_ENV, ADMIN_TOKEN_ENV, REQUIREPASS_ENV] {
+            for empty in ["", " "] {
+                let mut c = Config::from_toml("[client]\nrequirepass = \"a\"\n[admin]\ntoken = \"b\"\n").unwrap();
+                c.apply_env(|n| (n == name).then(|| empty.to_string()));
+                let e = c.validate().unwrap_err().to_string();
+                assert!(e.contains(name) && e.contains("is set but empty"), "{e}");
+            }
+        }
+        // Set, they win over the file.
+        let mut c = Config::from_toml("[client]\nrequirepass = \"a\"\n[admin]\ntoken = \"b\"\n").unwrap();
+        c.apply_env(|n| Some(format!("{n}-value")));
+        let v = c.validate().unwrap();
+        assert_eq!(
+            (v.raw.client.requirepass.as_str(), v.raw.admin.token.as_str()),
+            ("RESPITE_REQUIREPASS-value", "RESPITE_ADMIN_TOKEN-value")
+        );
+    }
+
+    #[test]
     fn redaction_hides_every_secret() {
         let mut c = Config::default();
         c.upstream.url = "redis://u:hunter2@h:1".into();
         c.client.requirepass = "hunter3".into();
         c.admin.token = "hunter4".into();
         c.apply_env(|name| (name == UPSTREAM_PASSWORD_ENV).then(|| "hunter5".to_string()));
+        // printf %s hunter6 | sha256sum
+        let hash = "6ab62aa84a9bf147513428a3e617e257b4d00c616659d18dd317748404b4258b";
+        c.client.users.push(UserConfig { name: "app".into(), password_sha256: hash.into() });
         let shown = c.to_redacted_toml();
-        for s in ["hunter2", "hunter3", "hunter4", "hunter5"] {
+        for s in ["hunter2", "hunter3", "hunter4", "hunter5", hash] {
             assert!(!shown.contains(s), "{s} in {shown}");
         }
+        assert!(shown.contains("name = \"app\""), "{shown}");
         let debug = format!("{:?}", c.redacted());
-        for s in ["hunter2", "hunter3", "hunter4", "hunter5"] {
+        for s in ["hunter2", "hunter3", "hunter4", "hunter5", hash] {
             assert!(!debug.contains(s), "{s} in {debug}");
         }
         assert!(shown.contains("<redacted>"));

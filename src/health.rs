@@ -106,7 +106,8 @@ impl Health {
     /// Takes new `[health]` settings (at start, and when the configuration is reloaded): the
     /// next round trip, failure and probe use them. The state itself is kept.
     pub fn set_config(&self, cfg: &HealthConfig) {
-        let us = |d: Duration| d.as_micros().min(u64::MAX as u128) as u64;
+        // Rounded up: a sub-microsecond value must not become 0 (a zero probe period panics).
+        let us = |d: Duration| d.as_nanos().div_ceil(1000).min(u64::MAX as u128) as u64;
         self.degraded_latency_us.store(us(cfg.degraded_latency.0), Ordering::Relaxed);
         self.down_after_failures.store(cfg.down_after_failures, Ordering::Relaxed);
         self.probe_interval_us.store(us(cfg.probe_interval.0), Ordering::Relaxed);
@@ -391,6 +392,17 @@ mod tests {
         h.transition_for_test(State::Down);
         h.probe_succeeded(Duration::from_micros(10));
         assert_eq!(h.state(), State::Healthy, "an empty journal recovers directly");
+    }
+
+    #[test]
+    fn sub_microsecond_settings_do_not_become_zero() {
+        let h = health();
+        h.set_config(&HealthConfig {
+            probe_interval: Dur(Duration::from_nanos(500)),
+            probe_timeout: Dur(Duration::from_nanos(999)),
+            ..HealthConfig::default()
+        });
+        assert_eq!((h.probe_interval(), h.probe_timeout()), (Duration::from_micros(1), Duration::from_micros(1)));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use respite::config::{Cli, Config, Flags, LogFormat};
+use clap::{CommandFactory, Parser};
+use respite::config::{redact_url, Cli, Config, Flags, LogFormat};
 use respite::reload::{Reloads, SetLogLevel};
 use tokio::net::TcpListener;
 
@@ -14,7 +14,10 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_CANTCREAT: u8 = 73;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return command_line_error(e),
+    };
     let validated = Config::load(&cli.flags).and_then(|c| c.validate());
     if cli.is_check() {
         return match validated {
@@ -75,6 +78,53 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// A command line clap refused: `--help` and `--version` print and exit 0; anything else
+/// is a configuration error (exit 64, as for every other), its message naming the
+/// environment variable when the refused value came from there, and every argument it
+/// quotes shown without a URL's password.
+fn command_line_error(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let mut text = e.render().to_string();
+    // "invalid value 'JSON' for '--log-format <LOG_FORMAT>'": from the flag or its variable?
+    if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
+        let long = arg.split_whitespace().next().unwrap_or_default().trim_start_matches('-');
+        let command = Cli::command();
+        let env = command.get_arguments().find(|a| a.get_long() == Some(long)).and_then(|a| a.get_env());
+        let flag = format!("--{long}");
+        let on_command_line = std::env::args_os()
+            .skip(1)
+            .any(|a| a.to_str().is_some_and(|a| a == flag || a.starts_with(&format!("{flag}="))));
+        if let (Some(env), false) = (env, on_command_line) {
+            let note = format!(" (from the environment variable {})", env.to_string_lossy());
+            if let Some(eol) = text.find('\n') {
+                text.insert_str(eol, &note);
+            }
+        }
+    }
+    eprint!("{}", redact_quoted_urls(&text));
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// `text` with every '…'-quoted part passed through [`redact_url`] (clap quotes the
+/// arguments it refuses, e.g. a stray `redis://user:password@host`).
+fn redact_quoted_urls(text: &str) -> String {
+    let mut parts = text.split('\'');
+    let mut out = parts.next().unwrap_or_default().to_string();
+    for (i, part) in parts.enumerate() {
+        out.push('\'');
+        // Odd parts (0-based here: even i) are inside quotes.
+        if i % 2 == 0 {
+            out.push_str(&redact_url(part));
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
 }
 
 /// Installs the logger; returns what changes its filter (`log.level`) at run time.

@@ -1238,8 +1238,12 @@ impl Session {
     /// not `Sync`, so a borrow held there would make the task not `Send`).
     fn backoff(&self, attempt: u32, deadline: Option<Instant>) -> tokio::time::Sleep {
         let live = &self.live;
-        let wake = Instant::now() + backoff::delay(attempt, live.retry_backoff_base, live.retry_backoff_max);
-        tokio::time::sleep_until(deadline.map_or(wake, |d| wake.min(d)))
+        let delay = backoff::delay(attempt, live.retry_backoff_base, live.retry_backoff_max);
+        match deadline {
+            Some(d) => tokio::time::sleep_until(Instant::now().checked_add(delay).map_or(d, |wake| wake.min(d))),
+            // `sleep` itself caps a delay the clock cannot count.
+            None => tokio::time::sleep(delay),
+        }
     }
 
     /// Sends a batch on the client's connection (dedicated or shared); counts a timeout once.

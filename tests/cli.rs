@@ -24,6 +24,9 @@ const RESPITE_ENV: &[&str] = &[
     "RESPITE_JOURNAL_DIR",
     "RESPITE_LOG_FORMAT",
     "RESPITE_LOG_LEVEL",
+    "RESPITE_UPSTREAM_PASSWORD",
+    "RESPITE_ADMIN_TOKEN",
+    "RESPITE_REQUIREPASS",
 ];
 
 /// A `respite` command with a clean environment (no `RESPITE_*`, no `RUST_LOG`).
@@ -311,6 +314,22 @@ fn bad_duration_names_the_key() {
 }
 
 #[test]
+fn durations_that_would_count_as_zero_or_overflow_stop_the_server() {
+    for (text, key) in [
+        // The probe panicked on its zero period and respite stayed down.
+        ("[health]\nprobe_interval = \"500ns\"\n", "health.probe_interval"),
+        // SIGTERM panicked adding it to the clock (exit 101, journal not closed).
+        ("[shutdown]\ngrace_period = \"300000000000y\"\n", "shutdown.grace_period"),
+    ] {
+        let f = TempConfig::new(text);
+        assert_config_error(&check(&["--config", f.arg()], &[]), &[key]);
+        let mut cmd = respite_cmd();
+        cmd.args(["--config", f.arg(), "--listen", &format!("127.0.0.1:{}", free_port())]);
+        assert_config_error(&run(cmd), &[key]);
+    }
+}
+
+#[test]
 fn bad_listen_flag_names_key_and_value() {
     let o = check(&["--listen", "nonsense"], &[]);
     assert_config_error(&o, &["client.listen", "nonsense"]);
@@ -326,6 +345,55 @@ fn bad_upstream_scheme_is_explained() {
 fn bad_log_level_is_an_error() {
     let o = check(&["--log-level", "loud!!"], &[]);
     assert_config_error(&o, &["log.level", "loud!!"]);
+}
+
+#[test]
+fn an_empty_log_level_is_an_error() {
+    // It silenced every INFO line.
+    assert_config_error(&check(&["--log-level="], &[]), &["log.level", "must not be empty"]);
+    assert_config_error(&check(&[], &[("RESPITE_LOG_LEVEL", "")]), &["log.level", "must not be empty"]);
+    let f = TempConfig::new("[log]\nlevel = \" \"\n");
+    assert_config_error(&check(&["--config", f.arg()], &[]), &["log.level", "must not be empty"]);
+}
+
+#[test]
+fn secret_environment_variables_set_but_empty_are_errors() {
+    // An empty RESPITE_REQUIREPASS turned client authentication off over the file's.
+    let f = TempConfig::new("[client]\nrequirepass = \"hunter3\"\n[admin]\ntoken = \"hunter4\"\n");
+    for name in ["RESPITE_REQUIREPASS", "RESPITE_ADMIN_TOKEN", "RESPITE_UPSTREAM_PASSWORD"] {
+        let o = check(&["--config", f.arg()], &[(name, "")]);
+        assert_config_error(&o, &[name, "is set but empty"]);
+    }
+}
+
+#[test]
+fn values_refused_by_the_command_line_parser_exit_64() {
+    // They exited 2, not the documented 64 of every configuration error.
+    let o = check(&["--log-format", "yaml"], &[]);
+    assert_config_error(&o, &["'yaml'", "--log-format"]);
+    assert!(!stderr(&o).contains("RESPITE_LOG_FORMAT"), "the flag gave it:\n{}", stderr(&o));
+    let o = check(&[], &[("RESPITE_LOG_FORMAT", "JSON")]);
+    assert_config_error(&o, &["'JSON'", "--log-format", "environment variable RESPITE_LOG_FORMAT"]);
+    let mut cmd = respite_cmd();
+    cmd.args(["--log-format=yaml", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    assert_config_error(&run(cmd), &["'yaml'"]);
+    // A stray argument is quoted without a URL's password.
+    let o = check(&["redis://app:hunter2@10.0.0.1:6379"], &[]);
+    assert_config_error(&o, &["unexpected argument", "<redacted>"]);
+    assert!(!both(&o).contains("hunter2"), "{}", both(&o));
+    // --help and --version still exit 0.
+    for flag in ["--help", "--version"] {
+        let mut cmd = respite_cmd();
+        cmd.arg(flag);
+        let o = run(cmd);
+        assert_eq!(o.status.code(), Some(0), "{flag}: {}", both(&o));
+    }
+}
+
+#[test]
+fn one_address_for_both_listeners_is_an_error() {
+    let o = check(&["--listen", "127.0.0.1:7000", "--admin-listen", "127.0.0.1:7000"], &[]);
+    assert_config_error(&o, &["admin.listen", "client.listen", "127.0.0.1:7000"]);
 }
 
 #[test]
@@ -490,6 +558,19 @@ fn secrets_in_the_file_are_redacted() {
 }
 
 #[test]
+fn password_hashes_of_client_users_are_redacted() {
+    // printf %s hunter2 | sha256sum: a weak password's hash is as good as the password.
+    let hash = "f52fbd32b2b3b86ff88ef6c490628285f482af15ddcb29541f94bcf526a3f6c7";
+    let f = TempConfig::new(&format!("[[client.users]]\nname = \"app\"\npassword_sha256 = \"{hash}\"\n"));
+    let o = check(&["--config", f.arg()], &[]);
+    assert_redacted(&o);
+    assert!(!both(&o).contains(hash), "{}", both(&o));
+    let users = effective(&o)["client"]["users"].clone();
+    assert_eq!(users[0]["name"].as_str(), Some("app"), "{users}");
+    assert_eq!(users[0]["password_sha256"].as_str(), Some("<redacted>"), "{users}");
+}
+
+#[test]
 fn secrets_from_flags_and_env_are_redacted() {
     let f = TempConfig::new("[client]\nrequirepass = \"hunter3\"\n[admin]\ntoken = \"hunter4\"\n");
     let o = check(&["--config", f.arg(), "--upstream", "redis://user:hunter2@127.0.0.1:1/0"], &[]);
@@ -507,6 +588,53 @@ fn secrets_are_redacted_in_error_messages() {
     let o = check(&["--upstream", "http://user:hunter2@127.0.0.1:1/0"], &[]);
     assert_config_error(&o, &["scheme"]);
     assert!(!both(&o).contains("hunter2"), "{}", both(&o));
+    // Malformed URLs: the password is hidden whatever the shape.
+    for url in [
+        "redis:/alice:hunter2@10.0.0.1:6379",
+        "alice:hunter2@host:6379",
+        "redis:alice:hunter2@host",
+        "redis//:hunter2@host",
+    ] {
+        let o = check(&["--upstream", url], &[]);
+        assert_config_error(&o, &["upstream.url", "<redacted>"]);
+        assert!(!both(&o).contains("hunter2"), "{}", both(&o));
+    }
+}
+
+#[test]
+fn a_file_that_does_not_parse_is_reported_without_its_values() {
+    for (text, key) in [
+        ("[client]\nrequirepasss = \"hunter2\"\n", "client.requirepasss"),
+        ("[upstream]\nurl = redis://app:hunter2@10.0.0.1:6379\n", "upstream.url"),
+        ("[admin]\ntoken = \"hunter2\n", "admin.token"),
+        ("[client]\nrequirepass = 12345678\n", "client.requirepass"),
+    ] {
+        let f = TempConfig::new(text);
+        let o = check(&["--config", f.arg()], &[]);
+        assert_config_error(&o, &["line 2", key]);
+        // The server reports it the same way at start.
+        let mut cmd = respite_cmd();
+        cmd.args(["--config", f.arg(), "--listen", &format!("127.0.0.1:{}", free_port())]);
+        let server = run(cmd);
+        assert_config_error(&server, &["line 2", key]);
+        for out in [both(&o), both(&server)] {
+            assert!(!out.contains("hunter2") && !out.contains("12345678"), "a value of the file printed:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn help_does_not_show_environment_values() {
+    let mut cmd = respite_cmd();
+    cmd.arg("--help");
+    for v in RESPITE_ENV {
+        cmd.env(v, format!("redis://app:hunter2@10.0.0.1:6379/{v}"));
+    }
+    let o = run(cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let text = both(&o);
+    assert!(text.contains("RESPITE_UPSTREAM"), "the variable is named:\n{text}");
+    assert!(!text.contains("hunter2"), "an environment value shown:\n{text}");
 }
 
 #[test]

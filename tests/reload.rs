@@ -213,6 +213,22 @@ async fn sighup_applies_live_settings_and_names_those_needing_a_restart() {
 }
 
 #[tokio::test]
+async fn a_reload_with_a_probe_interval_that_counts_as_zero_is_rejected() {
+    let [port, admin, dead] = ports::<3>();
+    let text = config(port, admin, &format!("redis://127.0.0.1:{dead}"), "", "");
+    let s = Server::start(&text, port, admin, &[]);
+    // Accepted before, the probe then panicked ("period must be non-zero").
+    s.reload(&format!("{text}[health]\nprobe_interval = \"500ns\"\n"));
+    let err = s.wait_log("configuration reload rejected", 1).await;
+    assert!(err.contains("health.probe_interval") && err.contains("at least 1ms"), "{err}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!s.log().contains("panicked"), "{}", s.log());
+    let (code, _) = http(([127, 0, 0, 1], admin).into(), "GET", "/healthz", None, None).await;
+    assert_eq!(code, 200);
+    s.stop();
+}
+
+#[tokio::test]
 async fn flags_still_win_over_the_file_after_a_reload() {
     let redis = RedisServer::start();
     let [port, admin, file_admin] = ports::<3>();

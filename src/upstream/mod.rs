@@ -278,7 +278,7 @@ pub async fn probe(connector: Arc<Connector>, health: Arc<Health>, cancel: Cance
         }
         if health.probe_interval() != interval {
             interval = health.probe_interval();
-            ticker = probe_ticker(Instant::now() + interval, interval);
+            ticker = probe_ticker(Instant::now() + interval.min(crate::config::MAX_DURATION), interval);
         }
         let timeout = health.probe_timeout();
         if health.drill_active() {
@@ -312,8 +312,10 @@ pub async fn probe(connector: Arc<Connector>, health: Arc<Health>, cancel: Cance
 }
 
 /// Ticks at `first`, then every `every`; a slow PING delays the next tick instead of
-/// bunching them.
+/// bunching them. The period is kept within what validation allows (a zero period panics,
+/// and the ticker adds it to the clock).
 fn probe_ticker(first: Instant, every: Duration) -> tokio::time::Interval {
+    let every = every.clamp(Duration::from_millis(1), crate::config::MAX_DURATION);
     let mut ticker = tokio::time::interval_at(first, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker
@@ -386,6 +388,16 @@ async fn ping(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(), Ups
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_probe_ticker_takes_any_period() {
+        // A zero period panicked ("period must be non-zero"), a huge one overflowed the clock.
+        for every in [Duration::ZERO, Duration::from_nanos(1), Duration::MAX] {
+            let mut ticker = probe_ticker(Instant::now(), every);
+            ticker.tick().await;
+            assert!(ticker.period() >= Duration::from_millis(1) && ticker.period() <= crate::config::MAX_DURATION);
+        }
+    }
 
     #[test]
     fn config_get_databases_reply_is_read_only_when_it_is_one() {
