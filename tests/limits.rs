@@ -554,19 +554,26 @@ async fn a_subscribed_client_pipelining_past_max_pipeline_gets_every_reply() {
     respite.shutdown().await;
 }
 
+/// respite with one shared upstream connection, a direct connection to its redis, and two
+/// clients `a` and `b` (`b` has set `key` to `value`): what `a` sends must never shift `b`.
+async fn one_shared_connection(key: &[u8], value: &[u8]) -> (RedisServer, Respite, Raw, Raw, Raw) {
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.upstream.pool_size = 1;
+    let respite = Respite::start_with(cfg).await;
+    let direct = Raw::connect(SocketAddr::from(([127, 0, 0, 1], redis.port))).await;
+    let a = Raw::connect(respite.addr).await;
+    let mut b = Raw::connect(respite.addr).await;
+    assert_eq!(call(&mut b, &[b"SET", key, value]).await, b"+OK\r\n");
+    (redis, respite, direct, a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_without_subscriptions_answers_like_redis_and_shifts_no_one() {
     // Redis answers UNSUBSCRIBE a b (not subscribed) with one reply per channel. Sent on a
     // shared connection that counts one reply per request, the second went to the next
     // client's batch: another client's GET got "unsubscribe b".
-    let redis = RedisServer::start();
-    let mut cfg = test_config(&redis.url());
-    cfg.upstream.pool_size = 1;
-    let respite = Respite::start_with(cfg).await;
-    let mut direct = Raw::connect(SocketAddr::from(([127, 0, 0, 1], redis.port))).await;
-    let mut a = Raw::connect(respite.addr).await;
-    let mut b = Raw::connect(respite.addr).await;
-    assert_eq!(call(&mut b, &[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    let (_redis, respite, mut direct, mut a, mut b) = one_shared_connection(b"k", b"v").await;
     for cmd in
         [&[&b"UNSUBSCRIBE"[..], b"a", b"b"][..], &[b"PUNSUBSCRIBE", b"p*"], &[b"SUNSUBSCRIBE"], &[b"UNSUBSCRIBE"]]
     {
@@ -588,14 +595,7 @@ async fn unsubscribe_of_several_channels_inside_a_pipeline_shifts_no_one() {
     // The local answer above covered an UNSUBSCRIBE at the start of a batch only: one
     // after PING in the same write joined the forwarded batch, Redis answered it twice, and
     // the extra reply went to other clients (their GET got "unsubscribe c").
-    let redis = RedisServer::start();
-    let mut cfg = test_config(&redis.url());
-    cfg.upstream.pool_size = 1;
-    let respite = Respite::start_with(cfg).await;
-    let mut direct = Raw::connect(SocketAddr::from(([127, 0, 0, 1], redis.port))).await;
-    let mut a = Raw::connect(respite.addr).await;
-    let mut b = Raw::connect(respite.addr).await;
-    assert_eq!(call(&mut b, &[b"SET", b"x", b"hello"]).await, b"+OK\r\n");
+    let (_redis, respite, mut direct, mut a, mut b) = one_shared_connection(b"x", b"hello").await;
     let pipeline = [
         encode(&[b"PING"]),
         encode(&[b"UNSUBSCRIBE", b"b", b"c"]),
