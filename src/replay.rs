@@ -220,6 +220,18 @@ fn never_applies(error: &str) -> bool {
         || e.starts_with("err invalid db index")
 }
 
+/// An upstream error reply as text that may be logged: without what Redis quotes of the
+/// command's arguments (`ERR unknown command 'APPEND', with args beginning with: 'key'
+/// 'value'`), which would put keys and values in the logs.
+fn loggable(reply: &[u8]) -> String {
+    let text = String::from_utf8_lossy(reply);
+    let text = text.trim_end();
+    match text.find(", with args beginning with:") {
+        Some(at) => format!("{}, with args beginning with: (not shown)", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 /// What one replay transaction did.
 #[derive(Debug)]
 enum Tx {
@@ -315,7 +327,7 @@ impl Conn {
             let reply = self.round(&encode_one(&[b"SELECT", d.as_bytes()]), 1).await?;
             if reply[0].first() == Some(&b'-') {
                 self.round(&encode_one(&[b"UNWATCH"]), 1).await?;
-                return Ok(Tx::Refused(String::from_utf8_lossy(&reply[0]).trim_end().to_string()));
+                return Ok(Tx::Refused(loggable(&reply[0])));
             }
             self.db = db;
         }
@@ -353,13 +365,8 @@ impl Conn {
         if exec.first() == Some(&b'-') {
             // EXECABORT (a command refused when queued) or similar: nothing was applied,
             // and the connection's database is unchanged.
-            let queue_error = replies[1..replies.len() - 1]
-                .iter()
-                .find(|r| r.first() == Some(&b'-'))
-                .map(|r| String::from_utf8_lossy(r).trim_end().to_string());
-            return Ok(Tx::Refused(
-                queue_error.unwrap_or_else(|| String::from_utf8_lossy(exec).trim_end().to_string()),
-            ));
+            let queue_error = replies[1..replies.len() - 1].iter().find(|r| r.first() == Some(&b'-'));
+            return Ok(Tx::Refused(loggable(queue_error.unwrap_or(exec))));
         }
         if exec.starts_with(b"*-1") || exec.starts_with(b"_") {
             // The watermark changed after WATCH: an earlier connection's transaction ran.

@@ -785,3 +785,46 @@ async fn json_log_format_writes_only_json_lines() {
     );
     assert!(s.stdout_text().trim().is_empty(), "nothing on stdout: {}", s.stdout_text());
 }
+
+// ---------------------------------------------------------------------------------------
+// 10. Logs never show keys or values.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_write_the_upstream_refuses_is_logged_without_its_key_or_value() {
+    // The upstream does not know APPEND (renamed away, as managed Redis does with some
+    // commands, or an older version without a command respite journals): Redis's error
+    // then quotes the command's first arguments ("with args beginning with: 'key'
+    // 'value'"), and the replayer logs that error when it skips the record.
+    let redis = RedisServer::start_with(&["--rename-command", "APPEND", ""]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("respite.toml");
+    std::fs::write(&config, "[admin]\ntoken = \"t\"\n[health]\nprobe_interval = \"50ms\"\n").unwrap();
+    let mut s = Server::start(&redis.url(), &["--config", config.to_str().unwrap(), "--log-format", "json"]);
+    let admin = s.admin();
+    let (code, body) = http(admin, "POST", "/admin/drill", Some("t"), Some(r#"{"state":"down"}"#)).await;
+    assert_eq!(code, 200, "{body}");
+    let key = "customer:4711:private-key";
+    let value = "private-value-0815";
+    let mut c = Raw::connect(([127, 0, 0, 1], s.port).into()).await;
+    let reply = c.call(&[b"APPEND", key.as_bytes(), value.as_bytes()]).await;
+    assert!(reply.starts_with(b":"), "APPEND journaled during the drill: {:?}", String::from_utf8_lossy(&reply));
+    let (code, body) = http(admin, "POST", "/admin/drill", Some("t"), Some(r#"{"state":"auto"}"#)).await;
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http(admin, "GET", "/status", None, None).await;
+        let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if st["state"] == "healthy" && st["journal"]["entries"] == 0 && st["replay"]["errors_total"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the refused record is not skipped: {st}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(c);
+    s.sigterm();
+    assert_eq!(s.wait_exit(Duration::from_secs(5)).code(), Some(0));
+    let logs = format!("{}{}", s.stdout_text(), s.stderr_text());
+    assert!(logs.contains("record refused by the upstream"), "the skipped record is logged:\n{logs}");
+    assert!(!logs.contains("private-key"), "a key in the logs:\n{logs}");
+    assert!(!logs.contains(value), "a value in the logs:\n{logs}");
+}
