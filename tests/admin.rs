@@ -209,6 +209,30 @@ async fn metrics_track_connections_and_upstream_connects() {
     respite.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedicated_connections_are_timed_and_their_timeouts_counted() {
+    // A client pinned to its own upstream connection (CLIENT SETNAME): its round trips feed
+    // respite_upstream_duration_seconds and its timeouts respite_upstream_timeouts_total,
+    // as the README's Metrics table says.
+    let redis = RedisServer::start();
+    let respite = Respite::start(&redis.url()).await;
+    let mut c = Raw::connect(respite.addr).await;
+    assert_eq!(c.call(&[b"CLIENT", b"SETNAME", b"pinned"]).await, b"+OK\r\n");
+    let before = respite.metric("respite_upstream_duration_seconds_count").await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.call(&[b"PING"]).await, b"+PONG\r\n");
+    }
+    let after = respite.metric("respite_upstream_duration_seconds_count").await.unwrap();
+    assert_eq!(after - before, 3.0, "each round trip on the dedicated connection is timed");
+    assert_eq!(respite.metric("respite_upstream_timeouts_total").await, Some(0.0));
+    redis.freeze();
+    let reply = c.call(&[b"GET", b"k"]).await;
+    redis.thaw();
+    assert!(reply.starts_with(b"-"), "a frozen upstream: {:?}", String::from_utf8_lossy(&reply));
+    assert_eq!(respite.metric("respite_upstream_timeouts_total").await, Some(1.0), "the timeout is counted");
+    respite.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 4. POST /admin/drill.
 
