@@ -51,6 +51,10 @@ pub struct Replayer {
 /// A replay transaction may carry `journal.replay_batch` commands: never less than this.
 pub const MIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// While the upstream keeps refusing the replay with the same error, it is logged again
+/// after this long (each refusal is counted in `respite_journal_replay_errors_total`).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// The watermark key of a journal.
 pub fn watermark_key(instance_id: &str) -> String {
     format!("respite:replay:{instance_id}")
@@ -65,19 +69,29 @@ impl Replayer {
     pub async fn run(self, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // While the upstream keeps refusing the replay (out of memory for hours, say), the
+        // retries each second are not logged again: the refusal last logged, and when.
+        let mut refused: Option<(String, tokio::time::Instant)> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = cancel.cancelled() => return,
             }
             if self.health.state() != State::Replaying {
+                refused = None;
                 continue;
             }
             let stats = self.outage.journal.stats();
-            tracing::info!(journal.entries = stats.entries, journal.bytes = stats.bytes, "replay started");
+            if refused.is_none() {
+                tracing::info!(journal.entries = stats.entries, journal.bytes = stats.bytes, "replay started");
+            }
             let started = tokio::time::Instant::now();
             let before = self.metrics.journal_replayed.get();
-            match self.drain(&cancel).await {
+            let result = self.drain(&cancel).await;
+            if !matches!(result, Err(ReplayError::Refused(_))) {
+                refused = None;
+            }
+            match result {
                 Ok(true) => tracing::info!(
                     replayed = self.metrics.journal_replayed.get() - before,
                     seconds = started.elapsed().as_secs_f64(),
@@ -92,11 +106,21 @@ impl Replayer {
                 Err(ReplayError::Refused(e)) => {
                     // The upstream answers but will not take the writes now (full memory, a
                     // replica, a failing disk): they stay in the journal until it does.
-                    tracing::warn!(
-                        error = %e,
-                        replayed = self.metrics.journal_replayed.get() - before,
-                        "replay refused by the upstream for now; the journal keeps the writes and retries in 1s"
-                    );
+                    // Logged when it starts or changes, and at most once a minute while it
+                    // lasts; every refusal is counted.
+                    let now = tokio::time::Instant::now();
+                    let repeated = refused
+                        .as_ref()
+                        .is_some_and(|(last, at)| *last == e && now.duration_since(*at) < REFUSAL_LOG_EVERY);
+                    if !repeated {
+                        tracing::warn!(
+                            error = %e,
+                            journal.entries = stats.entries,
+                            replayed = self.metrics.journal_replayed.get() - before,
+                            "replay refused by the upstream for now; the journal keeps the writes and retries every second"
+                        );
+                        refused = Some((e, now));
+                    }
                     self.metrics.journal_replay_errors.inc();
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }

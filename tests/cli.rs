@@ -828,3 +828,50 @@ async fn a_replayed_write_the_upstream_refuses_is_logged_without_its_key_or_valu
     assert!(!logs.contains("private-key"), "a key in the logs:\n{logs}");
     assert!(!logs.contains(value), "a value in the logs:\n{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_the_upstream_keeps_refusing_is_logged_once_not_every_second() {
+    // An upstream out of memory refuses the replay for as long as it lasts (hours, maybe);
+    // the replayer retries every second. One "replay started" and one refusal line, not two
+    // lines a second (the metrics and RespiteReplayStalled tell how long it goes on).
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("respite.toml");
+    std::fs::write(&config, "[admin]\ntoken = \"t\"\n[health]\nprobe_interval = \"50ms\"\n").unwrap();
+    let mut s = Server::start(&redis.url(), &["--config", config.to_str().unwrap()]);
+    let admin = s.admin();
+    let (code, body) = http(admin, "POST", "/admin/drill", Some("t"), Some(r#"{"state":"down"}"#)).await;
+    assert_eq!(code, 200, "{body}");
+    let mut c = Raw::connect(([127, 0, 0, 1], s.port).into()).await;
+    assert_eq!(c.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    let port = redis.port;
+    let config_set =
+        move |v: &'static str| tokio::task::spawn_blocking(move || redis_cli(port, &["CONFIG", "SET", "maxmemory", v]));
+    redis_cli(port, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    assert_eq!(config_set("1").await.unwrap().trim(), "OK");
+    let (code, body) = http(admin, "POST", "/admin/drill", Some("t"), Some(r#"{"state":"auto"}"#)).await;
+    assert_eq!(code, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (_, body) = http(admin, "GET", "/metrics", None, None).await;
+    let errors = metric_value(&body, "respite_journal_replay_errors_total").unwrap();
+    assert!(errors >= 3.0, "the replay was retried (and refused) every second: {errors}");
+    assert_eq!(config_set("0").await.unwrap().trim(), "OK");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http(admin, "GET", "/status", None, None).await;
+        let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if st["state"] == "healthy" && st["journal"]["entries"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the journal is not replayed: {st}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(c);
+    s.sigterm();
+    assert_eq!(s.wait_exit(Duration::from_secs(5)).code(), Some(0));
+    let logs = s.stderr_text();
+    let count = |needle: &str| logs.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("replay started"), 1, "one replay, started once:\n{logs}");
+    assert_eq!(count("replay refused by the upstream"), 1, "the same refusal, logged once:\n{logs}");
+    assert_eq!(count("replay finished"), 1, "{logs}");
+}
