@@ -274,12 +274,15 @@ impl Health {
     }
 
     /// Starts or ends an operator drill: the upstream is treated as unreachable.
+    /// Logged once per start or end (a repeated request changes nothing and logs nothing).
     pub fn set_drill(&self, on: bool) {
-        self.drill.store(on, Ordering::Release);
-        if on {
-            self.transition(State::Down, "operator drill started");
-        } else {
+        if self.drill.swap(on, Ordering::AcqRel) == on {
+            return;
+        }
+        if !on {
             tracing::info!("operator drill ended; the probe decides the state again");
+        } else if !self.transition_from(&State::ALL, State::Down, "operator drill started") {
+            tracing::info!(state = self.state().as_str(), "operator drill started; the upstream was already down");
         }
     }
 
@@ -289,15 +292,15 @@ impl Health {
     }
 
     fn transition(&self, to: State, cause: &str) {
-        self.transition_from(&State::ALL, to, cause)
+        self.transition_from(&State::ALL, to, cause);
     }
 
-    /// A transition that happens only from one of the states in `from`.
-    fn transition_from(&self, allowed: &[State], to: State, cause: &str) {
+    /// A transition that happens only from one of the states in `from`; whether it did.
+    fn transition_from(&self, allowed: &[State], to: State, cause: &str) -> bool {
         let _guard = self.transition.lock();
         let from = self.state();
         if from == to || !allowed.contains(&from) || (self.drill_active() && to != State::Down) {
-            return;
+            return false;
         }
         if to == State::Down {
             *self.down_cause.lock() = cause.to_string();
@@ -313,6 +316,7 @@ impl Health {
             }
             _ => tracing::info!(state.from = from.as_str(), state.to = to.as_str(), cause, "upstream state changed"),
         }
+        true
     }
 }
 
@@ -456,6 +460,54 @@ mod tests {
         assert_eq!(h.state(), State::Down, "a drained journal does not end an outage the probe has not");
         h.probe_succeeded(Duration::from_micros(10));
         assert_eq!(h.state(), State::Healthy);
+    }
+
+    /// What `f` logs.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || w.clone()).with_ansi(false).finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = buf.0.lock().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn each_drill_start_and_end_is_logged_once() {
+        let count = |logs: &str, needle: &str| logs.lines().filter(|l| l.contains(needle)).count();
+        // From healthy: the transition's line, with the drill as its cause.
+        let h = health();
+        let logs = logged(|| {
+            h.set_drill(true);
+            h.set_drill(true);
+            h.set_drill(false);
+            h.set_drill(false);
+        });
+        assert_eq!(count(&logs, "operator drill started"), 1, "{logs}");
+        assert_eq!(count(&logs, "operator drill ended"), 1, "{logs}");
+        // In a real outage there is no transition, yet the operator's drill is logged.
+        let h = health();
+        for _ in 0..3 {
+            h.record_failure("refused");
+        }
+        let logs = logged(|| {
+            h.set_drill(true);
+            h.set_drill(false);
+            h.set_drill(false);
+        });
+        assert_eq!(count(&logs, "operator drill started"), 1, "{logs}");
+        assert_eq!(count(&logs, "operator drill ended"), 1, "{logs}");
     }
 
     #[test]
