@@ -139,14 +139,14 @@ pub fn other_id() -> CommandId {
 /// Longest command name (GEORADIUSBYMEMBER_RO has 20 bytes).
 const MAX_NAME: usize = 24;
 
-/// Commands bucketed by (name length, upper-cased first byte): a lookup compares one to
-/// three candidates case-insensitively, without copying or hashing the name.
-fn buckets() -> &'static [Vec<CommandId>] {
-    static BUCKETS: OnceLock<Vec<Vec<CommandId>>> = OnceLock::new();
+/// Commands bucketed by (name length, upper-cased first byte), each with its name packed
+/// as below: a lookup compares one to three candidates, without copying or hashing.
+fn buckets() -> &'static [Vec<(u64, CommandId)>] {
+    static BUCKETS: OnceLock<Vec<Vec<(u64, CommandId)>>> = OnceLock::new();
     BUCKETS.get_or_init(|| {
         let mut b = vec![Vec::new(); (MAX_NAME + 1) * 64];
         for (id, c) in TABLE.iter().enumerate() {
-            b[bucket(c.name.as_bytes())].push(id);
+            b[bucket(c.name.as_bytes())].push((pack(c.name.as_bytes()), id));
         }
         b
     })
@@ -156,15 +156,29 @@ fn bucket(name: &[u8]) -> usize {
     name.len() * 64 + (name[0].to_ascii_uppercase() & 63) as usize
 }
 
+/// A name's first eight bytes upper-cased into one word: names of up to eight bytes (GET,
+/// SET, HGETALL...) are then told apart by one comparison.
+#[inline]
+fn pack(name: &[u8]) -> u64 {
+    let mut w = 0u64;
+    for (i, b) in name.iter().take(8).enumerate() {
+        w |= (b.to_ascii_uppercase() as u64) << (8 * i);
+    }
+    w
+}
+
 /// Looks a command name up, case-insensitively, without allocating.
 pub fn lookup(name: &[u8]) -> Option<(CommandId, &'static CommandSpec)> {
     if name.is_empty() || name.len() > MAX_NAME {
         return None;
     }
+    let packed = pack(name);
     buckets()[bucket(name)]
         .iter()
-        .find(|&&id| TABLE[id].name.as_bytes().eq_ignore_ascii_case(name))
-        .map(|&id| (id, &TABLE[id]))
+        .find(|&&(p, id)| {
+            p == packed && (name.len() <= 8 || TABLE[id].name.as_bytes()[8..].eq_ignore_ascii_case(&name[8..]))
+        })
+        .map(|&(_, id)| (id, &TABLE[id]))
 }
 
 /// The metric label of a command id: the lower-case name, or `other`.
@@ -208,6 +222,17 @@ mod tests {
             assert_eq!(lookup(spec.name.as_bytes()).map(|(i, _)| i), Some(id), "{}", spec.name);
             let lower = spec.name.to_ascii_lowercase();
             assert_eq!(lookup(lower.as_bytes()).map(|(i, _)| i), Some(id), "{}", spec.name);
+        }
+        // A name one byte away from a command's is another command or none.
+        for spec in TABLE.iter() {
+            for at in 0..spec.name.len() {
+                for b in [b'#', b'\0', spec.name.as_bytes()[at] ^ 0x20 ^ 0x01] {
+                    let mut near = spec.name.as_bytes().to_vec();
+                    near[at] = b;
+                    let found = lookup(&near).map(|(_, s)| s.name);
+                    assert!(found.is_none_or(|n| n.as_bytes().eq_ignore_ascii_case(&near)), "{near:?} found {found:?}");
+                }
+            }
         }
         assert!(lookup(b"NOSUCHCOMMAND").is_none());
         assert!(lookup(&[b'A'; 40]).is_none());
