@@ -190,6 +190,13 @@ struct DrillRequest {
     state: String,
 }
 
+/// The credentials of an `Authorization: Bearer <token>` header value (the scheme name is
+/// case-insensitive, RFC 9110 §11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 /// `{"state":"down"}` forces outage mode; `{"state":"auto"}` ends it. Needs the admin token.
 async fn drill(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     // Read per request: `admin.token` reloads live.
@@ -198,8 +205,7 @@ async fn drill(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: axum::body
     if token.is_empty() {
         return (StatusCode::FORBIDDEN, "drills are disabled: set [admin] token\n").into_response();
     }
-    let given =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);
     if !given.is_some_and(|g| crate::auth::constant_time_eq(g.as_bytes(), token.as_bytes())) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
     }
@@ -213,4 +219,20 @@ async fn drill(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: axum::body
         _ => return (StatusCode::BAD_REQUEST, "state must be \"down\" or \"auto\"\n").into_response(),
     }
     Json(json!({"state": ctx.health.state().as_str(), "drill": ctx.health.drill_active()})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
+        assert_eq!(bearer("Bearer t0k"), Some("t0k"));
+        assert_eq!(bearer("bearer t0k"), Some("t0k"));
+        assert_eq!(bearer("BEARER t0k"), Some("t0k"));
+        assert_eq!(bearer("Bearer  t0k"), Some(" t0k"), "extra spaces are part of the token, which then differs");
+        assert_eq!(bearer("Basic dXNlcjpwYXNz"), None);
+        assert_eq!(bearer("Bearert0k"), None);
+        assert_eq!(bearer("t0k"), None);
+    }
 }

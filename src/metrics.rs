@@ -188,7 +188,10 @@ impl Metrics {
             store_entries: gauge("respite_store_entries", "Entries in the local store."),
             store_bytes: gauge("respite_store_bytes", "Approximate bytes in the local store (its weighted size)."),
             journal_entries: gauge("respite_journal_entries", "Journal records waiting for replay."),
-            journal_bytes: gauge("respite_journal_bytes", "Bytes of journal records waiting for replay."),
+            journal_bytes: gauge(
+                "respite_journal_bytes",
+                "Bytes the journal holds, the figure [journal] max_bytes bounds: waiting records (in memory), or the segment files on disk (durable; may include replayed records that share a segment with waiting ones).",
+            ),
             journal_oldest_age: prometheus::Gauge::new(
                 "respite_journal_oldest_age_seconds",
                 "Age of the oldest journal record waiting for replay (0 when empty).",
