@@ -30,7 +30,9 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, sessions: TaskTra
         // Only this loop adds clients, so checking then adding cannot overshoot.
         if open.load(Ordering::Acquire) >= ctx.live.load().max_connections {
             ctx.metrics.client_connections_rejected.with_label_values(&["max_connections"]).inc();
-            tokio::spawn(async move {
+            // Tracked like a session, so shutdown waits for it too (37 bytes into an empty
+            // socket buffer: it never waits on the client).
+            sessions.spawn(async move {
                 let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
                 let _ = stream.shutdown().await;
             });
