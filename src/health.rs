@@ -180,15 +180,20 @@ impl Health {
         let slow = new > threshold;
         match self.state() {
             State::Replaying | State::Down => {}
-            State::Healthy if slow => self.transition(
-                State::Degraded,
-                &format!(
-                    "upstream latency {:?} above {:?}",
-                    Duration::from_micros(new),
-                    Duration::from_micros(threshold)
-                ),
-            ),
-            State::Degraded if !slow => self.transition(State::Healthy, "upstream answering normally again"),
+            State::Healthy if slow => {
+                self.transition_from(
+                    &[State::Healthy],
+                    State::Degraded,
+                    &format!(
+                        "upstream latency {:?} above {:?}",
+                        Duration::from_micros(new),
+                        Duration::from_micros(threshold)
+                    ),
+                );
+            }
+            State::Degraded if !slow => {
+                self.transition_from(&[State::Degraded], State::Healthy, "upstream answering normally again");
+            }
             _ => {}
         }
     }
@@ -268,7 +273,9 @@ impl Health {
             _ if n >= self.down_after_failures.load(Ordering::Relaxed) => {
                 self.transition(State::Down, &format!("{n} consecutive upstream failures, last: {cause}"))
             }
-            State::Healthy => self.transition(State::Degraded, &format!("upstream failure: {cause}")),
+            State::Healthy => {
+                self.transition_from(&[State::Healthy], State::Degraded, &format!("upstream failure: {cause}"));
+            }
             _ => {}
         }
     }
@@ -296,6 +303,9 @@ impl Health {
     }
 
     /// A transition that happens only from one of the states in `from`; whether it did.
+    /// Real traffic on many threads decides a transition from the state it read before
+    /// taking the lock: it names that state here, so a transition taken meanwhile (to
+    /// `down`, to `replaying`) is not overwritten by a decision made on the state before it.
     fn transition_from(&self, allowed: &[State], to: State, cause: &str) -> bool {
         let _guard = self.transition.lock();
         let from = self.state();
@@ -508,6 +518,38 @@ mod tests {
         });
         assert_eq!(count(&logs, "operator drill started"), 1, "{logs}");
         assert_eq!(count(&logs, "operator drill ended"), 1, "{logs}");
+    }
+
+    /// Runs `act` on another thread, which decides its transition from `before` and then
+    /// waits for the transition lock; meanwhile another transition (taken while `act` waits)
+    /// moves the state to `meanwhile`. Returns the state after `act` finished.
+    fn decided_from_a_stale_state(before: State, meanwhile: State, act: fn(&Health)) -> State {
+        let h = Arc::new(health());
+        h.transition_for_test(before);
+        let guard = h.transition.lock();
+        let h2 = h.clone();
+        let t = std::thread::spawn(move || act(&h2));
+        // Long enough for `act` to read the state and block on the lock.
+        std::thread::sleep(Duration::from_millis(200));
+        h.state.store(meanwhile as u8, Ordering::SeqCst);
+        drop(guard);
+        t.join().unwrap();
+        h.state()
+    }
+
+    #[test]
+    fn a_transition_decided_from_a_state_that_changed_meanwhile_is_not_taken() {
+        // A slow round trip seen while healthy (→ degraded) as a failure takes it down.
+        let slow = |h: &Health| h.record_success(Duration::from_millis(200));
+        assert_eq!(decided_from_a_stale_state(State::Healthy, State::Down, slow), State::Down);
+        // A failure seen while healthy (→ degraded) as another failure takes it down.
+        let failed = |h: &Health| h.record_failure("refused");
+        assert_eq!(decided_from_a_stale_state(State::Healthy, State::Down, failed), State::Down);
+        // A fast round trip seen while degraded (→ healthy) as a failure takes it down, or
+        // as a write journaled at the end of an outage sends recovery through replaying.
+        let fast = |h: &Health| h.record_success(Duration::from_micros(100));
+        assert_eq!(decided_from_a_stale_state(State::Degraded, State::Down, fast), State::Down);
+        assert_eq!(decided_from_a_stale_state(State::Degraded, State::Replaying, fast), State::Replaying);
     }
 
     #[test]

@@ -593,3 +593,110 @@ async fn a_bare_hello_after_hello_auth_keeps_the_user_across_a_reconnect() {
     assert_eq!(map, "%0\r\n", "still RESP3");
     respite.shutdown().await;
 }
+
+/// A TCP relay to a redis-server whose existing connections can be frozen: a frozen
+/// connection stops reading (respite's writes pile up in the kernel's buffers until they
+/// block) and relays nothing back, while connections opened afterwards relay normally — one
+/// flow blackholed in the network while the upstream itself answers.
+struct Relay {
+    addr: std::net::SocketAddr,
+    /// Connections numbered below this are frozen.
+    frozen_below: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Relay {
+    async fn start(target_port: u16) -> Relay {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // Small receive buffers (no autotuning): a frozen connection blocks its writer soon.
+        socket.set_recv_buffer_size(64 << 10).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(64).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let next = Arc::new(AtomicU64::new(0));
+        let (frozen, counter) = (frozen_below.clone(), next.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let id = counter.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut r, mut w) in [
+                    (
+                        Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    ),
+                    (Box::new(sr), Box::new(cw)),
+                ] {
+                    let frozen = frozen.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16 << 10];
+                        loop {
+                            if id < frozen.load(Ordering::SeqCst) {
+                                // Keep both sockets open, read and relay nothing.
+                                std::future::pending::<()>().await;
+                            }
+                            match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => {
+                                    if id < frozen.load(Ordering::SeqCst) {
+                                        std::future::pending::<()>().await;
+                                    }
+                                    if w.write_all(&buf[..n]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Relay { addr, frozen_below, next }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Freezes every connection open now; later ones relay normally.
+    fn freeze_existing(&self) {
+        use std::sync::atomic::Ordering;
+        self.frozen_below.store(self.next.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_connection_stuck_writing_is_replaced_once_its_reply_timed_out() {
+    // A request too big for the kernel's buffers, on a connection that stopped reading: the
+    // write blocks. Once the reply timed out the connection is abandoned, so the next
+    // client's command on the same shared connection opens a fresh one instead of waiting
+    // behind a write that may never finish.
+    let redis = RedisServer::start();
+    let relay = Relay::start(redis.port).await;
+    let mut cfg = test_config(&relay.url());
+    cfg.upstream.pool_size = 1;
+    let respite = Respite::start_with(cfg).await;
+    let mut a = Raw::connect(respite.addr).await;
+    assert_eq!(call(&mut a, &[b"SET", b"stuck:k", b"v"]).await, b"+OK\r\n");
+
+    relay.freeze_existing();
+    let big = vec![b'x'; 16 << 20];
+    let (reply, _) = timed_call(&mut a, &[b"SET", b"stuck:big", &big], Duration::from_secs(5)).await;
+    let reply = text(&reply.expect("an answer within 5s"));
+    assert!(reply.starts_with("-TIMEOUT respite: upstream did not answer SET within 1s"), "{reply}");
+
+    // The probe's connection was frozen too: it reconnects through the relay and sees the
+    // upstream answering.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    respite.wait_state("healthy", Duration::from_secs(10)).await;
+    let mut b = Raw::connect(respite.addr).await;
+    let (reply, took) = timed_call(&mut b, &[b"GET", b"stuck:k"], Duration::from_secs(5)).await;
+    assert_eq!(reply.as_deref().map(text), Some("$1\r\nv\r\n".to_string()), "took {took:?}");
+}

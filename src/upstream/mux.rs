@@ -187,11 +187,23 @@ async fn writer(mut rx: mpsc::Receiver<Batch>, connector: Arc<Connector>, ctx: C
         for b in gathered.drain(..) {
             let _ = c.pending.send(Pending { count: b.count, limit: b.limit, reply: b.reply, sent_at: now, timeout });
         }
-        let written = match &single {
-            Some(bytes) => c.write.write_all(bytes).await,
-            None => c.write.write_all(&wbuf).await,
+        let write = async {
+            match &single {
+                Some(bytes) => c.write.write_all(bytes).await,
+                None => c.write.write_all(&wbuf).await,
+            }
         };
-        if written.is_err() {
+        // A write blocks while the upstream reads nothing (a frozen process, a blackholed
+        // connection). Once the reader gave up on the connection (a reply timed out) the
+        // write is abandoned with it, so the next batch opens a fresh connection instead of
+        // waiting behind a write that may never finish; and a connection the reader already
+        // gave up on is not written to at all (its batches were failed as maybe sent).
+        let written = tokio::select! {
+            biased;
+            _ = c.dead.cancelled() => false,
+            w = write => w.is_ok(),
+        };
+        if !written {
             // The reader fails everything handed to it: those requests may have been sent.
             c.dead.cancel();
             conn = None;
