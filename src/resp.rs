@@ -31,11 +31,21 @@ pub struct Limits {
     pub max_array: usize,
     /// Largest inline (telnet-style) command line, as Redis's 64 KiB.
     pub max_inline: usize,
+    /// The client has not authenticated yet (with client authentication configured): as
+    /// Redis (CVE-2021-32675), a request may then have at most [`UNAUTHENTICATED_MAX_ARRAY`]
+    /// arguments of at most [`UNAUTHENTICATED_MAX_BULK`] bytes, so that whoever can connect
+    /// cannot make respite buffer large requests without knowing a password.
+    pub unauthenticated: bool,
 }
+
+/// Most arguments in a request from a client that has not authenticated (Redis's 10).
+pub const UNAUTHENTICATED_MAX_ARRAY: i64 = 10;
+/// Largest argument of a request from a client that has not authenticated (Redis's 16 KiB).
+pub const UNAUTHENTICATED_MAX_BULK: i64 = 16384;
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bulk: 512 << 20, max_array: 1 << 20, max_inline: 64 << 10 }
+        Limits { max_bulk: 512 << 20, max_array: 1 << 20, max_inline: 64 << 10, unauthenticated: false }
     }
 }
 
@@ -47,6 +57,10 @@ pub enum ProtocolError {
     InvalidMultibulkLength,
     #[error("Protocol error: invalid bulk length")]
     InvalidBulkLength,
+    #[error("Protocol error: unauthenticated multibulk length")]
+    UnauthenticatedMultibulkLength,
+    #[error("Protocol error: unauthenticated bulk length")]
+    UnauthenticatedBulkLength,
     #[error("Protocol error: expected '$', got '{0}'")]
     ExpectedBulk(char),
     #[error("Protocol error: too big inline request")]
@@ -127,6 +141,9 @@ impl RequestParser {
             if n > limits.max_array as i64 {
                 return Err(ProtocolError::InvalidMultibulkLength);
             }
+            if limits.unauthenticated && n > UNAUTHENTICATED_MAX_ARRAY {
+                return Err(ProtocolError::UnauthenticatedMultibulkLength);
+            }
             if n <= 0 {
                 // `*0` and `*-1` are empty requests: Redis ignores them silently.
                 return Ok(Parsed::Inline { len: after });
@@ -158,6 +175,10 @@ impl RequestParser {
             if len < 0 || len as u64 > limits.max_bulk as u64 || len > u32::MAX as i64 {
                 self.reset();
                 return Err(ProtocolError::InvalidBulkLength);
+            }
+            if limits.unauthenticated && len > UNAUTHENTICATED_MAX_BULK {
+                self.reset();
+                return Err(ProtocolError::UnauthenticatedBulkLength);
             }
             let end = body + len as usize;
             if buf.len() < end + 2 {
@@ -670,7 +691,7 @@ mod tests {
 
     #[test]
     fn limits_are_checked_from_the_header() {
-        let limits = Limits { max_bulk: 10, max_array: 3, max_inline: 64 };
+        let limits = Limits { max_bulk: 10, max_array: 3, max_inline: 64, unauthenticated: false };
         let mut p = RequestParser::default();
         let (mut a, mut e) = (Vec::new(), BytesMut::new());
         // The header alone is enough to refuse: the 11-byte body never needs to arrive.
@@ -688,6 +709,20 @@ mod tests {
             p.parse(b"*99999999999999999999999\r\n", &limits, &mut a, &mut e),
             Err(ProtocolError::InvalidMultibulkLength)
         );
+    }
+
+    #[test]
+    fn unauthenticated_requests_have_redis_smaller_limits() {
+        let limits = Limits { unauthenticated: true, ..Limits::default() };
+        let mut p = RequestParser::default();
+        let (mut a, mut e) = (Vec::new(), BytesMut::new());
+        let err = |p: &mut RequestParser, a: &mut Vec<Arg>, e: &mut BytesMut, b: &[u8]| p.parse(b, &limits, a, e);
+        assert_eq!(err(&mut p, &mut a, &mut e, b"*11\r\n"), Err(ProtocolError::UnauthenticatedMultibulkLength));
+        assert_eq!(err(&mut p, &mut a, &mut e, b"*1\r\n$16385\r\n"), Err(ProtocolError::UnauthenticatedBulkLength));
+        // Malformed headers keep their own errors; the limits themselves are allowed.
+        assert_eq!(err(&mut p, &mut a, &mut e, b"*x\r\n"), Err(ProtocolError::InvalidMultibulkLength));
+        assert_eq!(err(&mut p, &mut a, &mut e, b"*1\r\n$-2\r\n"), Err(ProtocolError::InvalidBulkLength));
+        assert_eq!(err(&mut p, &mut a, &mut e, b"*10\r\n$16384\r\n"), Ok(Parsed::Incomplete));
     }
 
     #[test]

@@ -382,7 +382,8 @@ impl Session {
     }
 
     fn parse_into(&mut self, consumed_out: &mut usize) -> Result<(), ProtocolError> {
-        let limits = self.live.limits;
+        let mut limits = self.live.limits;
+        limits.unauthenticated = !self.authed;
         let max = self.live.max_pipeline;
         let mut encoded = BytesMut::new();
         let now = Instant::now();
@@ -418,6 +419,12 @@ impl Session {
                         self.push_req(0..0, Some(bytes), args, now);
                     }
                 }
+            }
+            if limits.unauthenticated && self.reqs.last().is_some_and(|r| matches!(r.name(), "AUTH" | "HELLO")) {
+                // What follows is read once this has been answered: with the configured
+                // limits if it authenticated the client (as Redis reads a pipeline).
+                self.backlog = true;
+                break;
             }
         }
         Ok(())
