@@ -22,6 +22,25 @@ pub fn make_room(buf: &mut BytesMut, min: usize) {
     }
 }
 
+/// Capacity a connection's read buffer keeps once it is done with a large request or reply.
+pub const KEEP_CAPACITY: usize = 1 << 20;
+
+/// Splits off the first `n` bytes of a read buffer (a request or reply that is complete).
+/// When the buffer had grown past [`KEEP_CAPACITY`] for them, the bytes after them move to
+/// a fresh buffer, so that the large allocation goes with the split-off bytes: otherwise a
+/// connection that once carried a 100 MiB value kept 100+ MiB for as long as it stayed
+/// open, idle or not (Redis, too, shrinks an idle client's query buffer).
+pub fn split_front(buf: &mut BytesMut, n: usize) -> BytesMut {
+    let large = buf.capacity() > KEEP_CAPACITY;
+    let front = buf.split_to(n);
+    if large && buf.len() < KEEP_CAPACITY {
+        let mut rest = BytesMut::with_capacity(buf.len() + READ_ROOM);
+        rest.extend_from_slice(buf);
+        *buf = rest;
+    }
+    front
+}
+
 /// Size limits applied to client requests (Redis: `proto-max-bulk-len` and friends).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -723,6 +742,23 @@ mod tests {
         assert_eq!(err(&mut p, &mut a, &mut e, b"*x\r\n"), Err(ProtocolError::InvalidMultibulkLength));
         assert_eq!(err(&mut p, &mut a, &mut e, b"*1\r\n$-2\r\n"), Err(ProtocolError::InvalidBulkLength));
         assert_eq!(err(&mut p, &mut a, &mut e, b"*10\r\n$16384\r\n"), Ok(Parsed::Incomplete));
+    }
+
+    #[test]
+    fn a_buffer_done_with_a_large_request_lets_its_allocation_go() {
+        let mut buf = BytesMut::with_capacity(4 * KEEP_CAPACITY);
+        buf.extend_from_slice(&vec![b'x'; 3 * KEEP_CAPACITY]);
+        buf.extend_from_slice(b"*1\r\n");
+        let front = split_front(&mut buf, 3 * KEEP_CAPACITY);
+        assert_eq!(front.len(), 3 * KEEP_CAPACITY);
+        assert_eq!(&buf[..], b"*1\r\n");
+        assert!(buf.capacity() < KEEP_CAPACITY, "{}", buf.capacity());
+        // Small buffers are split as before, in place.
+        let mut small = BytesMut::with_capacity(4096);
+        small.extend_from_slice(b"PING\r\nPI");
+        let ptr = small[6..].as_ptr();
+        assert_eq!(&split_front(&mut small, 6)[..], b"PING\r\n");
+        assert_eq!(small.as_ptr(), ptr);
     }
 
     #[test]

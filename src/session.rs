@@ -298,7 +298,7 @@ impl Session {
                 bytes::Buf::advance(&mut self.rbuf, consumed);
                 continue;
             }
-            let frozen = self.rbuf.split_to(consumed).freeze();
+            let frozen = crate::resp::split_front(&mut self.rbuf, consumed).freeze();
             self.clock = None;
             // Requests before a malformed one are served first, as Redis does.
             self.process(&frozen).await;
@@ -1746,7 +1746,7 @@ impl Session {
     /// Relays the complete requests buffered from the client (up to `max_pipeline`).
     async fn relay_round(&mut self) -> Option<End> {
         let (consumed, bad_input) = self.parse_round();
-        let frozen = self.rbuf.split_to(consumed).freeze();
+        let frozen = crate::resp::split_front(&mut self.rbuf, consumed).freeze();
         let n = self.reqs.len();
         if n > 0 {
             let all = self.relayed_bytes(&frozen, 0..n);
