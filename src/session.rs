@@ -797,6 +797,14 @@ impl Session {
             if self.authed || name == "QUIT" {
                 return false;
             }
+            if name == "RESET" && self.reqs[i].args.len() == 1 {
+                // Allowed before AUTH, as in Redis. A client that is not authenticated has
+                // no state to reset (RESET already reset what it had), so it is answered
+                // here, without an upstream connection.
+                self.out.extend_from_slice(b"+RESET\r\n");
+                self.count(i, Outcome::Local);
+                return true;
+            }
             err(&mut self.out, "NOAUTH Authentication required.");
             self.count(i, Outcome::Refused);
             return true;

@@ -424,3 +424,19 @@ async fn unauthenticated_clients_cannot_make_respite_buffer_large_requests() {
     assert_eq!(raw.reply().await, b"+OK\r\n");
     respite.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_before_auth_is_answered_like_redis() {
+    // RESET needs no authentication in Redis (a pool may reset a connection it has not
+    // authenticated yet); respite answers it itself: such a client has nothing to reset,
+    // and it opens no upstream connection for it.
+    let redis = RedisServer::start();
+    let reference = RedisServer::start_with(&["--requirepass", "sesame"]);
+    let respite = with_auth(&redis).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    let mut direct = Raw::connect(std::net::SocketAddr::from(([127, 0, 0, 1], reference.port))).await;
+    for c in [&[&b"RESET"[..]][..], &[b"GET", b"k"], &[b"AUTH", b"sesame"], &[b"RESET"], &[b"PING"]] {
+        assert_eq!(text(&call(&mut raw, c).await), text(&call(&mut direct, c).await), "{c:?}");
+    }
+    respite.shutdown().await;
+}
