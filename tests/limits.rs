@@ -739,3 +739,62 @@ async fn a_write_naming_many_keys_is_learned_in_linear_time() {
     assert!(took < Duration::from_secs(10), "a DEL of 100,000 keys took {took:?}");
     respite.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_many_members_during_an_outage_takes_linear_time() {
+    // SREM and HDEL removed one member at a time, each removal shifting the rest (to keep
+    // their order), and LREM the same from the middle of a list: quadratic, one worker
+    // thread stalled (SREM of 20,000 members: 18.6 s in a debug build; a million: hours).
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.admin.token = "t".into();
+    // Keys first written during the outage are read as if they had been absent.
+    cfg.store.miss = respite::config::Miss::Nil;
+    let respite = Respite::start_with(cfg).await;
+    let (code, answer) = respite.http_post("/admin/drill", Some("t"), r#"{"state":"down"}"#).await;
+    assert_eq!(code, 200, "{answer}");
+    let mut raw = Raw::connect(respite.addr).await;
+    const N: usize = 30_000;
+    let members: Vec<Vec<u8>> = (0..N).map(|i| format!("m{i}").into_bytes()).collect();
+    let command = |head: &[&[u8]], tail: Vec<&[u8]>| -> Vec<Vec<u8>> {
+        head.iter().copied().chain(tail).map(|a| a.to_vec()).collect()
+    };
+    let ms = || members.iter().map(|m| &m[..]);
+    let pairs = || members.iter().flat_map(|m| [&m[..], b"v"]);
+    let side = vec![&b"y"[..]; N / 2];
+    let list: Vec<&[u8]> = side.iter().copied().chain(vec![&b"x"[..]; N]).chain(side.iter().copied()).collect();
+    let n = format!(":{N}\r\n");
+    for (c, want) in [
+        (command(&[b"SADD", b"s"], ms().collect()), n.clone()),
+        (command(&[b"HSET", b"h"], pairs().collect()), n.clone()),
+        (command(&[b"RPUSH", b"l"], list), format!(":{}\r\n", 2 * N)),
+    ] {
+        let c: Vec<&[u8]> = c.iter().map(|a| &a[..]).collect();
+        assert_eq!(text(&call(&mut raw, &c).await), want);
+    }
+    for c in [
+        command(&[b"SREM", b"s"], ms().collect()),
+        command(&[b"HDEL", b"h"], ms().collect()),
+        command(&[b"LREM", b"l", b"0", b"x"], vec![]),
+    ] {
+        let c: Vec<&[u8]> = c.iter().map(|a| &a[..]).collect();
+        let sent = Instant::now();
+        assert_eq!(text(&call(&mut raw, &c).await), n);
+        let took = sent.elapsed();
+        assert!(took < Duration::from_secs(5), "{} of {N} members took {took:?}", text(c[0]));
+    }
+    // What stays keeps its order (as Redis's small hashes and sets do).
+    for c in [
+        &[&b"HSET"[..], b"o", b"a", b"1", b"b", b"2", b"c", b"3", b"d", b"4"][..],
+        &[b"SADD", b"t", b"p", b"q", b"r", b"s"],
+    ] {
+        call(&mut raw, c).await;
+    }
+    assert_eq!(call(&mut raw, &[b"HDEL", b"o", b"c", b"b", b"c", b"zz"]).await, b":2\r\n");
+    assert_eq!(text(&call(&mut raw, &[b"HGETALL", b"o"]).await), "*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nd\r\n$1\r\n4\r\n");
+    assert_eq!(call(&mut raw, &[b"SREM", b"t", b"r", b"q", b"r"]).await, b":2\r\n");
+    assert_eq!(text(&call(&mut raw, &[b"SMEMBERS", b"t"]).await), "*2\r\n$1\r\np\r\n$1\r\ns\r\n");
+    assert_eq!(text(&call(&mut raw, &[b"LRANGE", b"l", b"0", b"0"]).await), "*1\r\n$1\r\ny\r\n");
+    assert_eq!(call(&mut raw, &[b"LLEN", b"l"]).await, n.as_bytes());
+    respite.shutdown().await;
+}
