@@ -100,7 +100,9 @@ fn parse_hex32(s: &str) -> Option<[u8; 32]> {
 
 /// Compares secrets without an early exit, so timing does not reveal how much matched.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    // Lengths that differ by a multiple of 65536 used to cancel out here (only their low
+    // 16 bits were kept): "" equalled 65536 zero bytes.
+    let mut diff = u8::from(a.len() != b.len());
     for i in 0..a.len().max(b.len()) {
         diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
     }
@@ -172,5 +174,8 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secret!"));
         assert!(!constant_time_eq(b"", b"x"));
         assert!(constant_time_eq(b"", b""));
+        assert!(!constant_time_eq(b"", &[0u8; 65536]));
+        assert!(!constant_time_eq(&[0xffu8; 65536], b""));
+        assert!(!constant_time_eq(b"ab", &[b'a', b'b', 0xff].repeat(1 << 16)[..(1 << 16) + 2]));
     }
 }

@@ -22,6 +22,25 @@ pub fn make_room(buf: &mut BytesMut, min: usize) {
     }
 }
 
+/// Capacity a connection's read buffer keeps once it is done with a large request or reply.
+pub const KEEP_CAPACITY: usize = 1 << 20;
+
+/// Splits off the first `n` bytes of a read buffer (a request or reply that is complete).
+/// When the buffer had grown past [`KEEP_CAPACITY`] for them, the bytes after them move to
+/// a fresh buffer, so that the large allocation goes with the split-off bytes: otherwise a
+/// connection that once carried a 100 MiB value kept 100+ MiB for as long as it stayed
+/// open, idle or not (Redis, too, shrinks an idle client's query buffer).
+pub fn split_front(buf: &mut BytesMut, n: usize) -> BytesMut {
+    let large = buf.capacity() > KEEP_CAPACITY;
+    let front = buf.split_to(n);
+    if large && buf.len() < KEEP_CAPACITY {
+        let mut rest = BytesMut::with_capacity(buf.len() + READ_ROOM);
+        rest.extend_from_slice(buf);
+        *buf = rest;
+    }
+    front
+}
+
 /// Size limits applied to client requests (Redis: `proto-max-bulk-len` and friends).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -31,11 +50,21 @@ pub struct Limits {
     pub max_array: usize,
     /// Largest inline (telnet-style) command line, as Redis's 64 KiB.
     pub max_inline: usize,
+    /// The client has not authenticated yet (with client authentication configured): as
+    /// Redis (CVE-2021-32675), a request may then have at most [`UNAUTHENTICATED_MAX_ARRAY`]
+    /// arguments of at most [`UNAUTHENTICATED_MAX_BULK`] bytes, so that whoever can connect
+    /// cannot make respite buffer large requests without knowing a password.
+    pub unauthenticated: bool,
 }
+
+/// Most arguments in a request from a client that has not authenticated (Redis's 10).
+pub const UNAUTHENTICATED_MAX_ARRAY: i64 = 10;
+/// Largest argument of a request from a client that has not authenticated (Redis's 16 KiB).
+pub const UNAUTHENTICATED_MAX_BULK: i64 = 16384;
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bulk: 512 << 20, max_array: 1 << 20, max_inline: 64 << 10 }
+        Limits { max_bulk: 512 << 20, max_array: 1 << 20, max_inline: 64 << 10, unauthenticated: false }
     }
 }
 
@@ -47,6 +76,10 @@ pub enum ProtocolError {
     InvalidMultibulkLength,
     #[error("Protocol error: invalid bulk length")]
     InvalidBulkLength,
+    #[error("Protocol error: unauthenticated multibulk length")]
+    UnauthenticatedMultibulkLength,
+    #[error("Protocol error: unauthenticated bulk length")]
+    UnauthenticatedBulkLength,
     #[error("Protocol error: expected '$', got '{0}'")]
     ExpectedBulk(char),
     #[error("Protocol error: too big inline request")]
@@ -127,6 +160,9 @@ impl RequestParser {
             if n > limits.max_array as i64 {
                 return Err(ProtocolError::InvalidMultibulkLength);
             }
+            if limits.unauthenticated && n > UNAUTHENTICATED_MAX_ARRAY {
+                return Err(ProtocolError::UnauthenticatedMultibulkLength);
+            }
             if n <= 0 {
                 // `*0` and `*-1` are empty requests: Redis ignores them silently.
                 return Ok(Parsed::Inline { len: after });
@@ -162,6 +198,10 @@ impl RequestParser {
             if len < 0 || len as u64 > limits.max_bulk as u64 || len > u32::MAX as i64 {
                 self.reset(args, base);
                 return Err(ProtocolError::InvalidBulkLength);
+            }
+            if limits.unauthenticated && len > UNAUTHENTICATED_MAX_BULK {
+                self.reset();
+                return Err(ProtocolError::UnauthenticatedBulkLength);
             }
             let end = body + len as usize;
             if buf.len() < end + 2 {
@@ -731,7 +771,7 @@ mod tests {
 
     #[test]
     fn limits_are_checked_from_the_header() {
-        let limits = Limits { max_bulk: 10, max_array: 3, max_inline: 64 };
+        let limits = Limits { max_bulk: 10, max_array: 3, max_inline: 64, unauthenticated: false };
         let mut p = RequestParser::default();
         let (mut a, mut e) = (Vec::new(), BytesMut::new());
         // The header alone is enough to refuse: the 11-byte body never needs to arrive.
@@ -749,6 +789,37 @@ mod tests {
             p.parse(b"*99999999999999999999999\r\n", &limits, &mut a, &mut e),
             Err(ProtocolError::InvalidMultibulkLength)
         );
+    }
+
+    #[test]
+    fn unauthenticated_requests_have_redis_smaller_limits() {
+        let limits = Limits { unauthenticated: true, ..Limits::default() };
+        let mut p = RequestParser::default();
+        let (mut a, mut e) = (Vec::new(), BytesMut::new());
+        let err = |p: &mut RequestParser, a: &mut Vec<Arg>, e: &mut BytesMut, b: &[u8]| p.parse(b, &limits, a, e);
+        assert_eq!(err(&mut p, &mut a, &mut e, b"*11\r\n"), Err(ProtocolError::UnauthenticatedMultibulkLength));
+        assert_eq!(err(&mut p, &mut a, &mut e, b"*1\r\n$16385\r\n"), Err(ProtocolError::UnauthenticatedBulkLength));
+        // Malformed headers keep their own errors; the limits themselves are allowed.
+        assert_eq!(err(&mut p, &mut a, &mut e, b"*x\r\n"), Err(ProtocolError::InvalidMultibulkLength));
+        assert_eq!(err(&mut p, &mut a, &mut e, b"*1\r\n$-2\r\n"), Err(ProtocolError::InvalidBulkLength));
+        assert_eq!(err(&mut p, &mut a, &mut e, b"*10\r\n$16384\r\n"), Ok(Parsed::Incomplete));
+    }
+
+    #[test]
+    fn a_buffer_done_with_a_large_request_lets_its_allocation_go() {
+        let mut buf = BytesMut::with_capacity(4 * KEEP_CAPACITY);
+        buf.extend_from_slice(&vec![b'x'; 3 * KEEP_CAPACITY]);
+        buf.extend_from_slice(b"*1\r\n");
+        let front = split_front(&mut buf, 3 * KEEP_CAPACITY);
+        assert_eq!(front.len(), 3 * KEEP_CAPACITY);
+        assert_eq!(&buf[..], b"*1\r\n");
+        assert!(buf.capacity() < KEEP_CAPACITY, "{}", buf.capacity());
+        // Small buffers are split as before, in place.
+        let mut small = BytesMut::with_capacity(4096);
+        small.extend_from_slice(b"PING\r\nPI");
+        let ptr = small[6..].as_ptr();
+        assert_eq!(&split_front(&mut small, 6)[..], b"PING\r\n");
+        assert_eq!(small.as_ptr(), ptr);
     }
 
     #[test]

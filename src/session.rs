@@ -298,7 +298,7 @@ impl Session {
                 bytes::Buf::advance(&mut self.rbuf, consumed);
                 continue;
             }
-            let frozen = self.rbuf.split_to(consumed).freeze();
+            let frozen = crate::resp::split_front(&mut self.rbuf, consumed).freeze();
             self.clock = None;
             // Requests before a malformed one are served first, as Redis does.
             self.process(&frozen).await;
@@ -382,7 +382,8 @@ impl Session {
     }
 
     fn parse_into(&mut self, consumed_out: &mut usize) -> Result<(), ProtocolError> {
-        let limits = self.live.limits;
+        let mut limits = self.live.limits;
+        limits.unauthenticated = !self.authed;
         let max = self.live.max_pipeline;
         let mut encoded = BytesMut::new();
         let now = Instant::now();
@@ -418,6 +419,12 @@ impl Session {
                         self.push_req(0..0, Some(bytes), args, now);
                     }
                 }
+            }
+            if limits.unauthenticated && self.reqs.last().is_some_and(|r| matches!(r.name(), "AUTH" | "HELLO")) {
+                // What follows is read once this has been answered: with the configured
+                // limits if it authenticated the client (as Redis reads a pipeline).
+                self.backlog = true;
+                break;
             }
         }
         Ok(())
@@ -789,6 +796,14 @@ impl Session {
         if !matches!(name, "AUTH" | "HELLO") {
             if self.authed || name == "QUIT" {
                 return false;
+            }
+            if name == "RESET" && self.reqs[i].args.len() == 1 {
+                // Allowed before AUTH, as in Redis. A client that is not authenticated has
+                // no state to reset (RESET already reset what it had), so it is answered
+                // here, without an upstream connection.
+                self.out.extend_from_slice(b"+RESET\r\n");
+                self.count(i, Outcome::Local);
+                return true;
             }
             err(&mut self.out, "NOAUTH Authentication required.");
             self.count(i, Outcome::Refused);
@@ -1739,7 +1754,7 @@ impl Session {
     /// Relays the complete requests buffered from the client (up to `max_pipeline`).
     async fn relay_round(&mut self) -> Option<End> {
         let (consumed, bad_input) = self.parse_round();
-        let frozen = self.rbuf.split_to(consumed).freeze();
+        let frozen = crate::resp::split_front(&mut self.rbuf, consumed).freeze();
         let n = self.reqs.len();
         if n > 0 {
             let all = self.relayed_bytes(&frozen, 0..n);

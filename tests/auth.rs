@@ -383,3 +383,60 @@ async fn malformed_auth_and_hello_get_the_errors_redis_gives() {
     }
     respite.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_clients_cannot_make_respite_buffer_large_requests() {
+    // Redis (since 6.2.6, CVE-2021-32675) lets a client that has not authenticated send at
+    // most 10 arguments of at most 16 KiB each: otherwise anyone who can connect could
+    // make it buffer `max_query_buffer` per connection without knowing the password.
+    let redis = RedisServer::start();
+    let reference = RedisServer::start_with(&["--requirepass", "sesame"]);
+    let respite = with_auth(&redis).await;
+    let direct_addr = std::net::SocketAddr::from(([127, 0, 0, 1], reference.port));
+    for header in [&b"*11\r\n"[..], b"*1\r\n$16385\r\n"] {
+        let mut raw = Raw::connect(respite.addr).await;
+        let mut direct = Raw::connect(direct_addr).await;
+        raw.send(header).await;
+        direct.send(header).await;
+        let want = direct.reply().await;
+        assert!(text(&want).starts_with("-ERR Protocol error: unauthenticated"), "{}", text(&want));
+        let got = raw.reply_within(Duration::from_secs(2)).await.map(|r| text(&r));
+        assert_eq!(got.as_deref(), Some(&*text(&want)), "{header:?}");
+        assert!(raw.closed_within(Duration::from_secs(2)).await, "{header:?}");
+    }
+    // Within those limits the request is read and refused as before.
+    let mut raw = Raw::connect(respite.addr).await;
+    let arg = vec![b'x'; 16384];
+    assert_eq!(call(&mut raw, &[b"SET", b"k", &arg]).await, b"-NOAUTH Authentication required.\r\n");
+    // An AUTH pipelined before a large command in one write: the command is read once the
+    // client is authenticated, with the configured limits (as Redis reads it).
+    let big = vec![b'y'; 1 << 20];
+    let many: Vec<&[u8]> = std::iter::once(&b"MSET"[..]).chain(std::iter::repeat_n(&b"a"[..], 12)).collect();
+    raw.send(&[encode(&[b"AUTH", b"sesame"]), encode(&[b"SET", b"big", &big]), encode(&many)].concat()).await;
+    assert_eq!(raw.reply().await, b"+OK\r\n");
+    assert_eq!(raw.reply().await, b"+OK\r\n");
+    assert_eq!(raw.reply().await, b"+OK\r\n");
+    assert_eq!(call(&mut raw, &[b"STRLEN", b"big"]).await, b":1048576\r\n");
+    // The same after HELLO … AUTH.
+    let mut raw = Raw::connect(respite.addr).await;
+    raw.send(&[encode(&[b"HELLO", b"2", b"AUTH", b"app", b"s3cret"]), encode(&[b"SET", b"big2", &big])].concat()).await;
+    assert!(text(&raw.reply().await).starts_with("*14\r\n"));
+    assert_eq!(raw.reply().await, b"+OK\r\n");
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_before_auth_is_answered_like_redis() {
+    // RESET needs no authentication in Redis (a pool may reset a connection it has not
+    // authenticated yet); respite answers it itself: such a client has nothing to reset,
+    // and it opens no upstream connection for it.
+    let redis = RedisServer::start();
+    let reference = RedisServer::start_with(&["--requirepass", "sesame"]);
+    let respite = with_auth(&redis).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    let mut direct = Raw::connect(std::net::SocketAddr::from(([127, 0, 0, 1], reference.port))).await;
+    for c in [&[&b"RESET"[..]][..], &[b"GET", b"k"], &[b"AUTH", b"sesame"], &[b"RESET"], &[b"PING"]] {
+        assert_eq!(text(&call(&mut raw, c).await), text(&call(&mut direct, c).await), "{c:?}");
+    }
+    respite.shutdown().await;
+}

@@ -656,3 +656,145 @@ async fn a_timeout_on_a_dedicated_connection_keeps_the_replies_that_arrived() {
     assert!(second.starts_with("-TIMEOUT"), "{second}");
     respite.shutdown().await;
 }
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_do_not_keep_the_buffers_of_large_requests_and_replies() {
+    // Four clients each SET and GET one 48 MiB value on their own (pinned) upstream
+    // connection, then stay connected and idle. Their read buffers (the request's, and the
+    // dedicated connection's for the reply) used to keep those 48+ MiB each for as long as
+    // the client stayed: respite grew by 430 MiB here. Redis shrinks an idle client's
+    // query buffer too. The binary runs on its own so that its memory is all this test's.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let redis = RedisServer::start();
+    let port = free_port();
+    let admin = free_port();
+    let child = std::process::Command::new(respite_bin())
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(["--upstream", &redis.url(), "--log-level", "warn"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Kill(child);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "respite did not listen within 10s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut warm = Raw::connect(addr).await;
+    assert_eq!(call(&mut warm, &[b"SET", b"small", b"v"]).await, b"+OK\r\n");
+    let before = rss_kib(child.0.id());
+    let value = vec![b'v'; 48 << 20];
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let key = format!("big{i}");
+        let mut raw = Raw::connect(addr).await;
+        assert_eq!(call(&mut raw, &[b"SELECT", b"0"]).await, b"+OK\r\n");
+        assert_eq!(call(&mut raw, &[b"SET", key.as_bytes(), &value]).await, b"+OK\r\n");
+        assert_eq!(call(&mut raw, &[b"GET", key.as_bytes()]).await.len(), value.len() + 13);
+        assert_eq!(call(&mut raw, &[b"DEL", key.as_bytes()]).await, b":1\r\n");
+        clients.push(raw);
+    }
+    let grown = rss_kib(child.0.id()).saturating_sub(before) >> 10;
+    assert!(grown < 100, "respite kept {grown} MiB for 4 idle clients");
+    // They are still served.
+    for raw in &mut clients {
+        assert_eq!(call(raw, &[b"GET", b"small"]).await, b"$1\r\nv\r\n");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_naming_many_keys_is_learned_in_linear_time() {
+    // A DEL of 100,000 keys (well within max_array_len): learning its reply looked each
+    // key's change up in a list of the batch's changes so far, so the time grew with the
+    // square of the key count (40,000 keys: 16 s of one worker thread, in a debug build;
+    // 1,048,576 keys: hours), during which that worker served no one else and SIGTERM
+    // could not stop respite.
+    let redis = RedisServer::start();
+    let respite = Respite::start(&redis.url()).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    let keys: Vec<Vec<u8>> = (0..100_000).map(|i| format!("many:{i}").into_bytes()).collect();
+    let mut del: Vec<&[u8]> = vec![b"DEL"];
+    del.extend(keys.iter().map(|k| &k[..]));
+    assert_eq!(call(&mut raw, &[b"SET", b"many:7", b"v"]).await, b"+OK\r\n");
+    // Measured, not a timeout: the stalled worker is one of this test's runtime, and the
+    // timer did not fire while it was stuck (the reply came after 117 s).
+    let sent = Instant::now();
+    raw.cmd(&del).await;
+    assert_eq!(reply(&mut raw).await, b":1\r\n");
+    let took = sent.elapsed();
+    assert!(took < Duration::from_secs(10), "a DEL of 100,000 keys took {took:?}");
+    respite.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_many_members_during_an_outage_takes_linear_time() {
+    // SREM and HDEL removed one member at a time, each removal shifting the rest (to keep
+    // their order), and LREM the same from the middle of a list: quadratic, one worker
+    // thread stalled (SREM of 20,000 members: 18.6 s in a debug build; a million: hours).
+    let redis = RedisServer::start();
+    let mut cfg = test_config(&redis.url());
+    cfg.admin.token = "t".into();
+    // Keys first written during the outage are read as if they had been absent.
+    cfg.store.miss = respite::config::Miss::Nil;
+    let respite = Respite::start_with(cfg).await;
+    let (code, answer) = respite.http_post("/admin/drill", Some("t"), r#"{"state":"down"}"#).await;
+    assert_eq!(code, 200, "{answer}");
+    let mut raw = Raw::connect(respite.addr).await;
+    const N: usize = 30_000;
+    let members: Vec<Vec<u8>> = (0..N).map(|i| format!("m{i}").into_bytes()).collect();
+    let command = |head: &[&[u8]], tail: Vec<&[u8]>| -> Vec<Vec<u8>> {
+        head.iter().copied().chain(tail).map(|a| a.to_vec()).collect()
+    };
+    let ms = || members.iter().map(|m| &m[..]);
+    let pairs = || members.iter().flat_map(|m| [&m[..], b"v"]);
+    let side = vec![&b"y"[..]; N / 2];
+    let list: Vec<&[u8]> = side.iter().copied().chain(vec![&b"x"[..]; N]).chain(side.iter().copied()).collect();
+    let n = format!(":{N}\r\n");
+    for (c, want) in [
+        (command(&[b"SADD", b"s"], ms().collect()), n.clone()),
+        (command(&[b"HSET", b"h"], pairs().collect()), n.clone()),
+        (command(&[b"RPUSH", b"l"], list), format!(":{}\r\n", 2 * N)),
+    ] {
+        let c: Vec<&[u8]> = c.iter().map(|a| &a[..]).collect();
+        assert_eq!(text(&call(&mut raw, &c).await), want);
+    }
+    for c in [
+        command(&[b"SREM", b"s"], ms().collect()),
+        command(&[b"HDEL", b"h"], ms().collect()),
+        command(&[b"LREM", b"l", b"0", b"x"], vec![]),
+    ] {
+        let c: Vec<&[u8]> = c.iter().map(|a| &a[..]).collect();
+        let sent = Instant::now();
+        assert_eq!(text(&call(&mut raw, &c).await), n);
+        let took = sent.elapsed();
+        assert!(took < Duration::from_secs(5), "{} of {N} members took {took:?}", text(c[0]));
+    }
+    // What stays keeps its order (as Redis's small hashes and sets do).
+    for c in [
+        &[&b"HSET"[..], b"o", b"a", b"1", b"b", b"2", b"c", b"3", b"d", b"4"][..],
+        &[b"SADD", b"t", b"p", b"q", b"r", b"s"],
+    ] {
+        call(&mut raw, c).await;
+    }
+    assert_eq!(call(&mut raw, &[b"HDEL", b"o", b"c", b"b", b"c", b"zz"]).await, b":2\r\n");
+    assert_eq!(text(&call(&mut raw, &[b"HGETALL", b"o"]).await), "*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nd\r\n$1\r\n4\r\n");
+    assert_eq!(call(&mut raw, &[b"SREM", b"t", b"r", b"q", b"r"]).await, b":2\r\n");
+    assert_eq!(text(&call(&mut raw, &[b"SMEMBERS", b"t"]).await), "*2\r\n$1\r\np\r\n$1\r\ns\r\n");
+    assert_eq!(text(&call(&mut raw, &[b"LRANGE", b"l", b"0", b"0"]).await), "*1\r\n$1\r\ny\r\n");
+    assert_eq!(call(&mut raw, &[b"LLEN", b"l"]).await, n.as_bytes());
+    respite.shutdown().await;
+}

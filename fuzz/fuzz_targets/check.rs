@@ -21,7 +21,7 @@ use respite::command;
 use respite::resp::{Arg, Limits, Parsed, ProtocolError, ReplyScanner, RequestParser};
 
 /// Tight limits, so that the fuzzer reaches every limit check with short inputs.
-pub const LIMITS: Limits = Limits { max_bulk: 64, max_array: 8, max_inline: 128 };
+pub const LIMITS: Limits = Limits { max_bulk: 64, max_array: 8, max_inline: 128, unauthenticated: false };
 
 /// The first bytes of a fuzz input choose the split points; the rest is the stream.
 pub fn check(data: &[u8]) {

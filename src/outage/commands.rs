@@ -1317,7 +1317,15 @@ fn hdel(cx: &mut Cx<'_>) -> Res {
     let fields = &cx.args[2..];
     let n = cx.write(1, |e| match &mut e.value {
         Value::Absent => Ok(0),
-        Value::Hash(h) => Ok(fields.iter().filter(|f| h.shift_remove(**f).is_some()).count() as i64),
+        Value::Hash(h) if fields.len() == 1 => Ok(h.shift_remove(fields[0]).is_some() as i64),
+        Value::Hash(h) => {
+            // In one pass (keeping the order of the rest): removed one by one, each
+            // removal shifted the rest, quadratic in the fields named.
+            let gone: std::collections::HashSet<&[u8]> = fields.iter().copied().collect();
+            let before = h.len();
+            h.retain(|f, _| !gone.contains(&f[..]));
+            Ok((before - h.len()) as i64)
+        }
         _ => Err(err(WRONGTYPE)),
     })?;
     cx.r.int(n);
@@ -1478,27 +1486,22 @@ fn lrem(cx: &mut Cx<'_>) -> Res {
         Value::Absent => Ok(0),
         Value::List(l) => {
             let limit = if count == 0 { usize::MAX } else { count.unsigned_abs() as usize };
-            let mut removed = 0;
-            if count >= 0 {
-                let mut i = 0;
-                while i < l.len() && removed < limit {
-                    if l[i] == target {
-                        l.remove(i);
-                        removed += 1;
-                    } else {
-                        i += 1;
-                    }
+            // In one pass: removing one by one from the middle of the list shifted the
+            // rest each time (quadratic). From the tail (count < 0): the first matches are
+            // kept, the last `limit` removed.
+            let keep = if count >= 0 { 0 } else { l.iter().filter(|v| **v == target).count().saturating_sub(limit) };
+            let (mut seen, mut removed) = (0, 0);
+            l.retain(|v| {
+                if *v != target {
+                    return true;
                 }
-            } else {
-                let mut i = l.len();
-                while i > 0 && removed < limit {
-                    i -= 1;
-                    if l[i] == target {
-                        l.remove(i);
-                        removed += 1;
-                    }
+                seen += 1;
+                if seen <= keep || removed == limit {
+                    return true;
                 }
-            }
+                removed += 1;
+                false
+            });
             Ok(removed as i64)
         }
         _ => Err(err(WRONGTYPE)),
@@ -1546,7 +1549,14 @@ fn srem(cx: &mut Cx<'_>) -> Res {
     let ms = &cx.args[2..];
     let n = cx.write(1, |e| match &mut e.value {
         Value::Absent => Ok(0),
-        Value::Set(s) => Ok(ms.iter().filter(|m| s.shift_remove(**m)).count() as i64),
+        Value::Set(s) if ms.len() == 1 => Ok(s.shift_remove(ms[0]) as i64),
+        Value::Set(s) => {
+            // In one pass, as HDEL.
+            let gone: std::collections::HashSet<&[u8]> = ms.iter().copied().collect();
+            let before = s.len();
+            s.retain(|m| !gone.contains(&m[..]));
+            Ok((before - s.len()) as i64)
+        }
         _ => Err(err(WRONGTYPE)),
     })?;
     cx.r.int(n);

@@ -529,7 +529,12 @@ impl Outage {
     pub fn restore(&self) -> usize {
         let records = self.journal.read_after(0, usize::MAX, usize::MAX);
         let mut pending = self.lock.write();
-        let limits = crate::resp::Limits { max_bulk: usize::MAX >> 1, max_array: usize::MAX >> 1, max_inline: 0 };
+        let limits = crate::resp::Limits {
+            max_bulk: usize::MAX >> 1,
+            max_array: usize::MAX >> 1,
+            max_inline: 0,
+            unauthenticated: false,
+        };
         let mut applied = 0;
         for r in &records {
             let mut parser = crate::resp::RequestParser::default();

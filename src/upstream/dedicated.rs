@@ -283,7 +283,7 @@ async fn read_replies_partial(
             return Err(Box::new(fail_partial(buf, ends, error)));
         }
     }
-    let bytes = buf.split_to(acc).freeze();
+    let bytes = crate::resp::split_front(buf, acc).freeze();
     Ok(BatchReply { bytes, ends })
 }
 
