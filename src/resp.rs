@@ -200,7 +200,7 @@ impl RequestParser {
                 return Err(ProtocolError::InvalidBulkLength);
             }
             if limits.unauthenticated && len > UNAUTHENTICATED_MAX_BULK {
-                self.reset();
+                self.reset(args, base);
                 return Err(ProtocolError::UnauthenticatedBulkLength);
             }
             let end = body + len as usize;
