@@ -565,13 +565,6 @@ async fn a_second_respite_on_the_same_journal_directory_is_refused_at_start() {
     next.sigterm().await;
 }
 
-/// Resident memory of a process, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_within_the_journal_and_store_bounds_when_writes_far_exceed_them() {
     // 16 MiB of journal, 2 MiB of store. Four clients send pipelines of 64 commands with
@@ -589,7 +582,7 @@ async fn memory_stays_within_the_journal_and_store_bounds_when_writes_far_exceed
     let p = Proc::start(&cfg, &journal, &redis.url()).await;
     let pid = p.child.as_ref().unwrap().id();
     p.drill("down").await;
-    let before = rss_kib(pid);
+    let before = common::rss_kib(pid);
 
     const ROUNDS: usize = 160;
     const SETS: usize = 8;
@@ -654,7 +647,7 @@ async fn memory_stays_within_the_journal_and_store_bounds_when_writes_far_exceed
     assert_eq!(p.entries().await, ok, "every acknowledged write is journaled");
     assert!(ok * 4096 <= 16 << 20 && ok * 4096 >= (15 << 20), "the journal filled to its bound: {ok} writes");
 
-    let grew_mib = rss_kib(pid).saturating_sub(before) as f64 / 1024.0;
+    let grew_mib = common::rss_kib(pid).saturating_sub(before) as f64 / 1024.0;
     // 16 MiB of payloads + 2 MiB of store + record index, buffers and allocator slack.
     assert!(grew_mib < 16.0 + 2.0 + 16.0, "RSS grew by {grew_mib:.1} MiB after {sent_mib} MiB were sent");
     drop(p);

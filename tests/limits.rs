@@ -657,13 +657,6 @@ async fn a_timeout_on_a_dedicated_connection_keeps_the_replies_that_arrived() {
     respite.shutdown().await;
 }
 
-/// Resident memory of a process, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_clients_do_not_keep_the_buffers_of_large_requests_and_replies() {
     // Four clients each SET and GET one 48 MiB value on their own (pinned) upstream

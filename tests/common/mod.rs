@@ -431,3 +431,10 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
         Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli installed");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Resident memory of a process, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
