@@ -805,6 +805,15 @@ impl Session {
                 self.count(i, Outcome::Local);
                 return true;
             }
+            // Redis checks a known command's arity before authentication.
+            if let Some(spec) = self.reqs[i].spec.filter(|s| !s.arity_ok(self.reqs[i].args.len())) {
+                err(
+                    &mut self.out,
+                    &format!("ERR wrong number of arguments for '{}' command", spec.name.to_ascii_lowercase()),
+                );
+                self.count(i, Outcome::Error);
+                return true;
+            }
             err(&mut self.out, "NOAUTH Authentication required.");
             self.count(i, Outcome::Refused);
             return true;

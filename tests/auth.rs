@@ -440,3 +440,20 @@ async fn reset_before_auth_is_answered_like_redis() {
     }
     respite.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_wrong_arity_before_auth_is_answered_like_redis() {
+    // Redis reports a known command's wrong number of arguments before it asks for
+    // authentication; a command with the right arity gets -NOAUTH.
+    let redis = RedisServer::start();
+    let reference = RedisServer::start_with(&["--requirepass", "sesame"]);
+    let respite = with_auth(&redis).await;
+    let mut raw = Raw::connect(respite.addr).await;
+    let mut direct = Raw::connect(std::net::SocketAddr::from(([127, 0, 0, 1], reference.port))).await;
+    let cases: &[&[&[u8]]] =
+        &[&[b"GET"], &[b"get", b"a", b"b"], &[b"SET", b"k"], &[b"CONFIG"], &[b"GET", b"k"], &[b"MGET"], &[b"PING"]];
+    for c in cases {
+        assert_eq!(text(&call(&mut raw, c).await), text(&call(&mut direct, c).await), "{c:?}");
+    }
+    respite.shutdown().await;
+}
