@@ -429,6 +429,10 @@ pub struct HealthConfig {
     pub down_after_failures: u32,
     /// Upstream round trips slower than this (moving average) mean `degraded`.
     pub degraded_latency: Dur,
+    /// `degraded` entered on a failure is left only when no failure has been seen for this
+    /// long (0: at the first normal round trip), so occasional failures do not flip the
+    /// state, and its log line, on every failure and the next success.
+    pub recover_after: Dur,
 }
 
 impl Default for HealthConfig {
@@ -438,6 +442,7 @@ impl Default for HealthConfig {
             probe_timeout: Dur::ms(500),
             down_after_failures: 3,
             degraded_latency: Dur::ms(50),
+            recover_after: Dur::ms(1000),
         }
     }
 }
@@ -999,7 +1004,7 @@ impl Config {
         const TIMERS: &str = "timers count whole milliseconds";
         let (c, u, h) = (&self.client, &self.upstream, &self.health);
         // (key, value, what 0 means where it is allowed, the smallest other value, why)
-        let keys: [(&'static str, Dur, Option<&str>, Duration, &str); 13] = [
+        let keys: [(&'static str, Dur, Option<&str>, Duration, &str); 14] = [
             ("client.idle_timeout", c.idle_timeout, Some("never"), MS, TIMERS),
             ("client.write_timeout", c.write_timeout, Some("never"), MS, TIMERS),
             ("upstream.connect_timeout", u.connect_timeout, None, MS, TIMERS),
@@ -1016,6 +1021,13 @@ impl Config {
                 None,
                 Duration::from_micros(1),
                 "round trips are measured in whole microseconds",
+            ),
+            (
+                "health.recover_after",
+                h.recover_after,
+                Some("leave `degraded` at the first normal round trip"),
+                MS,
+                TIMERS,
             ),
             ("admin.idle_timeout", self.admin.idle_timeout, None, MS, TIMERS),
             ("store.max_staleness", self.store.max_staleness, Some("values are never served"), Duration::ZERO, ""),
@@ -1276,6 +1288,7 @@ mod tests {
             ("[health]\ndegraded_latency = \"999ns\"", "must be at least 1us"),
             ("[health]\ndegraded_latency = \"0s\"", "`health.degraded_latency` = \"0s\": must be greater than 0"),
             ("[client]\nidle_timeout = \"500us\"", "must be 0s (never) or at least 1ms"),
+            ("[health]\nrecover_after = \"500us\"", "`health.recover_after` = \"500us\": must be 0s"),
             (
                 "[client]\nwrite_timeout = \"1ns\"",
                 "`client.write_timeout` = \"1ns\": must be 0s (never) or at least 1ms",

@@ -3,8 +3,10 @@
 //! `healthy` → `degraded` on slow round trips (moving average above
 //! `health.degraded_latency`) or on failures below the threshold; → `down` after
 //! `health.down_after_failures` consecutive failures (connect errors, timeouts, broken
-//! connections). While `down` no client traffic is sent upstream (fail fast); only the probe
-//! tries, and its first success brings the state back. An operator drill forces `down`.
+//! connections). `degraded` entered on a failure ends once no failure has been seen for
+//! `health.recover_after` and round trips are normal again. While `down` no client traffic
+//! is sent upstream (fail fast); only the probe tries, and its first success brings the
+//! state back. An operator drill forces `down`.
 //! Each transition is logged once, with its cause, and counted.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -72,6 +74,9 @@ pub struct Health {
     /// them while real traffic and the probe read them.
     degraded_latency_us: AtomicU64,
     down_after_failures: AtomicU32,
+    /// `health.recover_after`, and when the last failure was seen.
+    recover_after_us: AtomicU64,
+    last_failure: Mutex<Option<Instant>>,
     probe_interval_us: AtomicU64,
     probe_timeout_us: AtomicU64,
     metrics: Arc<Metrics>,
@@ -94,6 +99,8 @@ impl Health {
             transition: Mutex::new(()),
             degraded_latency_us: AtomicU64::new(0),
             down_after_failures: AtomicU32::new(0),
+            recover_after_us: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
             probe_interval_us: AtomicU64::new(0),
             probe_timeout_us: AtomicU64::new(0),
             metrics,
@@ -110,6 +117,7 @@ impl Health {
         let us = |d: Duration| d.as_nanos().div_ceil(1000).min(u64::MAX as u128) as u64;
         self.degraded_latency_us.store(us(cfg.degraded_latency.0), Ordering::Relaxed);
         self.down_after_failures.store(cfg.down_after_failures, Ordering::Relaxed);
+        self.recover_after_us.store(us(cfg.recover_after.0), Ordering::Relaxed);
         self.probe_interval_us.store(us(cfg.probe_interval.0), Ordering::Relaxed);
         self.probe_timeout_us.store(us(cfg.probe_timeout.0), Ordering::Relaxed);
     }
@@ -191,7 +199,7 @@ impl Health {
                     ),
                 );
             }
-            State::Degraded if !slow => {
+            State::Degraded if !slow && self.quiet_for_recovery() => {
                 self.transition_from(&[State::Degraded], State::Healthy, "upstream answering normally again");
             }
             _ => {}
@@ -264,9 +272,16 @@ impl Health {
         self.transition_from(&[State::Replaying], State::Healthy, "journal replayed");
     }
 
+    /// No failure for `health.recover_after`: `degraded` may end.
+    fn quiet_for_recovery(&self) -> bool {
+        let hold = Duration::from_micros(self.recover_after_us.load(Ordering::Relaxed));
+        hold.is_zero() || self.last_failure.lock().is_none_or(|at| at.elapsed() >= hold)
+    }
+
     /// A failed upstream interaction, with its cause (never containing secrets).
     pub fn record_failure(&self, cause: &str) {
         *self.last_error.lock() = Some(LastError { message: cause.to_string(), at: SystemTime::now() });
+        *self.last_failure.lock() = Some(Instant::now());
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         match self.state() {
             State::Down => {}
@@ -336,8 +351,42 @@ mod tests {
     use crate::config::Dur;
 
     fn health() -> Health {
-        let cfg = HealthConfig { down_after_failures: 3, degraded_latency: Dur::ms(50), ..HealthConfig::default() };
+        // recover_after 0: these tests are about the transitions themselves.
+        let cfg = HealthConfig {
+            down_after_failures: 3,
+            degraded_latency: Dur::ms(50),
+            recover_after: Dur::ms(0),
+            ..HealthConfig::default()
+        };
         Health::new(cfg, Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn degraded_after_a_failure_ends_only_after_recover_after_without_failures() {
+        let cfg = HealthConfig { recover_after: Dur::ms(300), ..HealthConfig::default() };
+        let h = Health::new(cfg, Arc::new(Metrics::new()));
+        let fast = Duration::from_micros(100);
+        h.record_failure("refused");
+        assert_eq!(h.state(), State::Degraded);
+        h.record_success(fast);
+        assert_eq!(h.state(), State::Degraded, "a success right after a failure does not end degraded");
+        std::thread::sleep(Duration::from_millis(200));
+        h.record_failure("refused");
+        std::thread::sleep(Duration::from_millis(200));
+        h.record_success(fast);
+        assert_eq!(h.state(), State::Degraded, "the second failure restarted the wait");
+        std::thread::sleep(Duration::from_millis(150));
+        h.record_success(fast);
+        assert_eq!(h.state(), State::Healthy, "quiet for longer than recover_after");
+        // A failure-free slow spell ends as soon as the average is normal again.
+        for _ in 0..50 {
+            h.record_success(Duration::from_millis(200));
+        }
+        assert_eq!(h.state(), State::Degraded);
+        for _ in 0..100 {
+            h.record_success(fast);
+        }
+        assert_eq!(h.state(), State::Healthy);
     }
 
     #[test]
