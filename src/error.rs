@@ -91,6 +91,12 @@ fn oneline(e: &UpstreamError) -> String {
     e.to_string()
 }
 
+/// Redis's error for a command given the wrong number of arguments (`name` as the client
+/// wrote it or as the table spells it: Redis shows it in lower case).
+pub fn wrong_arity(name: &str) -> String {
+    format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase())
+}
+
 /// Appends `-<msg>\r\n`, with any CR or LF in the message replaced (an error line must not
 /// contain them).
 pub fn write_error_line(out: &mut BytesMut, msg: &str) {

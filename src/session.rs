@@ -807,10 +807,7 @@ impl Session {
             }
             // Redis checks a known command's arity before authentication.
             if let Some(spec) = self.reqs[i].spec.filter(|s| !s.arity_ok(self.reqs[i].args.len())) {
-                err(
-                    &mut self.out,
-                    &format!("ERR wrong number of arguments for '{}' command", spec.name.to_ascii_lowercase()),
-                );
+                err(&mut self.out, &crate::error::wrong_arity(spec.name));
                 self.count(i, Outcome::Error);
                 return true;
             }
@@ -946,10 +943,7 @@ impl Session {
         let resp3 = self.resp3;
         if name == "PUBLISH" || name == "SPUBLISH" {
             if args.len() != 3 {
-                return err(
-                    &mut self.out,
-                    &format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()),
-                );
+                return err(&mut self.out, &crate::error::wrong_arity(name));
             }
             let n = if name == "PUBLISH" {
                 broker.publish(&args[1], &args[2])
@@ -971,10 +965,7 @@ impl Session {
         }
         let subscribing = matches!(name, "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE");
         if subscribing && args.len() < 2 {
-            return err(
-                &mut self.out,
-                &format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()),
-            );
+            return err(&mut self.out, &crate::error::wrong_arity(name));
         }
         if self.local.is_none() {
             let (tx, rx) = self.local_queue();

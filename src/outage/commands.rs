@@ -172,10 +172,7 @@ fn err(msg: &'static str) -> CmdErr {
 }
 
 fn wrong_args(cx: &Cx<'_>) -> CmdErr {
-    CmdErr::Redis(format!(
-        "ERR wrong number of arguments for '{}' command",
-        String::from_utf8_lossy(cx.args[0]).to_ascii_lowercase()
-    ))
+    CmdErr::Redis(crate::error::wrong_arity(&String::from_utf8_lossy(cx.args[0])))
 }
 
 fn int(b: &[u8]) -> Result<i64, CmdErr> {

@@ -360,10 +360,7 @@ impl Outage {
             return self.refuse(out, reason, &msg);
         };
         if !spec.arity_ok(args.len()) {
-            crate::error::write_error_line(
-                out,
-                &format!("ERR wrong number of arguments for '{}' command", spec.name.to_ascii_lowercase()),
-            );
+            crate::error::write_error_line(out, &crate::error::wrong_arity(spec.name));
             return Served::Done { outcome: Outcome::Error, seq: None };
         }
         if entry.kind == Kind::Conditional && !self.settings().allow_conditional {
@@ -455,11 +452,7 @@ impl Outage {
             let entry = q.entry;
             if !q.spec.arity_ok(args.len()) {
                 // Refused when queued (EXECABORT); never run a handler past its arguments.
-                let name = q.spec.name.to_ascii_lowercase();
-                crate::error::write_error_line(
-                    &mut replies,
-                    &format!("ERR wrong number of arguments for '{name}' command"),
-                );
+                crate::error::write_error_line(&mut replies, &crate::error::wrong_arity(q.spec.name));
                 continue;
             }
             let mut cx = self.cx(db, resp3, &args, &mut replies, now);
@@ -582,8 +575,7 @@ impl Outage {
         }
         let spec = spec.expect("checked");
         if !spec.arity_ok(args.len()) {
-            let name = spec.name.to_ascii_lowercase();
-            return Err(NotQueued::Redis(format!("ERR wrong number of arguments for '{name}' command")));
+            return Err(NotQueued::Redis(crate::error::wrong_arity(spec.name)));
         }
         let entry = commands::by_id(id).expect("refusal() checked the table");
         match entry.kind {
