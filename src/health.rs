@@ -49,11 +49,13 @@ impl State {
     }
 }
 
-/// The last upstream error, for `/status`.
+/// The last upstream error, for `/status` (and, by `seen`, for `health.recover_after`).
 #[derive(Debug, Clone)]
 pub struct LastError {
     pub message: String,
     pub at: SystemTime,
+    /// `at` on the monotonic clock, for `health.recover_after`.
+    pub seen: Instant,
 }
 
 /// The circuit breaker.
@@ -74,9 +76,8 @@ pub struct Health {
     /// them while real traffic and the probe read them.
     degraded_latency_us: AtomicU64,
     down_after_failures: AtomicU32,
-    /// `health.recover_after`, and when the last failure was seen.
+    /// `health.recover_after`: counted from the last failure (`last_error`).
     recover_after_us: AtomicU64,
-    last_failure: Mutex<Option<Instant>>,
     probe_interval_us: AtomicU64,
     probe_timeout_us: AtomicU64,
     metrics: Arc<Metrics>,
@@ -100,7 +101,6 @@ impl Health {
             degraded_latency_us: AtomicU64::new(0),
             down_after_failures: AtomicU32::new(0),
             recover_after_us: AtomicU64::new(0),
-            last_failure: Mutex::new(None),
             probe_interval_us: AtomicU64::new(0),
             probe_timeout_us: AtomicU64::new(0),
             metrics,
@@ -275,13 +275,13 @@ impl Health {
     /// No failure for `health.recover_after`: `degraded` may end.
     fn quiet_for_recovery(&self) -> bool {
         let hold = Duration::from_micros(self.recover_after_us.load(Ordering::Relaxed));
-        hold.is_zero() || self.last_failure.lock().is_none_or(|at| at.elapsed() >= hold)
+        hold.is_zero() || self.last_error.lock().as_ref().is_none_or(|e| e.seen.elapsed() >= hold)
     }
 
     /// A failed upstream interaction, with its cause (never containing secrets).
     pub fn record_failure(&self, cause: &str) {
-        *self.last_error.lock() = Some(LastError { message: cause.to_string(), at: SystemTime::now() });
-        *self.last_failure.lock() = Some(Instant::now());
+        let (at, seen) = (SystemTime::now(), Instant::now());
+        *self.last_error.lock() = Some(LastError { message: cause.to_string(), at, seen });
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         match self.state() {
             State::Down => {}
