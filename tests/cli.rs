@@ -810,16 +810,10 @@ async fn a_replayed_write_the_upstream_refuses_is_logged_without_its_key_or_valu
     assert!(reply.starts_with(b":"), "APPEND journaled during the drill: {:?}", String::from_utf8_lossy(&reply));
     let (code, body) = http(admin, "POST", "/admin/drill", Some("t"), Some(r#"{"state":"auto"}"#)).await;
     assert_eq!(code, 200, "{body}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = http(admin, "GET", "/status", None, None).await;
-        let st: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if st["state"] == "healthy" && st["journal"]["entries"] == 0 && st["replay"]["errors_total"] == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the refused record is not skipped: {st}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_status(admin, "the refused record skipped", Duration::from_secs(10), |st| {
+        st["state"] == "healthy" && st["journal"]["entries"] == 0 && st["replay"]["errors_total"] == 1
+    })
+    .await;
     drop(c);
     s.sigterm();
     assert_eq!(s.wait_exit(Duration::from_secs(5)).code(), Some(0));
@@ -856,16 +850,10 @@ async fn a_replay_the_upstream_keeps_refusing_is_logged_once_not_every_second() 
     let errors = metric_value(&body, "respite_journal_replay_errors_total").unwrap();
     assert!(errors >= 3.0, "the replay was retried (and refused) every second: {errors}");
     assert_eq!(config_set("0").await.unwrap().trim(), "OK");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = http(admin, "GET", "/status", None, None).await;
-        let st: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if st["state"] == "healthy" && st["journal"]["entries"] == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the journal is not replayed: {st}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_status(admin, "the journal replayed", Duration::from_secs(10), |st| {
+        st["state"] == "healthy" && st["journal"]["entries"] == 0
+    })
+    .await;
     drop(c);
     s.sigterm();
     assert_eq!(s.wait_exit(Duration::from_secs(5)).code(), Some(0));

@@ -95,15 +95,10 @@ async fn exercised_metrics() -> String {
 
     // Recovery: replaying, then healthy with the journal confirmed upstream.
     drill(&respite, "auto").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = respite.status().await;
-        if s["state"] == "healthy" && s["journal"]["entries"] == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the journal is not replayed: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_status(respite.admin, "the journal replayed", Duration::from_secs(10), |s| {
+        s["state"] == "healthy" && s["journal"]["entries"] == 0
+    })
+    .await;
     assert_eq!(redis_cli(redis.port, &["GET", "j3"]).trim(), "v");
     let (code, body) = respite.http_get("/metrics").await;
     assert_eq!(code, 200);

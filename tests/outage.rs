@@ -89,24 +89,14 @@ async fn drill(respite: &Respite, state: &str) {
 }
 
 async fn wait_databases_from_config(respite: &Respite) {
-    let deadline = Instant::now() + HEALTHY_WITHIN;
-    while respite.status().await["upstream"]["databases"]["from"] != "config" {
-        assert!(Instant::now() < deadline, "the probe never read CONFIG GET databases: {}", respite.status().await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = "the probe read CONFIG GET databases";
+    wait_status(respite.admin, what, HEALTHY_WITHIN, |s| s["upstream"]["databases"]["from"] == "config").await;
 }
 
 /// Waits until the state is `healthy` and the journal is empty (replay finished).
 async fn wait_drained(respite: &Respite, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let s = respite.status().await;
-        if s["state"] == "healthy" && s["journal"]["entries"] == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "journal not replayed within {within:?}; status: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_status(respite.admin, "journal replayed", within, |s| s["state"] == "healthy" && s["journal"]["entries"] == 0)
+        .await;
 }
 
 /// Ends a drill and waits for the replay to finish.

@@ -297,15 +297,28 @@ impl Respite {
 
     /// Waits until `/status` reports `state`.
     pub async fn wait_state(&self, state: &str, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let s = self.status().await;
-            if s["state"] == state {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "state {state} not reached; status: {s}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        wait_status(self.admin, &format!("state {state}"), within, |s| s["state"] == state).await;
+    }
+}
+
+/// Polls `GET /status` on `admin` until `pred` holds and returns that status; fails the
+/// test, naming `what` and showing the last status, after `within`.
+pub async fn wait_status(
+    admin: SocketAddr,
+    what: &str,
+    within: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (code, body) = http(admin, "GET", "/status", None, None).await;
+        assert_eq!(code, 200, "{body}");
+        let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if pred(&s) {
+            return s;
         }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not reached; status: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
